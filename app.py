@@ -1,0 +1,202 @@
+"""The web layer: the signup page, the one-time key page, health, error pages and headers.
+
+`gunicorn 'app:create_app()'` serves it. Everything it needs is built here from config.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Blueprint, Flask, current_app, g, render_template
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from config import Settings, load_settings
+from forms import SignupForm
+from keygen_api import KeygenClient
+from signup import Applicant, Rejected, SignupUnavailable, SignupWorkflow, TryLater
+
+log = logging.getLogger(__name__)
+csrf = CSRFProtect()
+bp = Blueprint("portal", __name__)
+
+# default-src 'self' with no inline script or style; the page must not be framed.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+MAX_BODY_BYTES = 16 * 1024  # the form is a few hundred bytes; anything bigger is not a signup
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    configure(app, settings)
+    configure_logging(settings.log_level)
+    app.before_request(assign_request_id)  # first, so that every later step can log it
+    csrf.init_app(app)
+    app.extensions["signup"] = SignupWorkflow(
+        KeygenClient(
+            settings.keygen_api_url,
+            settings.keygen_account_id,
+            settings.keygen_product_token,
+            connect_timeout=settings.keygen_connect_timeout,
+            read_timeout=settings.keygen_read_timeout,
+        ),
+        settings.keygen_policy_id,
+        deadline=settings.signup_deadline,
+    )
+    app.register_blueprint(bp)
+    register_error_pages(app)
+    app.after_request(add_security_headers)
+    return app
+
+
+def configure(app: Flask, settings: Settings) -> None:
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=3600,  # the session only carries the CSRF token
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        PASSWORD_MIN_LENGTH=settings.password_min_length,
+        PRODUCT_NAME=settings.product_name,
+        DEMO_MODE=settings.demo_mode,
+    )
+    app.jinja_env.globals.update(product_name=settings.product_name, demo_mode=settings.demo_mode)
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr unless the host (gunicorn, pytest) already set up the root logger."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for name in ("app", "signup", "keygen_api"):
+        logging.getLogger(name).setLevel(level)
+
+
+# -- Pages --------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def signup_form():
+    return render_template("signup.html", form=SignupForm())
+
+
+@bp.post("/")
+def signup_submit():
+    form = SignupForm()
+    if not form.validate():
+        return render_template("signup.html", form=form), 422
+    applicant = Applicant(
+        email=form.email.data,
+        password=form.password.data,
+        first_name=form.first_name.data,
+        last_name=form.last_name.data,
+    )
+    try:
+        issued = current_app.extensions["signup"].sign_up(applicant)
+    except Rejected as rejection:
+        for name, message in rejection.errors.items():
+            form[name].errors.append(message)
+        return render_template("signup.html", form=form), 422
+    except TryLater as error:
+        log.warning("request %s: %s", g.request_id, error)
+        return error_page(503, retry_after=60)
+    except SignupUnavailable:
+        return error_page(503, kind="unavailable")
+    return render_template("issued.html", issued=issued, first_name=applicant.first_name)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive. Calls nothing else, so it stays fast while Keygen is slow."""
+    return {"status": "ok"}
+
+
+# -- Errors -------------------------------------------------------------------------------------
+
+ERRORS = {
+    400: (
+        "Something went wrong with that request",
+        "Please go back, reload the page and try again.",
+    ),
+    404: ("Page not found", "There is nothing at this address."),
+    405: ("Not allowed", "This page does not accept that kind of request."),
+    413: ("Too much data", "That submission was larger than a signup can be."),
+    429: ("Too many attempts", "Please wait a minute before trying again."),
+    500: ("Something went wrong on our side", "Please try again in a minute."),
+    503: (
+        "We could not finish your signup",
+        "Our licensing service did not respond in time. Nothing was created; "
+        "please try again in a minute.",
+    ),
+}
+UNAVAILABLE = (
+    "Signup is unavailable right now",
+    "We could not create your license because of a problem on our side. "
+    "We have been notified; please try again later.",
+)
+EXPIRED_FORM = (
+    "This form has expired",
+    "For your security, the signup form is only valid for a limited time. "
+    "Please go back, reload the page and submit it again.",
+)
+
+
+def error_page(code: int, *, kind: str | None = None, retry_after: int | None = None):
+    title, message = UNAVAILABLE if kind == "unavailable" else ERRORS.get(code, ERRORS[500])
+    if kind == "csrf":
+        title, message = EXPIRED_FORM
+    response = current_app.make_response(
+        (
+            render_template(
+                "error.html", code=code, title=title, message=message, reference=g.get("request_id")
+            ),
+            code,
+        )
+    )
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def register_error_pages(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_failed(error: CSRFError):
+        log.warning("request %s: CSRF check failed: %s", g.get("request_id"), error.description)
+        return error_page(400, kind="csrf")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return error_page(error.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("request %s: unexpected error", g.get("request_id"))
+        return error_page(500)
+
+
+# -- Every response -----------------------------------------------------------------------------
+
+
+def assign_request_id() -> None:
+    g.request_id = uuid.uuid4().hex[:16]
+
+
+def add_security_headers(response):
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    # same-origin, not no-referrer: Flask-WTF's HTTPS check needs the Referer of our own pages.
+    headers.setdefault("Referrer-Policy", "same-origin")
+    if response.mimetype == "text/html":
+        # The form holds a CSRF token and the result page a license key: never store either.
+        headers["Cache-Control"] = "no-store"
+        response.vary.add("Cookie")
+    return response

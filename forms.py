@@ -1,0 +1,103 @@
+"""What a well-formed signup is: fields, filters and limits. No network: Keygen's own answers
+(an email already taken, say) come back through the workflow in signup.py."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from email_validator import EmailNotValidError, validate_email
+from flask import current_app
+from flask_wtf import FlaskForm
+from wtforms import EmailField, PasswordField, StringField
+from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
+
+NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
+EMAIL_MAX = 254  # RFC 5321 path limit; Keygen allows 255
+LOCAL_PART_MAX = 64  # RFC 5321; email-validator 2.4 no longer checks it
+PASSWORD_MAX_BYTES = 72  # bcrypt, which Keygen uses, silently ignores everything past 72 bytes
+
+# Characters that change how text is displayed without being visible (bidi overrides, zero-width
+# spaces). The zero-width joiner stays allowed: emoji sequences such as 👩‍💻 need it.
+_INVISIBLE = (
+    {"\u200b", "\u200c", "\u2060", "\ufeff"}
+    | {chr(c) for c in range(0x202A, 0x202F)}
+    | {chr(c) for c in range(0x2066, 0x206A)}
+)
+
+
+def strip(value: str | None) -> str | None:
+    return value.strip() if isinstance(value, str) else value
+
+
+def nfc(value: str | None) -> str | None:
+    """One spelling per name: 'Zoë' typed as e + combining diaeresis is stored as 'ë'."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+def printable_name(form: FlaskForm, field: StringField) -> None:
+    """Names end up in email headers and logs, where a line break or control character lets an
+    attacker add headers or forge lines."""
+    for char in field.data or "":
+        if char in _INVISIBLE or unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs", "Co"):
+            raise ValidationError("Use letters, spaces and punctuation only.")
+
+
+def email_address(form: FlaskForm, field: EmailField) -> None:
+    """A syntactically valid address, normalised the way Keygen compares them (lower case, IDN
+    domains in punycode). No DNS lookups: they are slow and fail on private networks."""
+    try:
+        result = validate_email(field.data or "", check_deliverability=False)
+    except EmailNotValidError:
+        raise ValidationError("Enter a valid email address, like name@example.com.") from None
+    if len(result.local_part.encode("utf-8")) > LOCAL_PART_MAX:
+        raise ValidationError("The part before the @ is too long (at most 64 characters).")
+    field.data = (result.ascii_email or result.normalized).lower()
+
+
+def password_length(form: FlaskForm, field: PasswordField) -> None:
+    """At least PASSWORD_MIN_LENGTH characters, at most 72 bytes in UTF-8 (bcrypt truncates
+    beyond that, so a longer password would silently be only partly checked)."""
+    password = field.data or ""
+    minimum = current_app.config["PASSWORD_MIN_LENGTH"]
+    if len(password) < minimum:
+        raise ValidationError(f"Use at least {minimum} characters.")
+    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
+        raise ValidationError(
+            "This password is too long: at most 72 bytes are allowed. "
+            "Letters with accents and other scripts take 2–4 bytes each."
+        )
+
+
+class SignupForm(FlaskForm):
+    first_name = StringField(
+        "First name",
+        filters=[strip, nfc],
+        validators=[
+            DataRequired("Enter your first name."),
+            Length(max=NAME_MAX, message=f"Use at most {NAME_MAX} characters."),
+            printable_name,
+        ],
+    )
+    last_name = StringField(
+        "Last name",
+        filters=[strip, nfc],
+        validators=[
+            DataRequired("Enter your last name."),
+            Length(max=NAME_MAX, message=f"Use at most {NAME_MAX} characters."),
+            printable_name,
+        ],
+    )
+    email = EmailField(
+        "Email",
+        filters=[strip],
+        validators=[
+            DataRequired("Enter your email address."),
+            Length(max=EMAIL_MAX, message=f"Use at most {EMAIL_MAX} characters."),
+            email_address,
+        ],
+    )
+    # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
+    password = PasswordField(
+        "Password",
+        validators=[InputRequired("Choose a password."), password_length],
+    )

@@ -1,0 +1,450 @@
+"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, the HTTP session.
+
+Everything the portal knows about Keygen lives here (keygen-contract.md is the reference). The
+rest of the portal sees `KeygenClient`, the `User`/`License`/`Bearer` records and the
+`KeygenError` tree, whose classes are named after what the caller should do next.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+API_VERSION = "1.8"
+MEDIA_TYPE = "application/vnd.api+json"
+USER_AGENT = "keygen-signup-portal/1.0"
+
+
+# -- Records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_document(cls, document: dict) -> User:
+        return cls.from_resource(document["data"])
+
+    @classmethod
+    def from_resource(cls, data: dict) -> User:
+        attributes = data["attributes"]
+        return cls(
+            id=data["id"],
+            email=attributes["email"],
+            first_name=attributes.get("firstName"),
+            last_name=attributes.get("lastName"),
+            metadata=attributes.get("metadata") or {},
+        )
+
+
+@dataclass(frozen=True)
+class License:
+    id: str
+    key: str = field(repr=False)
+    policy_id: str | None
+    owner_id: str | None
+    metadata: dict[str, Any]
+    expiry: str | None
+
+    @classmethod
+    def from_document(cls, document: dict) -> License:
+        return cls.from_resource(document["data"])
+
+    @classmethod
+    def from_resource(cls, data: dict) -> License:
+        attributes = data["attributes"]
+        relationships = data.get("relationships") or {}
+        # API v1.6 renamed the license's `user` relationship to `owner`; accounts pinned to an
+        # older version still answer with `user` when a proxy drops our Keygen-Version header.
+        owner = relationships.get("owner") or relationships.get("user") or {}
+        return cls(
+            id=data["id"],
+            key=attributes["key"],
+            policy_id=_related_id(relationships.get("policy")),
+            owner_id=_related_id(owner),
+            metadata=attributes.get("metadata") or {},
+            expiry=attributes.get("expiry"),
+        )
+
+
+@dataclass(frozen=True)
+class Bearer:
+    """Who the token belongs to (`GET /me`)."""
+
+    id: str
+    type: str  # "products", "users", ...
+    token_kind: str | None  # "product-token", ...
+
+    @property
+    def is_product(self) -> bool:
+        return self.type == "products"
+
+    @classmethod
+    def from_document(cls, document: dict) -> Bearer:
+        data = document["data"]
+        included = document.get("included") or []
+        token = next((i for i in included if i.get("type") == "tokens"), {})
+        kind = (token.get("attributes") or {}).get("kind")
+        return cls(id=data["id"], type=data["type"], token_kind=kind)
+
+
+def _related_id(relationship: dict | None) -> str | None:
+    data = (relationship or {}).get("data")
+    return data.get("id") if isinstance(data, dict) else None
+
+
+# -- Errors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One of Keygen's 422 validation errors, in the portal's terms.
+
+    ``field`` is the attribute or relationship in snake_case ("email", "first_name", "policy");
+    ``kind`` is what is wrong with it ("taken", "invalid", "too_short", "too_long", "not_found").
+    """
+
+    field: str | None
+    kind: str | None
+
+
+class KeygenError(Exception):
+    """Keygen did not do what was asked. Never carries the request body or the token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        errors: list[dict] | None = None,
+        request_id: str | None = None,
+    ):
+        self.status = status
+        self.errors = errors or []
+        self.request_id = request_id
+        super().__init__(message)
+
+    @property
+    def code(self) -> str | None:
+        return self.errors[0].get("code") if self.errors else None
+
+    @property
+    def pointer(self) -> str | None:
+        return _pointer(self.errors[0]) if self.errors else None
+
+    @classmethod
+    def from_response(cls, response: requests.Response) -> KeygenError:
+        document = _json_or_none(response)
+        errors = document.get("errors") if isinstance(document, dict) else None
+        errors = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+        meta = document.get("meta") if isinstance(document, dict) else None
+        request_id = (meta or {}).get("id") if isinstance(meta, dict) else None
+        request_id = request_id or response.headers.get("X-Request-Id")
+        return cls(
+            _describe(response.status_code, errors, request_id),
+            status=response.status_code,
+            errors=errors,
+            request_id=request_id,
+        )
+
+
+class KeygenUnavailable(KeygenError):
+    """No usable answer (network, timeout, 5xx, unreadable body). Trying later may work.
+
+    A POST that ended here may or may not have happened: look before resending.
+    """
+
+
+class KeygenRateLimited(KeygenUnavailable):
+    """429: wait ``retry_after`` seconds before calling Keygen again."""
+
+    retry_after: float = 60.0
+
+    @classmethod
+    def from_response(cls, response: requests.Response) -> KeygenError:
+        error = super().from_response(response)
+        try:
+            error.retry_after = max(0.0, float(response.headers.get("Retry-After", "")))
+        except ValueError:
+            error.retry_after = 60.0
+        return error
+
+
+class KeygenRejected(KeygenError):
+    """Keygen answered and refused; the same request will be refused again."""
+
+
+class KeygenInvalid(KeygenRejected):
+    """400/422: the data or the request's shape."""
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Keygen's validation errors (422); empty for a structural 400, which has no codes."""
+        return [_problem(error) for error in self.errors if error.get("code")]
+
+
+class KeygenAccessDenied(KeygenRejected):
+    """401/402/403: the token, the policy's product or the plan. An operator must act."""
+
+
+class KeygenNotFound(KeygenRejected):
+    """404: no such resource (or not visible to this token)."""
+
+
+class KeygenConflict(KeygenRejected):
+    """409, or 422 ID_CONFLICT: the resource already exists. Look it up."""
+
+
+_REJECTIONS: dict[int, type[KeygenRejected]] = {
+    400: KeygenInvalid,
+    422: KeygenInvalid,
+    401: KeygenAccessDenied,
+    402: KeygenAccessDenied,
+    403: KeygenAccessDenied,
+    404: KeygenNotFound,
+    409: KeygenConflict,
+}
+
+
+def error_for(response: requests.Response) -> KeygenError:
+    """The exception for a response that is not the expected success."""
+    status = response.status_code
+    if status == 429:
+        return KeygenRateLimited.from_response(response)
+    if status >= 500 or status < 400:
+        return KeygenUnavailable.from_response(response)
+    error = _REJECTIONS.get(status, KeygenRejected).from_response(response)
+    if status == 422 and error.code == "ID_CONFLICT":
+        return KeygenConflict.from_response(response)
+    return error
+
+
+def _describe(status: int, errors: list[dict], request_id: str | None) -> str:
+    """'422 EMAIL_TAKEN: has already been taken (request 6f1c…)' — no bodies, no secrets."""
+    text = str(status)
+    if errors:
+        first = errors[0]
+        label = first.get("code") or first.get("title") or ""
+        text += f" {label}".rstrip()
+        # A 404's detail repeats what was looked up (an email, a key): keep it out of logs.
+        detail = first.get("detail") if status != 404 else None
+        pointer = _pointer(first)
+        if detail:
+            text += f": {detail}"
+        if pointer:
+            text += f" at {pointer}"
+    if request_id:
+        text += f" (request {request_id})"
+    return text
+
+
+def _pointer(error: dict) -> str | None:
+    source = error.get("source")
+    return source.get("pointer") if isinstance(source, dict) else None
+
+
+_KINDS = ("TAKEN", "INVALID", "TOO_SHORT", "TOO_LONG", "NOT_FOUND", "NOT_ALLOWED", "MISSING")
+
+
+def _problem(error: dict) -> Problem:
+    pointer = _pointer(error) or ""
+    name = pointer.rsplit("/", 1)[-1] if pointer.startswith("/data/") else ""
+    field_name = _snake(name) or None
+    code = error.get("code") or ""
+    kind = next((k.lower() for k in _KINDS if code.endswith("_" + k)), None)
+    return Problem(field=field_name, kind=kind)
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+# -- Client -------------------------------------------------------------------------------------
+
+
+class KeygenClient:
+    """Calls Keygen with a product token. One pooled session per thread, never retries itself.
+
+    Retries belong to the caller, which knows which requests are safe to repeat.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        account: str,
+        token: str,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        pool_size: int = 16,
+    ):
+        self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
+        self._token = token
+        self.timeout = (connect_timeout, read_timeout)
+        self._pool_size = pool_size
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"KeygenClient({self.base_url!r})"
+
+    # The calls the portal makes.
+
+    def me(self) -> Bearer:
+        return self._parse(Bearer.from_document, self._request("GET", "me"))
+
+    def create_user(
+        self,
+        *,
+        email: str,
+        password: str,
+        first_name: str | None,
+        last_name: str | None,
+        metadata: dict[str, Any] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> User:
+        attributes: dict[str, Any] = {
+            "firstName": first_name,
+            "lastName": last_name,
+            "email": email,
+            "password": password,
+        }
+        if metadata:
+            attributes["metadata"] = metadata
+        body = {"data": {"type": "users", "attributes": attributes}}
+        document = self._request("POST", "users", json=body, expect=201, timeout=timeout)
+        return self._parse(User.from_document, document)
+
+    def get_user(self, id_or_email: str, *, timeout: tuple[float, float] | None = None) -> User:
+        path = "users/" + quote(id_or_email.lower(), safe="@")
+        return self._parse(User.from_document, self._request("GET", path, timeout=timeout))
+
+    def delete_user(self, user_id: str, *, timeout: tuple[float, float] | None = None) -> None:
+        self._request("DELETE", "users/" + quote(user_id, safe=""), expect=204, timeout=timeout)
+
+    def create_license(
+        self,
+        *,
+        license_id: str,
+        policy_id: str,
+        owner_id: str,
+        metadata: dict[str, Any] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> License:
+        """Create a license with an id we chose, so that resending it can never duplicate it."""
+        data: dict[str, Any] = {
+            "type": "licenses",
+            "id": license_id,
+            "relationships": {
+                "policy": {"data": {"type": "policies", "id": policy_id}},
+                "owner": {"data": {"type": "users", "id": owner_id}},
+            },
+        }
+        if metadata:
+            data["attributes"] = {"metadata": metadata}
+        document = self._request(
+            "POST", "licenses", json={"data": data}, expect=201, timeout=timeout
+        )
+        return self._parse(License.from_document, document)
+
+    def get_license(
+        self, license_id: str, *, timeout: tuple[float, float] | None = None
+    ) -> License:
+        path = "licenses/" + quote(license_id, safe="")
+        return self._parse(License.from_document, self._request("GET", path, timeout=timeout))
+
+    def list_licenses(
+        self, *, owner: str, timeout: tuple[float, float] | None = None
+    ) -> list[License]:
+        """The licenses a user owns (by id or email), newest first, up to 100."""
+        params = {"owner": owner.lower(), "limit": "100"}
+        document = self._request("GET", "licenses", params=params, timeout=timeout)
+        return self._parse(
+            lambda doc: [License.from_resource(item) for item in doc["data"]], document
+        )
+
+    # Plumbing.
+
+    @staticmethod
+    def _parse(read, document: dict):
+        """Turn a document into records; a body of the wrong shape is no usable answer."""
+        try:
+            return read(document)
+        except (KeyError, TypeError, AttributeError):
+            raise KeygenUnavailable("a response body of an unexpected shape") from None
+
+    def _session(self) -> requests.Session:
+        """This thread's session, made after any fork (sessions are unsafe across processes)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            session.headers.update(
+                {
+                    "Accept": MEDIA_TYPE,
+                    "Keygen-Version": API_VERSION,
+                    "User-Agent": USER_AGENT,
+                }
+            )
+            local.session, local.pid = session, os.getpid()
+        return local.session
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        expect: int = 200,
+        timeout: tuple[float, float] | None = None,
+    ) -> dict:
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if json is not None:
+            headers["Content-Type"] = MEDIA_TYPE
+        try:
+            response = self._session().request(
+                method,
+                f"{self.base_url}/{path}",
+                json=json,
+                params=params,
+                headers=headers,
+                timeout=timeout or self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as error:
+            # The exception text can hold the URL (with an email) but never the body or token.
+            raise KeygenUnavailable(
+                f"{method} {path.split('/')[0]}: {type(error).__name__}"
+            ) from None
+        if response.status_code != expect:
+            raise error_for(response)
+        if expect == 204:
+            return {}
+        document = _json_or_none(response)
+        if not isinstance(document, dict) or not isinstance(document.get("data"), (dict, list)):
+            raise KeygenUnavailable(
+                f"{response.status_code} with an unreadable body",
+                status=response.status_code,
+                request_id=response.headers.get("X-Request-Id"),
+            )
+        return document

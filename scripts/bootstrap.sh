@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned requirements, once per change of the requirements files.
+# Usage: scripts/bootstrap.sh requirements.txt|requirements-dev.txt [--system]
+#   --system  also install the system packages the tests drive (Chromium), via apt-get as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+requirements=${1:-requirements.txt}
+python=${PYTHON:-python3}
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+as_root() { [ "$(id -u)" = 0 ]; }
+apt_install() {
+  if ! as_root || ! command -v apt-get >/dev/null; then
+    say "cannot install $* (not root, or no apt-get): install them yourself"
+    return 1
+  fi
+  if [ ! -f /tmp/.portal-apt-updated ]; then
+    apt-get update -qq && touch /tmp/.portal-apt-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "Python 3.11 or newer is required ($python)"; exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  if ! "$python" -m venv .venv 2>/dev/null; then
+    rm -rf .venv
+    apt_install python3-venv && "$python" -m venv .venv
+  fi
+fi
+
+stamp=".venv/.installed-$(cat "$requirements" requirements.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  say "installing $requirements"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"
+  touch "$stamp"
+fi
+
+if [ "${2:-}" = "--system" ] && ! command -v chromium >/dev/null; then
+  say "installing Chromium for the browser tests"
+  apt_install chromium fonts-dejavu-core || say "browser tests will be skipped (or fail under CI)"
+fi

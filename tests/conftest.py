@@ -1,0 +1,266 @@
+"""Fixtures: a Keygen emulator on a loopback port, the app built against it, and `sign_up`.
+
+Every log line of the run (this process and every server the tests start) goes under
+test-logs/. When the session ends, those files are searched for every secret the tests used
+or saw (passwords, product tokens, license keys); one hit fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app import create_app  # noqa: E402
+from config import Settings  # noqa: E402
+from keygen_emulator import Emulator, serve  # noqa: E402
+
+LOG_DIR = ROOT / "test-logs"
+SECRETS: set[str] = set()  # every secret a test used or saw; none may appear in a log
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+PASSWORD = "kent<3lois-and-krypton"
+SECRET_KEY = "test-secret-key-" + "k" * 32
+KEY_PATTERN = re.compile(r"^[0-9A-F]{6}(-[0-9A-F]{6}){4}-V3$")
+
+
+def secret(value: str) -> str:
+    """Remember a value that must never appear in a log, and return it."""
+    SECRETS.add(value)
+    return value
+
+
+# -- Logs of the whole run ----------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir()
+    handler = logging.FileHandler(LOG_DIR / "pytest.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.DEBUG)
+    SECRETS.update({PASSWORD, SECRET_KEY})
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = find_leaks()
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = "\n".join(f"  {path}: {kind}" for path, kind in leaks)
+        message = f"SECRETS FOUND IN LOGS (test-logs/):\n{lines}"
+        if reporter:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def find_leaks() -> list[tuple[str, str]]:
+    """(file, what kind of secret) for every secret found in a log file."""
+    leaks = []
+    for path in sorted(LOG_DIR.rglob("*")):
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for value in SECRETS:
+            if len(value) >= 6 and value in text:
+                leaks.append((path.name, describe_secret(value)))
+    return leaks
+
+
+def describe_secret(value: str) -> str:
+    if KEY_PATTERN.match(value):
+        return "a license key"
+    if value.startswith(("prod-", "admin-", "user-")):
+        return "a Keygen token"
+    return "a password or secret key"
+
+
+# -- The Keygen emulator ------------------------------------------------------------------------
+
+
+@dataclass
+class KeygenWorld:
+    """The emulator and the ids of what it holds for the portal."""
+
+    emulator: Emulator
+    url: str
+    account: str
+    slug: str
+    product: str
+    token: str
+    policy: str
+    other_policy: str  # a policy of another product of the same account
+
+    def users(self) -> list[dict]:
+        return self.emulator.users(self.account)
+
+    def licenses(self) -> list[dict]:
+        return self.emulator.licenses(self.account)
+
+    def calls(self, route: str | None = None) -> list[dict]:
+        return [r for r in self.emulator.requests if route is None or r["route"] == route]
+
+
+@pytest.fixture(scope="session")
+def keygen_server() -> Iterator[tuple[Emulator, str, dict]]:
+    emulator = Emulator()
+    account = emulator.add_account(slug="portal-test")
+    product, token = emulator.add_product(account, name="Portal Test App")
+    policy = emulator.add_policy(account, product)
+    other_product, _ = emulator.add_product(account, name="Another App")
+    other_policy = emulator.add_policy(account, other_product)
+    ids = dict(
+        account=account, product=product, token=secret(token), policy=policy, other=other_policy
+    )
+    server = serve(emulator)
+    yield emulator, server.url, ids
+    server.stop()
+
+
+@pytest.fixture
+def keygen(keygen_server) -> Iterator[KeygenWorld]:
+    emulator, url, ids = keygen_server
+    emulator.reset()
+    world = KeygenWorld(
+        emulator=emulator,
+        url=url,
+        account=ids["account"],
+        slug="portal-test",
+        product=ids["product"],
+        token=ids["token"],
+        policy=ids["policy"],
+        other_policy=ids["other"],
+    )
+    yield world
+    SECRETS.update(license["key"] for license in emulator.licenses())
+    emulator.clear_faults()
+
+
+# -- The portal ---------------------------------------------------------------------------------
+
+
+def make_settings(world: KeygenWorld, **changes) -> Settings:
+    values = dict(
+        keygen_api_url=world.url,
+        keygen_account_id=world.account,
+        keygen_product_token=world.token,
+        keygen_policy_id=world.policy,
+        secret_key=SECRET_KEY,
+        cookie_secure=False,  # the test client speaks plain http
+        keygen_connect_timeout=1.0,
+        keygen_read_timeout=2.0,
+        signup_deadline=4.0,
+    )
+    values.update(changes)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(keygen: KeygenWorld) -> Settings:
+    return make_settings(keygen)
+
+
+@pytest.fixture
+def app(settings: Settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def csrf_token_from(html: str) -> str:
+    match = CSRF_FIELD.search(html)
+    assert match, "the page has no CSRF token"
+    return secret(match.group(1))
+
+
+def form_data(**changes) -> dict[str, str]:
+    data = {
+        "first_name": "Clark",
+        "last_name": "Kent",
+        "email": "clark@example.com",
+        "password": PASSWORD,
+    }
+    data.update(changes)
+    if data.get("password"):
+        secret(data["password"])
+    return {k: v for k, v in data.items() if v is not None}
+
+
+@pytest.fixture
+def sign_up(client) -> Callable[..., object]:
+    """Submit the real form, with the CSRF token of a freshly served page."""
+
+    def submit(**changes):
+        page = client.get("/")
+        data = form_data(**changes)
+        data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
+        return client.post("/", data=data)
+
+    return submit
+
+
+def issued_key(html: str) -> str:
+    match = re.search(r'id="license-key"[^>]*>([^<]+)<', html)
+    assert match, "the page shows no license key"
+    return secret(match.group(1).strip())
+
+
+# -- Processes and components ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen | None = None):
+    """Poll until the URL answers, the process dies, or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
+        try:
+            return requests.get(url, timeout=1)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when a component is missing on a developer machine; fail under CI."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI but is not installed")
+    pytest.skip(f"{what} is not installed (scripts/test.sh installs it when run as root)")

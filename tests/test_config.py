@@ -1,0 +1,134 @@
+"""Settings: missing or unsafe values refuse to boot, with every problem named at once."""
+
+import pytest
+
+from app import create_app
+from config import ConfigError, load_settings
+
+TOKEN = "prod-" + "ab" * 32 + "v3"
+GOOD = {
+    "KEYGEN_ACCOUNT_ID": "acme",
+    "KEYGEN_PRODUCT_TOKEN": TOKEN,
+    "KEYGEN_POLICY_ID": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+    "SECRET_KEY": "s" * 40,
+}
+
+
+def problems_of(env: dict) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    return caught.value.problems
+
+
+def test_good_settings_load_with_defaults():
+    settings = load_settings(GOOD)
+    assert settings.keygen_api_url == "https://api.keygen.sh"
+    assert settings.keygen_account_id == "acme"
+    assert settings.password_min_length == 8
+    assert settings.demo_mode is False
+
+
+def test_every_missing_setting_is_named_at_once():
+    problems = problems_of({})
+    assert problems == [
+        "KEYGEN_ACCOUNT_ID is required but not set",
+        "KEYGEN_PRODUCT_TOKEN is required but not set",
+        "KEYGEN_POLICY_ID is required but not set",
+        "SECRET_KEY is required but not set",
+    ]
+
+
+def test_create_app_refuses_to_start_without_settings(monkeypatch):
+    for name in GOOD:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        create_app()
+    assert "KEYGEN_PRODUCT_TOKEN is required" in str(caught.value)
+    assert "SECRET_KEY is required" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("KEYGEN_POLICY_ID", "not-a-uuid", "KEYGEN_POLICY_ID must be a UUID"),
+        ("KEYGEN_API_URL", "http://keygen.example.com", "KEYGEN_API_URL must use https"),
+        ("KEYGEN_API_URL", "ftp://keygen.example.com", "KEYGEN_API_URL must be an http(s) URL"),
+        ("KEYGEN_API_URL", "https://api.keygen.sh/v1", "KEYGEN_API_URL must be the server's root"),
+        ("KEYGEN_PRODUCT_TOKEN", "admin-" + "a" * 64 + "v3", "is an admin token"),
+        ("KEYGEN_PRODUCT_TOKEN", "852da78f-1444-4462-8863-d7b9fff9e003", "is a token's id"),
+        ("KEYGEN_PRODUCT_TOKEN", "prod-abc def", "without spaces"),
+        ("KEYGEN_ACCOUNT_ID", "acme/../x", "KEYGEN_ACCOUNT_ID must be the account's UUID or slug"),
+        ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters"),
+        ("PASSWORD_MIN_LENGTH", "5", "must be between 6 (Keygen's minimum) and 72"),
+        ("PASSWORD_MIN_LENGTH", "eight", "PASSWORD_MIN_LENGTH must be a number"),
+        ("SIGNUP_DEADLINE", "40", "SIGNUP_DEADLINE must be at most 25 seconds"),
+        ("KEYGEN_READ_TIMEOUT", "-1", "KEYGEN_READ_TIMEOUT must be a positive number"),
+        ("DEMO_MODE", "maybe", "DEMO_MODE must be true or false"),
+    ],
+)
+def test_malformed_values_are_named(name, value, problem):
+    problems = problems_of({**GOOD, name: value})
+    assert len(problems) == 1
+    assert problem in problems[0]
+
+
+def test_problems_never_repeat_the_secret_values():
+    bad_token = "admin-" + "f" * 64 + "v3"
+    error = None
+    try:
+        load_settings({**GOOD, "KEYGEN_PRODUCT_TOKEN": bad_token, "SECRET_KEY": "tiny-secret"})
+    except ConfigError as caught:
+        error = str(caught)
+    assert error is not None
+    assert bad_token not in error
+    assert "tiny-secret" not in error
+
+
+def test_plain_http_is_allowed_on_loopback_only():
+    for url in ("http://127.0.0.1:8001", "http://localhost:8001", "http://[::1]:8001"):
+        assert load_settings({**GOOD, "KEYGEN_API_URL": url}).keygen_api_url == url
+
+
+def test_secrets_can_come_from_files(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {**GOOD, "KEYGEN_PRODUCT_TOKEN_FILE": str(token_file)}
+    del env["KEYGEN_PRODUCT_TOKEN"]
+    assert load_settings(env).keygen_product_token == TOKEN
+
+
+def test_value_and_file_together_are_refused(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    problems = problems_of({**GOOD, "KEYGEN_PRODUCT_TOKEN_FILE": str(token_file)})
+    assert problems == [
+        "KEYGEN_PRODUCT_TOKEN: set either KEYGEN_PRODUCT_TOKEN or KEYGEN_PRODUCT_TOKEN_FILE, "
+        "not both"
+    ]
+
+
+def test_unreadable_secret_file_is_named(tmp_path):
+    env = {**GOOD, "SECRET_KEY_FILE": str(tmp_path / "missing")}
+    del env["SECRET_KEY"]
+    assert problems_of(env) == [
+        "SECRET_KEY: cannot read SECRET_KEY_FILE (No such file or directory)"
+    ]
+
+
+def test_secrets_stay_out_of_the_settings_repr():
+    text = repr(load_settings(GOOD))
+    assert TOKEN not in text
+    assert GOOD["SECRET_KEY"] not in text
+
+
+def test_readme_and_env_example_list_every_setting():
+    from pathlib import Path
+
+    from config import SETTINGS
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    example = (root / ".env.example").read_text()
+    for name in SETTINGS:
+        assert f"`{name}`" in readme, f"{name} is missing from README.md"
+        assert f"\n{name}=" in example, f"{name} is missing from .env.example"

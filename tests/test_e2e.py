@@ -1,0 +1,163 @@
+"""The portal as deployed: gunicorn with gunicorn.conf.py, talking over HTTP to an emulator that
+runs as a separate process, configured only through environment variables."""
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+
+from conftest import (
+    KEY_PATTERN,
+    LOG_DIR,
+    PASSWORD,
+    ROOT,
+    SECRET_KEY,
+    csrf_token_from,
+    free_port,
+    issued_key,
+    secret,
+    stop,
+    wait_for_http,
+)
+
+pytestmark = pytest.mark.slow
+GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
+
+
+@contextmanager
+def process(name: str, args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """Run a server with its output in test-logs/, and stop it afterwards."""
+    log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+        log.close()
+
+
+@contextmanager
+def emulator(*flags: str) -> Iterator[dict]:
+    port = free_port()
+    ids = {
+        "account": str(uuid.uuid4()),
+        "policy": str(uuid.uuid4()),
+        "token": secret("prod-" + uuid.uuid4().hex + uuid.uuid4().hex + "v3"),
+        "url": f"http://127.0.0.1:{port}",
+    }
+    args = [sys.executable, "keygen_emulator.py", "--port", str(port)]
+    args += ["--account-id", ids["account"], "--product-token", ids["token"]]
+    args += ["--policy-id", ids["policy"], *flags]
+    with process(f"emulator-{port}", args, dict(os.environ)) as proc:
+        wait_for_http(ids["url"] + "/v1/ping", process=proc)
+        yield ids
+
+
+def keygen_state(url: str) -> dict:
+    state = requests.get(url + "/_emulator/state", timeout=5).json()
+    secret_keys = [license["key"] for license in state["licenses"]]
+    for key in secret_keys:
+        secret(key)
+    return state
+
+
+@contextmanager
+def portal(env_changes: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
+    env.update(BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
+    env.update(env_changes)
+    args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
+    with process(f"portal-{port}", args, env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/healthz", process=proc)
+        yield url
+
+
+def sign_up_over_http(url: str, email: str) -> requests.Response:
+    with requests.Session() as browser:
+        page = browser.get(url + "/", timeout=10)
+        data = {
+            "csrf_token": csrf_token_from(page.text),
+            "first_name": "Zoë",
+            "last_name": "O'Hara",
+            "email": email,
+            "password": PASSWORD,
+        }
+        return browser.post(url + "/", data=data, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("flags", "account_by", "version"),
+    [
+        (["--slug", "shop", "--protected"], "slug", "1.8"),
+        (["--slug", "old-shop", "--api-version", "1.5"], "id", "1.5"),
+    ],
+    ids=["protected-account-by-slug", "account-pinned-to-1.5"],
+)
+def test_signup_through_gunicorn_against_a_separate_emulator(flags, account_by, version):
+    with emulator(*flags) as keygen:
+        account = flags[1] if account_by == "slug" else keygen["account"]
+        settings = {
+            "KEYGEN_API_URL": keygen["url"],
+            "KEYGEN_ACCOUNT_ID": account,
+            "KEYGEN_PRODUCT_TOKEN": keygen["token"],
+            "KEYGEN_POLICY_ID": keygen["policy"],
+            "SECRET_KEY": SECRET_KEY,
+        }
+        with portal(settings) as url:
+            response = sign_up_over_http(url, "Zoe.OHara@Example.com")
+            assert response.status_code == 200
+            key = issued_key(response.text)
+            assert KEY_PATTERN.match(key)
+            assert response.headers["Cache-Control"] == "no-store"
+            state = keygen_state(keygen["url"])
+            [user] = state["users"]
+            [license] = state["licenses"]
+            assert user["email"] == "zoe.ohara@example.com"
+            assert (user["first_name"], user["last_name"]) == ("Zoë", "O'Hara")
+            assert license["key"] == key
+            assert license["owner_id"] == user["id"]
+            assert license["policy_id"] == keygen["policy"]
+            # Whatever the account is pinned to, the portal asks for 1.8 on every call.
+            assert {r["keygen_version"] for r in state["requests"]} == {"1.8"}
+
+            again = sign_up_over_http(url, "ZOE.OHARA@example.com")
+            assert again.status_code == 422
+            assert "An account with this email already exists." in again.text
+            state = keygen_state(keygen["url"])
+            assert (len(state["users"]), len(state["licenses"])) == (1, 1)
+
+
+def test_an_account_pinned_to_1_5_answers_in_1_5_without_our_header():
+    """Proves the emulator fixture above really is pinned: the portal's header is what wins."""
+    with emulator("--api-version", "1.5") as keygen:
+        headers = {
+            "Authorization": f"Bearer {keygen['token']}",
+            "Accept": "application/vnd.api+json",
+        }
+        base = f"{keygen['url']}/v1/accounts/{keygen['account']}"
+        response = requests.get(base + "/me", headers=headers, timeout=5)
+        assert response.headers["Keygen-Version"] == "1.5"
+
+
+def test_gunicorn_refuses_to_start_and_names_every_missing_setting():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
+    env["BIND"] = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    for name in ("KEYGEN_ACCOUNT_ID", "KEYGEN_PRODUCT_TOKEN", "KEYGEN_POLICY_ID", "SECRET_KEY"):
+        assert re.search(rf"{name} is required but not set", result.stderr)
