@@ -6,16 +6,30 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from pathlib import Path
 
+import click
 from flask import Blueprint, Flask, current_app, g, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
 from config import Settings, load_settings
 from forms import SignupForm
+from journal import Journal
 from keygen_api import KeygenClient
-from signup import Applicant, Rejected, SignupUnavailable, SignupWorkflow, TryLater
+from signup import (
+    AlreadyIssued,
+    Applicant,
+    Issued,
+    Processing,
+    Rejected,
+    SignupUnavailable,
+    SignupWorkflow,
+    TryLater,
+)
+from worker import Reconciler
 
 log = logging.getLogger(__name__)
 csrf = CSRFProtect()
@@ -36,18 +50,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(settings.log_level)
     app.before_request(assign_request_id)  # first, so that every later step can log it
     csrf.init_app(app)
-    app.extensions["signup"] = SignupWorkflow(
-        KeygenClient(
-            settings.keygen_api_url,
-            settings.keygen_account_id,
-            settings.keygen_product_token,
-            connect_timeout=settings.keygen_connect_timeout,
-            read_timeout=settings.keygen_read_timeout,
-        ),
-        settings.keygen_policy_id,
-        deadline=settings.signup_deadline,
-    )
+    journal = open_journal(app, settings)
+    workflow = build_workflow(settings, journal)
+    app.extensions["signup"] = workflow
+    app.extensions["signup_slots"] = threading.BoundedSemaphore(settings.signup_concurrency)
+    app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
     app.register_blueprint(bp)
+    app.cli.add_command(reconcile_command)
     register_error_pages(app)
     app.after_request(add_security_headers)
     return app
@@ -68,6 +77,44 @@ def configure(app: Flask, settings: Settings) -> None:
     app.jinja_env.globals.update(product_name=settings.product_name, demo_mode=settings.demo_mode)
 
 
+def open_journal(app: Flask, settings: Settings) -> Journal:
+    url = settings.database_url or f"sqlite:///{Path(app.instance_path) / 'portal.db'}"
+    journal = Journal(url)
+    journal.create_schema()
+    return journal
+
+
+def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
+    keygen = KeygenClient(
+        settings.keygen_api_url,
+        settings.keygen_account_id,
+        settings.keygen_product_token,
+        connect_timeout=settings.keygen_connect_timeout,
+        read_timeout=settings.keygen_read_timeout,
+    )
+    return SignupWorkflow(
+        keygen,
+        journal,
+        settings.keygen_policy_id,
+        deadline=settings.signup_deadline,
+        give_up_after=settings.reconcile_give_up_after,
+        crash_at=settings.test_crash_at,
+    )
+
+
+def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Reconciler:
+    """Each process finishes what any process left unfinished; leases keep them apart."""
+    reconciler = Reconciler(
+        journal,
+        workflow,
+        interval=settings.reconcile_interval,
+        stale_after=settings.stale_signup_after,
+    )
+    if settings.reconcile_interval > 0:
+        reconciler.start()
+    return reconciler
+
+
 def configure_logging(level: str) -> None:
     """Log to stderr unless the host (gunicorn, pytest) already set up the root logger."""
     root = logging.getLogger()
@@ -75,7 +122,7 @@ def configure_logging(level: str) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-    for name in ("app", "signup", "keygen_api"):
+    for name in ("app", "signup", "keygen_api", "worker", "journal"):
         logging.getLogger(name).setLevel(level)
 
 
@@ -98,18 +145,42 @@ def signup_submit():
         first_name=form.first_name.data,
         last_name=form.last_name.data,
     )
+    slots = current_app.extensions["signup_slots"]
+    # A bulkhead: while Keygen is slow, signups may not take every thread from the pages.
+    if not slots.acquire(timeout=1.0):
+        return error_page(503, kind="busy", retry_after=30)
     try:
-        issued = current_app.extensions["signup"].sign_up(applicant)
+        outcome = current_app.extensions["signup"].sign_up(applicant, form.nonce.data)
     except Rejected as rejection:
         for name, message in rejection.errors.items():
             form[name].errors.append(message)
         return render_template("signup.html", form=form), 422
     except TryLater as error:
         log.warning("request %s: %s", g.request_id, error)
-        return error_page(503, retry_after=60)
+        form.form_errors.append(TRY_LATER)
+        response = current_app.make_response((render_template("signup.html", form=form), 503))
+        response.headers["Retry-After"] = "60"
+        return response
     except SignupUnavailable:
         return error_page(503, kind="unavailable")
-    return render_template("issued.html", issued=issued, first_name=applicant.first_name)
+    finally:
+        slots.release()
+    return show(outcome, first_name=applicant.first_name)
+
+
+TRY_LATER = (
+    "Our licensing service did not answer in time, so nothing was created. "
+    "Please submit the form again in a minute."
+)
+
+
+def show(outcome, *, first_name: str):
+    if isinstance(outcome, Issued):
+        return render_template("issued.html", issued=outcome, first_name=first_name)
+    if isinstance(outcome, AlreadyIssued):
+        return render_template("already.html", email=outcome.email)
+    assert isinstance(outcome, Processing)
+    return render_template("processing.html", email=outcome.email), 202
 
 
 @bp.get("/healthz")
@@ -141,6 +212,10 @@ UNAVAILABLE = (
     "We could not create your license because of a problem on our side. "
     "We have been notified; please try again later.",
 )
+BUSY = (
+    "We are very busy right now",
+    "Too many signups are in progress. Nothing was created; please try again in a minute.",
+)
 EXPIRED_FORM = (
     "This form has expired",
     "For your security, the signup form is only valid for a limited time. "
@@ -149,9 +224,8 @@ EXPIRED_FORM = (
 
 
 def error_page(code: int, *, kind: str | None = None, retry_after: int | None = None):
-    title, message = UNAVAILABLE if kind == "unavailable" else ERRORS.get(code, ERRORS[500])
-    if kind == "csrf":
-        title, message = EXPIRED_FORM
+    special = {"unavailable": UNAVAILABLE, "busy": BUSY, "csrf": EXPIRED_FORM}
+    title, message = special.get(kind) or ERRORS.get(code, ERRORS[500])
     response = current_app.make_response(
         (
             render_template(
@@ -179,6 +253,22 @@ def register_error_pages(app: Flask) -> None:
     def unexpected(error: Exception):
         log.exception("request %s: unexpected error", g.get("request_id"))
         return error_page(500)
+
+
+# -- Operators ----------------------------------------------------------------------------------
+
+
+@click.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Only list what would be done.")
+def reconcile_command(dry_run: bool) -> None:
+    """Finish or undo every signup left unfinished (after a crash, deploy or Keygen outage)."""
+    report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(
+        f"{len(report.worked)} signup(s) {'due' if dry_run else 'worked on'}, "
+        f"{report.skipped} busy elsewhere, {len(report.stale)} stale"
+    )
 
 
 # -- Every response -----------------------------------------------------------------------------

@@ -54,6 +54,12 @@ class Settings:
     cookie_secure: bool = True
     demo_mode: bool = False
     log_level: str = "INFO"
+    database_url: str = field(default="", repr=False)  # "": SQLite in the instance folder
+    signup_concurrency: int = 6
+    reconcile_interval: float = 30.0
+    reconcile_give_up_after: float = 86400.0
+    stale_signup_after: float = 900.0
+    test_crash_at: str = ""
 
 
 def _text(value: str) -> str:
@@ -145,6 +151,34 @@ def _password_min_length(value: str) -> int:
     return number
 
 
+def _database_url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ValueError("must start with sqlite:/// or postgresql://")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return number
+
+
+def _seconds_or_off(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must be a number of seconds, or 0 for off")
+    return number
+
+
+def _crash_point(value: str) -> str:
+    value = value.strip()
+    if value not in ("after_user_created", "after_license_created"):
+        raise ValueError("must be after_user_created or after_license_created (tests only)")
+    return value
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -176,6 +210,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "COOKIE_SECURE": ("cookie_secure", _bool, False),
     "DEMO_MODE": ("demo_mode", _bool, False),
     "LOG_LEVEL": ("log_level", _log_level, False),
+    "DATABASE_URL": ("database_url", _database_url, False),
+    "SIGNUP_CONCURRENCY": ("signup_concurrency", _positive_int, False),
+    "RECONCILE_INTERVAL": ("reconcile_interval", _seconds_or_off, False),
+    "RECONCILE_GIVE_UP_AFTER": ("reconcile_give_up_after", _positive_float, False),
+    "STALE_SIGNUP_AFTER": ("stale_signup_after", _positive_float, False),
+    "TEST_CRASH_AT": ("test_crash_at", _crash_point, False),
 }
 
 

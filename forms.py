@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import secrets
 import unicodedata
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, ValidationError
+from wtforms import EmailField, HiddenField, PasswordField, StringField
+from wtforms.validators import DataRequired, InputRequired, Length, Regexp, ValidationError
 
 NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
 EMAIL_MAX = 254  # RFC 5321 path limit; Keygen allows 255
@@ -68,7 +69,17 @@ def password_length(form: FlaskForm, field: PasswordField) -> None:
         )
 
 
+def new_nonce() -> str:
+    return secrets.token_urlsafe(24)
+
+
 class SignupForm(FlaskForm):
+    # One per served form: resubmitting the same form (double click, refresh, back button,
+    # two tabs of one page) is recognised as the same signup and never creates a second one.
+    nonce = HiddenField(
+        default=new_nonce,
+        validators=[Regexp(r"^[A-Za-z0-9_-]{16,64}$", message="This form is out of date.")],
+    )
     first_name = StringField(
         "First name",
         filters=[strip, nfc],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -181,6 +183,10 @@ class KeygenRateLimited(KeygenUnavailable):
         return error
 
 
+class KeygenCircuitOpen(KeygenUnavailable):
+    """Keygen failed repeatedly just now, so this call was not even attempted. Fail fast."""
+
+
 class KeygenRejected(KeygenError):
     """Keygen answered and refused; the same request will be refused again."""
 
@@ -277,6 +283,79 @@ def _json_or_none(response: requests.Response) -> Any:
         return None
 
 
+# -- Protecting Keygen and ourselves -----------------------------------------------------------
+
+
+class CircuitBreaker:
+    """Stops calling Keygen after ``threshold`` failures in a row, for ``cooldown`` seconds.
+
+    Then one probe call is let through (half-open): success closes the circuit, failure opens
+    it again. While open, callers fail at once instead of tying up a thread for a timeout.
+    """
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            if self._clock() - self._opened_at >= self.cooldown:
+                return "half-open"
+            return "open"
+
+    def before_call(self) -> None:
+        with self._lock:
+            if self._opened_at is None:
+                return
+            if self._clock() - self._opened_at < self.cooldown or self._probing:
+                raise KeygenCircuitOpen("Keygen is failing; not calling it for now")
+            self._probing = True
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures, self._opened_at, self._probing = 0, None, False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._probing or self._failures >= self.threshold:
+                self._opened_at = self._clock()
+            self._probing = False
+
+
+class RetryAfterGate:
+    """Remembers Keygen's Retry-After, so that no thread calls it again before that time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._not_before = 0.0
+        self._lock = threading.Lock()
+
+    def before_call(self) -> None:
+        wait = self._not_before - self._clock()
+        if wait > 0:
+            error = KeygenRateLimited(f"429 (waiting {wait:.1f}s more as Keygen asked)", status=429)
+            error.retry_after = wait
+            raise error
+
+    def rate_limited(self, retry_after: float) -> None:
+        with self._lock:
+            self._not_before = max(self._not_before, self._clock() + retry_after)
+
+
 # -- Client -------------------------------------------------------------------------------------
 
 
@@ -295,12 +374,16 @@ class KeygenClient:
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
         pool_size: int = 16,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
         self._token = token
         self.timeout = (connect_timeout, read_timeout)
         self._pool_size = pool_size
         self._local = threading.local()
+        self.breaker = breaker or CircuitBreaker(clock=clock)
+        self.gate = RetryAfterGate(clock=clock)
 
     def __repr__(self) -> str:
         return f"KeygenClient({self.base_url!r})"
@@ -418,6 +501,24 @@ class KeygenClient:
         expect: int = 200,
         timeout: tuple[float, float] | None = None,
     ) -> dict:
+        self.gate.before_call()
+        self.breaker.before_call()
+        try:
+            document = self._send(method, path, json, params, expect, timeout)
+        except KeygenRateLimited as error:
+            self.gate.rate_limited(error.retry_after)
+            self.breaker.succeeded()  # Keygen answered; it is up
+            raise
+        except KeygenUnavailable:
+            self.breaker.failed()
+            raise
+        except KeygenError:
+            self.breaker.succeeded()
+            raise
+        self.breaker.succeeded()
+        return document
+
+    def _send(self, method, path, json, params, expect, timeout) -> dict:
         headers = {"Authorization": f"Bearer {self._token}"}
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE

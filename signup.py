@@ -1,16 +1,28 @@
-"""The signup workflow: create the Keygen user, then a license for that user, never leave a user
-without a license, and say what each of Keygen's refusals means for the person signing up."""
+"""The signup workflow: create the Keygen user, then a license for that user, exactly once per
+submission, whatever the network, the browser or the process does.
+
+Keygen has no idempotency keys, so each step is made safe to repeat by other means. The journal
+row is written first. A user create that got no answer is resolved by looking the user up (our
+metadata tells ours from someone else's). The license id is chosen up front, so resending the
+create cannot duplicate it. Whatever a request cannot finish, the reconciler (worker.py) finishes
+or undoes later from the journal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from journal import Journal, Signup, State
 from keygen_api import (
+    KeygenCircuitOpen,
     KeygenClient,
     KeygenConflict,
     KeygenError,
@@ -27,10 +39,11 @@ log = logging.getLogger(__name__)
 
 # Marks the Keygen users this portal created, and which submission created them.
 CREATED_BY = "keygen-signup-portal"
+EMAIL_TAKEN = "An account with this email already exists."
 
 # (field, kind) from Keygen's 422 -> (form field, what we tell the person).
 _MESSAGES: dict[tuple[str | None, str | None], tuple[str, str]] = {
-    ("email", "taken"): ("email", "An account with this email already exists."),
+    ("email", "taken"): ("email", EMAIL_TAKEN),
     ("email", "invalid"): ("email", "Enter a valid email address, like name@example.com."),
     ("email", "too_long"): ("email", "This email address is too long."),
     ("password", "too_short"): ("password", "This password is too short."),
@@ -50,13 +63,34 @@ class Applicant:
     last_name: str
 
 
+# What a submission can come to, besides the exceptions below.
+
+
 @dataclass(frozen=True)
 class Issued:
+    """Show this key now: it is the one and only time."""
+
     email: str
-    user_id: str
-    license_id: str
     license_key: str = field(repr=False)
+    license_id: str
     signup_id: str
+
+
+@dataclass(frozen=True)
+class AlreadyIssued:
+    """This submission was completed before, and its key was shown then."""
+
+    email: str
+
+
+@dataclass(frozen=True)
+class Processing:
+    """Not finished yet; it will be finished in the background."""
+
+    email: str
+
+
+Outcome = Issued | AlreadyIssued | Processing
 
 
 class SignupError(Exception):
@@ -72,69 +106,143 @@ class Rejected(SignupError):
 
 
 class TryLater(SignupError):
-    """Keygen could not be reached in time. Nothing was left half done; trying again may work."""
+    """Keygen could not be reached in time, and nothing exists yet. Trying again may work."""
 
 
 class SignupUnavailable(SignupError):
     """The portal or Keygen is misconfigured. An operator must act; the log says what."""
 
 
-class SignupWorkflow:
-    """Creates a user and their license, within a total deadline, without duplicates.
+class _Retry(Exception):
+    """A step ran out of attempts or time with an outcome still unknown."""
 
-    Keygen has no idempotency keys, so each step is made safe to repeat by other means: a user
-    create that got no answer is resolved by looking the user up (our metadata tells ours from
-    someone else's); the license id is chosen here, so resending the create cannot duplicate it.
-    """
+    def __init__(self, message: str, *, delay: float):
+        self.delay = delay
+        super().__init__(message)
+
+
+class SignupWorkflow:
+    """Creates a user and their license, within a total deadline, exactly once per nonce."""
+
+    POLL = 0.1  # how often a duplicate submission looks at the journal while it waits
 
     def __init__(
         self,
         keygen: KeygenClient,
+        journal: Journal,
         policy_id: str,
         *,
         deadline: float = 20.0,
+        give_up_after: float = 86400.0,
+        crash_at: str = "",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.keygen = keygen
+        self.journal = journal
         self.policy_id = policy_id
         self.deadline = deadline
+        self.lease = deadline + 10.0  # outlives our own work, so nobody takes a row we drive
+        self.give_up_after = give_up_after
+        self.crash_at = crash_at
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._sleep = sleep
 
-    def sign_up(self, applicant: Applicant) -> Issued:
-        run = _Run(self, signup_id=str(uuid.uuid4()), license_id=str(uuid.uuid4()))
-        user = run.create_user(applicant)
-        license = run.create_license(user)
-        log.info("signup %s issued license %s to user %s", run.signup_id, license.id, user.id)
-        return Issued(
-            email=user.email,
-            user_id=user.id,
-            license_id=license.id,
-            license_key=license.key,
-            signup_id=run.signup_id,
-        )
+    def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
+        """Drive this submission to its end, or wait for whoever is driving it already."""
+        ends_at = self._clock() + self.deadline
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
+        waited = False
+        while True:
+            claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=self.lease)
+            signup = claim.signup
+            if claim.leased:
+                return self._drive(signup, applicant, ends_at, owner)
+            if signup.state == State.ISSUED:
+                return self._present(signup, waited_for_it=waited)
+            if self._clock() + self.POLL >= ends_at:
+                return Processing(signup.email)
+            time.sleep(self.POLL)  # a double click or a second tab: the first one is working
+            waited = True
+
+    def resume(self, signup: Signup, *, owner: str) -> State:
+        """Move an unfinished row forward without the password (the reconciler's step)."""
+        run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=0)
+        with contextlib.suppress(SignupError):  # the run recorded what happened
+            run.drive(None)
+        return self.journal.get(signup.id).state
+
+    def _drive(self, signup: Signup, applicant: Applicant, ends_at: float, owner: str) -> Outcome:
+        run = _Run(self, signup, owner=owner, ends_at=ends_at, retries=3)
+        try:
+            license = run.drive(applicant)
+        finally:
+            self.journal.release(signup.id, owner=owner)
+        if license is None:
+            return Processing(signup.email)
+        if self.journal.mark_key_shown(signup.id):
+            return Issued(signup.email, license.key, license.id, signup.id)
+        return AlreadyIssued(signup.email)
+
+    def _present(self, signup: Signup, *, waited_for_it: bool) -> Outcome:
+        """A finished signup seen again. Its key is shown if it never was, or to a duplicate
+        submission that arrived while it was being issued (the browser shows only the last
+        response of a double click, so that one must carry the key)."""
+        if signup.key_shown and not waited_for_it:
+            return AlreadyIssued(signup.email)
+        try:
+            license = self.keygen.get_license(signup.license_id)
+        except KeygenError as error:
+            raise TryLater(f"signup {signup.id}: cannot read the issued license: {error}") from None
+        if self.journal.mark_key_shown(signup.id) or waited_for_it:
+            return Issued(signup.email, license.key, license.id, signup.id)
+        return AlreadyIssued(signup.email)
 
 
 class _Run:
-    """One signup attempt: its ids, its deadline and its retry budget."""
+    """One pass over one journal row: its deadline and retry budget."""
 
     BACKOFF_BASE = 0.25
     BACKOFF_CAP = 4.0
-    MAX_RETRIES = 3  # per step; the deadline usually ends things first
+    RESCHEDULE_CAP = 600.0  # the reconciler tries a row at least every ten minutes
 
-    def __init__(self, workflow: SignupWorkflow, *, signup_id: str, license_id: str):
+    def __init__(
+        self, workflow: SignupWorkflow, signup: Signup, *, owner: str, ends_at: float, retries: int
+    ):
         self.workflow = workflow
         self.keygen = workflow.keygen
-        self.signup_id = signup_id
-        self.license_id = license_id
-        self.ends_at = workflow._clock() + workflow.deadline
+        self.journal = workflow.journal
+        self.signup = signup
+        self.owner = owner
+        self.ends_at = ends_at
+        self.retries = retries
         self.attempt = 0
+
+    @property
+    def id(self) -> str:
+        return self.signup.id
+
+    def drive(self, applicant: Applicant | None) -> License | None:
+        """The license, or None if it will be finished later. Raises SignupError otherwise."""
+        try:
+            user_id = self.signup.user_id
+            if self.signup.state == State.NEW:
+                user = self.create_user(applicant) if applicant else self.find_our_user()
+                user_id = user.id
+                self.record(state=State.USER_CREATED, user_id=user_id)
+                self.crash_point("after_user_created")
+            license = self.create_license(user_id)
+            self.record(state=State.ISSUED, last_error=None)
+            self.crash_point("after_license_created")
+            return license
+        except _Retry as pending:
+            return self.reschedule(pending, applicant)
 
     # Step 1: the user.
 
     def create_user(self, applicant: Applicant) -> User:
-        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.signup_id}
+        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id}
         while True:
             try:
                 return self.keygen.create_user(
@@ -146,149 +254,193 @@ class _Run:
                     timeout=self.timeout(),
                 )
             except KeygenInvalid as error:
-                earlier = self.our_earlier_create(error, applicant.email)
-                if earlier is not None:
-                    return earlier
-                raise self.rejected(error) from None
-            except KeygenConflict:
-                # Two creates for one email raced inside Keygen; one of them won.
-                user = self.find_user(applicant.email)
-                if user and self.is_ours(user):
-                    return user
-                raise Rejected({"email": _MESSAGES[("email", "taken")][1]}) from None
+                if _is_taken(error):
+                    # Ours if an earlier send of this very submission went through.
+                    return self.ours_or_taken(applicant.email)
+                raise self.refused(self.rejected(error)) from None
+            except KeygenConflict:  # two creates for one email raced inside Keygen
+                return self.ours_or_taken(applicant.email)
             except KeygenRejected as error:  # token, plan, or a request Keygen cannot parse
-                raise self.operator_problem("creating a user", error) from None
+                raise self.refused(self.operator_problem("creating a user", error)) from None
             except KeygenUnavailable as error:
-                # The create may have happened: look before sending it again.
-                user = self.find_user(applicant.email)
+                # The create may have happened: look before sending it again. If even the
+                # lookup fails, resend: Keygen answers EMAIL_TAKEN if the first one landed.
+                try:
+                    user = self.find_user(applicant.email)
+                except _Retry:
+                    user = None
                 if user is not None:
-                    if self.is_ours(user):
-                        return user
-                    raise Rejected({"email": _MESSAGES[("email", "taken")][1]}) from None
-                self.wait_before_retry(error, "creating a user")
+                    return self.ours_or_taken(applicant.email, user)
+                self.pause(error, "creating a user")
 
-    def our_earlier_create(self, error: KeygenInvalid, email: str) -> User | None:
-        """EMAIL_TAKEN on a resend can mean our own earlier create went through after all."""
-        taken = any(p.field == "email" and p.kind == "taken" for p in error.problems)
-        if not taken or self.attempt == 0:
-            return None
-        user = self.find_user(email)
-        return user if user is not None and self.is_ours(user) else None
+    def find_our_user(self) -> User:
+        """Without the password we cannot create the user; we can only learn whether our
+        earlier attempt did. If it did not, the person has to submit the form again."""
+        user = self.find_user(self.signup.email)
+        if user is not None and self.is_ours(user):
+            return user
+        state = State.REJECTED if user is not None else State.ABANDONED
+        self.record(state=state, last_error="the user was never created by this signup")
+        log.info("signup %s: %s (no user of ours in Keygen)", self.id, state)
+        raise TryLater(f"signup {self.id}: {state}")
+
+    def ours_or_taken(self, email: str, user: User | None = None) -> User:
+        user = user or self.find_user(email)
+        if user is not None and self.is_ours(user):
+            return user
+        raise self.refused(Rejected({"email": EMAIL_TAKEN}))
 
     def is_ours(self, user: User) -> bool:
-        return user.metadata.get("portalSignupId") == self.signup_id
+        return user.metadata.get("portalSignupId") == self.id
 
     def find_user(self, email: str) -> User | None:
         try:
             return self.keygen.get_user(email, timeout=self.timeout())
         except KeygenNotFound:
             return None
-        except KeygenError as error:
-            raise TryLater(f"signup {self.signup_id}: cannot look up the user ({error})") from None
+        except KeygenUnavailable as error:
+            # We cannot tell whether the user exists; the reconciler will look again.
+            raise _Retry(f"cannot look up the user: {error}", delay=self.backoff()) from None
+        except KeygenRejected as error:
+            # A user of ours may exist: keep the row and look again once an operator fixed it.
+            self.operator_problem("looking up a user", error)
+            raise _Retry(f"cannot look up the user: {error}", delay=self.RESCHEDULE_CAP) from None
 
     # Step 2: the license.
 
-    def create_license(self, user: User) -> License:
-        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.signup_id}
-        self.attempt = 0
+    def create_license(self, user_id: str) -> License:
+        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id}
         while True:
             try:
                 return self.keygen.create_license(
-                    license_id=self.license_id,
+                    license_id=self.signup.license_id,
                     policy_id=self.workflow.policy_id,
-                    owner_id=user.id,
+                    owner_id=user_id,
                     metadata=metadata,
                     timeout=self.timeout(),
                 )
             except KeygenConflict:
                 # Our id is taken: an earlier send of this same request went through.
-                return self.read_back_license(user)
+                license = self.existing_license(user_id)
+                if license is None:
+                    raise _Retry(
+                        "license id taken but not readable", delay=self.backoff()
+                    ) from None
+                return license
             except KeygenRejected as error:
-                self.compensate(user)
-                raise self.operator_problem("creating a license", error) from None
+                problem = self.operator_problem("creating a license", error)
+                self.compensate(user_id)
+                raise problem from None
             except KeygenUnavailable as error:
-                try:
-                    self.wait_before_retry(error, "creating a license")
-                except TryLater:
-                    existing = self.existing_license(user)
-                    if existing is not None:
-                        return existing
-                    self.compensate(user)
-                    raise
+                license = self.existing_license(user_id) if self.attempt else None
+                if license is not None:
+                    return license
+                self.pause(error, "creating a license")
 
-    def read_back_license(self, user: User) -> License:
-        existing = self.existing_license(user)
-        if existing is None:
-            self.compensate(user)
-            raise TryLater(f"signup {self.signup_id}: license id conflict without a license")
-        return existing
-
-    def existing_license(self, user: User) -> License | None:
+    def existing_license(self, user_id: str) -> License | None:
         """The license we asked for, if Keygen has it, owned by our user under our policy."""
         try:
-            license = self.keygen.get_license(self.license_id, timeout=self.timeout(final=True))
+            license = self.keygen.get_license(self.signup.license_id, timeout=self.timeout())
         except KeygenNotFound:
             return None
         except KeygenError as error:
-            log.warning("signup %s: cannot read back license: %s", self.signup_id, error)
+            log.warning("signup %s: cannot read back the license: %s", self.id, error)
             return None
-        if license.owner_id != user.id or license.policy_id != self.workflow.policy_id:
-            log.error(
-                "signup %s: license %s exists but belongs to another user or policy",
-                self.signup_id,
-                self.license_id,
-            )
+        if license.owner_id != user_id or license.policy_id != self.workflow.policy_id:
+            log.error("signup %s: license %s belongs to someone else", self.id, license.id)
             return None
         return license
 
-    def compensate(self, user: User) -> None:
+    def compensate(self, user_id: str) -> None:
         """Delete the user we created, so their email is free for the next attempt."""
         try:
-            self.keygen.delete_user(user.id, timeout=self.timeout(final=True))
-            log.warning("signup %s: deleted user %s (no license issued)", self.signup_id, user.id)
+            self.keygen.delete_user(user_id, timeout=self.timeout(final=True))
         except KeygenNotFound:
             pass
         except KeygenError as error:
             log.error(
-                "signup %s: user %s has no license and could not be deleted: %s",
-                self.signup_id,
-                user.id,
+                "signup %s: user %s has no license and could not be deleted yet: %s",
+                self.id,
+                user_id,
                 error,
             )
+            self.record(last_error=f"compensation failed: {error}"[:500])
+            raise _Retry("compensation failed", delay=self.backoff()) from None
+        self.record(state=State.COMPENSATED)
+        log.warning("signup %s: deleted user %s (no license could be issued)", self.id, user_id)
 
-    # Budget and errors.
+    # Budget, journal and errors.
 
     def timeout(self, *, final: bool = False) -> tuple[float, float]:
-        """(connect, read) timeouts that fit in what is left of the deadline.
-
-        ``final`` calls (read-backs, compensation) get a short grace period past the deadline:
-        skipping them would leave a user without a license.
-        """
+        """(connect, read) timeouts that fit in what is left of the deadline. ``final`` calls
+        (compensation) get a short grace period: skipping them would strand a user."""
         connect, read = self.keygen.timeout
         left = self.ends_at - self.workflow._clock()
         if final:
             left = max(left, connect + 2.0)
-        if left <= 0:
-            raise TryLater(f"signup {self.signup_id}: deadline reached")
+        if left <= 0.05:
+            raise _Retry("deadline reached", delay=self.backoff())
         return (min(connect, left), min(read, left))
 
-    def wait_before_retry(self, error: KeygenUnavailable, step: str) -> None:
-        """Sleep a capped, fully jittered backoff (or Keygen's Retry-After), if it fits."""
+    def pause(self, error: KeygenUnavailable, step: str) -> None:
+        """Wait a capped, fully jittered backoff (or Keygen's Retry-After) if it fits."""
         self.attempt += 1
-        if self.attempt > self.MAX_RETRIES:
-            raise TryLater(f"signup {self.signup_id}: {step} failed: {error}")
         if isinstance(error, KeygenRateLimited):
             pause = error.retry_after
         else:
             pause = random.uniform(0, min(self.BACKOFF_CAP, self.BACKOFF_BASE * 2**self.attempt))
         left = self.ends_at - self.workflow._clock()
-        # Leave room for the call itself after the pause.
-        if pause + min(1.0, self.keygen.timeout[0]) > left:
-            raise TryLater(f"signup {self.signup_id}: {step} failed: {error}")
-        log.warning(
-            "signup %s: %s failed (%s); retrying in %.2fs", self.signup_id, step, error, pause
-        )
+        too_late = pause + min(1.0, self.keygen.timeout[0]) > left
+        if self.attempt > self.retries or too_late or isinstance(error, KeygenCircuitOpen):
+            delay = error.retry_after if isinstance(error, KeygenRateLimited) else self.backoff()
+            raise _Retry(f"{step} failed: {error}", delay=delay)
+        log.warning("signup %s: %s failed (%s); retrying in %.2fs", self.id, step, error, pause)
         self.workflow._sleep(pause)
+
+    def backoff(self) -> float:
+        """When the reconciler should look at this row again: capped, fully jittered."""
+        attempts = self.signup.attempts + 1
+        return random.uniform(1.0, min(self.RESCHEDULE_CAP, 2.0**attempts))
+
+    def reschedule(self, pending: _Retry, applicant: Applicant | None) -> None:
+        """Leave the row for the reconciler. Returns None (finished later), or raises TryLater
+        when the person must submit again because not even the user exists yet."""
+        now = self.journal.clock()
+        signup = self.journal.get(self.id)
+        log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
+        if (
+            signup.state == State.USER_CREATED
+            and now - signup.created_at > self.workflow.give_up_after
+        ):
+            log.error("signup %s: giving up after %.0fs", self.id, now - signup.created_at)
+            if self.existing_license(signup.user_id) is None:
+                self.compensate(signup.user_id)
+                return None
+        self.record(
+            attempts=signup.attempts + 1,
+            next_attempt_at=now + pending.delay,
+            last_error=str(pending)[:500],
+        )
+        if signup.state == State.NEW and applicant is not None:
+            raise TryLater(f"signup {self.id}: {pending}")
+        return None
+
+    def record(self, **changes) -> None:
+        if not self.journal.record(self.id, owner=self.owner, **changes):
+            raise TryLater(f"signup {self.id}: lost the lease (another worker took over)")
+        if "state" in changes or "user_id" in changes:
+            self.signup = self.journal.get(self.id)
+
+    def refused(self, error: SignupError) -> SignupError:
+        """Nothing was created and the submission is done: the person may resubmit."""
+        self.record(state=State.REJECTED, last_error=str(error)[:500])
+        return error
+
+    def crash_point(self, name: str) -> None:
+        if self.workflow.crash_at == name:  # tests only: a process dying at the worst moment
+            log.warning("signup %s: crashing at %s (TEST_CRASH_AT)", self.id, name)
+            logging.shutdown()
+            os._exit(70)
 
     def rejected(self, error: KeygenInvalid) -> SignupError:
         errors: dict[str, str] = {}
@@ -306,8 +458,12 @@ class _Run:
         log.error(
             "signup %s: Keygen refused %s: %s. Check KEYGEN_PRODUCT_TOKEN, KEYGEN_POLICY_ID "
             "and the Keygen account's plan.",
-            self.signup_id,
+            self.id,
             step,
             error,
         )
-        return SignupUnavailable(f"signup {self.signup_id}: {step}: {error}")
+        return SignupUnavailable(f"signup {self.id}: {step}: {error}")
+
+
+def _is_taken(error: KeygenInvalid) -> bool:
+    return any(p.field == "email" and p.kind == "taken" for p in error.problems)

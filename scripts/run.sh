@@ -22,6 +22,9 @@ PY
   demo_dir=${DEMO_DIR:-.demo}
   mkdir -p "$demo_dir"
   env | grep -E '^KEYGEN_' | sort > "$demo_dir/keygen.env"
+  # The demo's emulator starts empty, so its journal does too.
+  rm -f "$demo_dir"/portal.db*
+  export DATABASE_URL=${DATABASE_URL:-sqlite:///$(cd "$demo_dir" && pwd)/portal.db}
   echo "DEMO MODE: no KEYGEN_* settings, so the portal talks to the built-in Keygen emulator." >&2
   echo "           Keys it shows are not real." >&2
   .venv/bin/python keygen_emulator.py --port "$emulator_port" --account-id "$KEYGEN_ACCOUNT_ID" \

@@ -13,6 +13,13 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
+  // A second click would send the same signup again; the server copes, but why wait twice.
+  for (const form of document.querySelectorAll("form")) {
+    form.addEventListener("submit", () => {
+      for (const button of form.querySelectorAll("button[type=submit]")) button.disabled = true;
+    });
+  }
+
   for (const button of document.querySelectorAll("button[data-copies]")) {
     const source = document.getElementById(button.dataset.copies);
     const status = button.parentElement.querySelector(".copy-status");

@@ -14,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
 from config import Settings  # noqa: E402
+from journal import Journal  # noqa: E402
 from keygen_emulator import Emulator, serve  # noqa: E402
 
 LOG_DIR = ROOT / "test-logs"
@@ -164,6 +167,8 @@ def make_settings(world: KeygenWorld, **changes) -> Settings:
         keygen_connect_timeout=1.0,
         keygen_read_timeout=2.0,
         signup_deadline=4.0,
+        database_url=f"sqlite:///{tempfile.mkdtemp(prefix='portal-journal-')}/portal.db",
+        reconcile_interval=0.0,  # tests run the reconciler themselves
     )
     values.update(changes)
     return Settings(**values)
@@ -223,6 +228,68 @@ def issued_key(html: str) -> str:
     match = re.search(r'id="license-key"[^>]*>([^<]+)<', html)
     assert match, "the page shows no license key"
     return secret(match.group(1).strip())
+
+
+# -- The journal, on SQLite and on a real PostgreSQL -------------------------------------------
+
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL on a loopback port; yields a URL of its server."""
+    require(PG_BIN is not None and shutil.which("runuser") is not None, "PostgreSQL")
+    home = Path(tempfile.mkdtemp(prefix="portal-postgres-"))  # pytest's are root-only
+    data = home / "data"
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(home, "postgres")
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    log = LOG_DIR / "postgres.log"
+    start = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l"]
+    subprocess.run([*start, str(home / "server.log"), "-w", "start"], check=True, timeout=60)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            timeout=60,
+            capture_output=True,
+        )
+        shutil.copy(home / "server.log", log)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def new_postgres_database(server: str) -> str:
+    """A fresh, empty database on the server, so that tests never see each other's rows."""
+    import psycopg
+
+    name = "portal_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server + "/postgres", autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return f"{server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/portal.db"
+    return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def journal(database_url) -> Iterator[Journal]:
+    journal = Journal(database_url)
+    journal.create_schema()
+    yield journal
+    journal.engine.dispose()
 
 
 # -- Processes and components ---------------------------------------------------------------------

@@ -161,11 +161,14 @@ def test_a_policy_of_another_product_shows_the_generic_page_and_strands_no_user(
     assert keygen.licenses() == []
 
 
-def test_keygen_down_shows_try_again_with_retry_after(sign_up, keygen):
+def test_keygen_down_keeps_the_form_and_asks_to_try_again(sign_up, keygen):
     keygen.emulator.inject("users.create", status=503, times=None)
-    response = sign_up()
+    response = sign_up(first_name="Lois")
+    page = html(response)
     assert response.status_code == 503
-    assert "try again in a minute" in html(response)
+    assert "Please submit the form again in a minute." in page
+    assert input_value(page, "first_name") == "Lois"
+    assert input_value(page, "email") == "clark@example.com"
     assert response.headers["Retry-After"] == "60"
     assert keygen.users() == []
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ def portal(env_changes: dict[str, str]) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
     env.update(BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
+    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-e2e-')}/portal.db"
     env.update(env_changes)
     args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
     with process(f"portal-{port}", args, env) as proc:

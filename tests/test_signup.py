@@ -1,25 +1,54 @@
-"""The workflow against the emulator: the happy path, Keygen's refusals, retries that never
-duplicate, and compensation that never leaves a user without a license."""
+"""The workflow against the emulator's fault injection, on SQLite and on PostgreSQL: the happy
+path, Keygen's refusals, retries that never duplicate, resubmissions, and compensation.
+
+Each test asserts what Keygen ends up holding, what the journal says, and what the person saw.
+The F-numbers are those of reliability.md's fault list."""
 
 import logging
+import threading
+import time
 import uuid
 
 import pytest
 
 from conftest import PASSWORD, KeygenWorld, secret
+from forms import new_nonce
+from journal import Journal, State
 from keygen_api import KeygenClient
 from signup import (
     CREATED_BY,
+    AlreadyIssued,
     Applicant,
+    Issued,
+    Processing,
     Rejected,
     SignupUnavailable,
     SignupWorkflow,
     TryLater,
 )
+from worker import Reconciler
 
 CLARK = Applicant(
     email="clark@example.com", password=PASSWORD, first_name="Clark", last_name="Kent"
 )
+
+
+class Clock:
+    """Real time plus an offset the test can move forward (for Retry-After and cool-downs)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -27,16 +56,37 @@ def pauses() -> list[float]:
     return []
 
 
-def make_workflow(keygen: KeygenWorld, pauses: list[float], *, token=None, policy=None):
+def make_workflow(keygen, journal, pauses, clock, *, token=None, policy=None, **options):
     client = KeygenClient(
-        keygen.url, keygen.account, token or keygen.token, connect_timeout=1, read_timeout=1
+        keygen.url,
+        keygen.account,
+        token or keygen.token,
+        connect_timeout=1,
+        read_timeout=1,
+        clock=clock.monotonic,
     )
-    return SignupWorkflow(client, policy or keygen.policy, deadline=4.0, sleep=pauses.append)
+    journal.clock = clock.wall
+    return SignupWorkflow(
+        client,
+        journal,
+        policy or keygen.policy,
+        deadline=4.0,
+        sleep=pauses.append,
+        clock=clock.monotonic,
+        **options,
+    )
 
 
 @pytest.fixture
-def workflow(keygen, pauses) -> SignupWorkflow:
-    return make_workflow(keygen, pauses)
+def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
+    return make_workflow(keygen, journal, pauses, clock)
+
+
+def submit(workflow: SignupWorkflow, applicant: Applicant = CLARK, nonce: str | None = None):
+    outcome = workflow.sign_up(applicant, nonce or new_nonce())
+    if isinstance(outcome, Issued):
+        secret(outcome.license_key)
+    return outcome
 
 
 def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
@@ -47,36 +97,77 @@ def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
     return user, license
 
 
-def test_happy_path_makes_exactly_two_calls(workflow, keygen):
-    issued = workflow.sign_up(CLARK)
-    secret(issued.license_key)
+def only_row(journal: Journal):
+    [row] = journal.all()
+    return row
+
+
+# -- The happy path ---------------------------------------------------------------------------
+
+
+def test_happy_path_makes_exactly_two_calls(workflow, keygen, journal):
+    outcome = submit(workflow)
+    assert isinstance(outcome, Issued)
     user, license = only_user_and_license(keygen)
     assert [c["route"] for c in keygen.calls()] == ["users.create", "licenses.create"]
-    assert issued.license_key == license["key"]
-    assert issued.user_id == user["id"]
-    assert user["metadata"] == {"createdBy": CREATED_BY, "portalSignupId": issued.signup_id}
-    assert (user["first_name"], user["last_name"]) == ("Clark", "Kent")
-    assert license["metadata"]["portalSignupId"] == issued.signup_id
+    assert outcome.license_key == license["key"]
+    assert user["metadata"] == {"createdBy": CREATED_BY, "portalSignupId": outcome.signup_id}
+    assert license["metadata"]["portalSignupId"] == outcome.signup_id
+    row = only_row(journal)
+    assert (row.id, row.state, row.key_shown) == (outcome.signup_id, State.ISSUED, True)
+    assert (row.user_id, row.license_id, row.email) == (user["id"], license["id"], user["email"])
+    assert row.lease_owner is None
 
 
-def test_the_license_id_is_chosen_by_the_portal(workflow, keygen):
-    issued = workflow.sign_up(CLARK)
+def test_the_journal_is_written_before_keygen_is_called(workflow, keygen, journal):
+    keygen.emulator.inject("users.create", status=503, times=None)
+    with pytest.raises(TryLater):
+        submit(workflow)
+    row = only_row(journal)
+    assert row.state == State.NEW
+    assert row.next_attempt_at > journal.clock()
+
+
+def test_the_journal_holds_neither_password_nor_key(workflow, keygen, journal):
+    outcome = submit(workflow)
+    with journal.engine.connect() as db:
+        dump = repr(db.exec_driver_sql("SELECT * FROM signups").all())
+    assert PASSWORD not in dump
+    assert outcome.license_key not in dump
+
+
+def test_the_license_id_is_chosen_before_the_call(workflow, keygen, journal):
+    outcome = submit(workflow)
     [create] = keygen.calls("licenses.create")
-    assert create["json"]["data"]["id"] == issued.license_id
-    assert uuid.UUID(issued.license_id).version == 4
+    assert create["json"]["data"]["id"] == outcome.license_id == only_row(journal).license_id
+    assert uuid.UUID(outcome.license_id).version == 4
     assert create["json"]["data"]["relationships"] == {
         "policy": {"data": {"type": "policies", "id": keygen.policy}},
-        "owner": {"data": {"type": "users", "id": issued.user_id}},
+        "owner": {"data": {"type": "users", "id": only_row(journal).user_id}},
     }
 
 
-def test_taken_email_is_rejected_under_the_email_field(workflow, keygen):
-    workflow.sign_up(CLARK)
+# -- Refusals ---------------------------------------------------------------------------------
+
+
+def test_taken_email_is_rejected_under_the_email_field(workflow, keygen, journal):
+    submit(workflow)
     with pytest.raises(Rejected) as caught:
-        workflow.sign_up(Applicant("CLARK@example.COM", PASSWORD, "Other", "Person"))
+        submit(workflow, Applicant("CLARK@example.COM", PASSWORD, "Other", "Person"))
     assert caught.value.errors == {"email": "An account with this email already exists."}
-    assert len(keygen.users()) == 1
-    assert len(keygen.licenses()) == 1
+    assert (len(keygen.users()), len(keygen.licenses())) == (1, 1)
+
+
+def test_f18_a_foreign_user_with_the_email_gets_no_license(workflow, keygen, journal):
+    KeygenClient(keygen.url, keygen.account, keygen.token).create_user(
+        email="clark@example.com", password=PASSWORD, first_name="Real", last_name="Clark"
+    )
+    with pytest.raises(Rejected) as caught:
+        submit(workflow)
+    assert caught.value.errors == {"email": "An account with this email already exists."}
+    assert keygen.licenses() == []
+    assert [c["route"] for c in keygen.calls()][-2:] == ["users.create", "users.show"]
+    assert only_row(journal).state == State.REJECTED
 
 
 @pytest.mark.parametrize(
@@ -98,37 +189,41 @@ def test_taken_email_is_rejected_under_the_email_field(workflow, keygen):
         ),
     ],
 )
-def test_keygen_validation_errors_land_under_their_fields(workflow, keygen, errors, expected):
+def test_keygen_validation_errors_land_under_their_fields(
+    workflow, keygen, journal, errors, expected
+):
     keygen.emulator.inject(
         "users.create",
         status=422,
         errors=[
-            {
-                "title": "Unprocessable resource",
-                "detail": detail,
-                "code": code,
-                "source": {"pointer": pointer},
-            }
-            for code, detail, pointer in errors
+            {"title": "Unprocessable resource", "detail": d, "code": c, "source": {"pointer": p}}
+            for c, d, p in errors
         ],
     )
     with pytest.raises(Rejected) as caught:
-        workflow.sign_up(CLARK)
+        submit(workflow)
     assert caught.value.errors == expected
     assert keygen.users() == []
+    assert only_row(journal).state == State.REJECTED
 
 
-def test_real_keygen_password_rule_maps_to_the_password_field(workflow, keygen):
-    with pytest.raises(Rejected) as caught:
-        workflow.sign_up(Applicant("lois@example.com", "short", "Lois", "Lane"))
-    assert caught.value.errors == {"password": "This password is too short."}
+def test_a_rejected_submission_can_be_resubmitted_with_the_same_nonce(workflow, keygen, journal):
+    nonce = new_nonce()
+    with pytest.raises(Rejected):
+        submit(workflow, Applicant("lois@example.com", "short", "Lois", "Lane"), nonce)
+    outcome = submit(workflow, Applicant("lois@example.com", PASSWORD, "Lois", "Lane"), nonce)
+    assert isinstance(outcome, Issued)
+    assert only_row(journal).state == State.ISSUED
+    only_user_and_license(keygen)
 
 
-def test_a_bad_token_is_an_operator_problem_logged_with_the_request_id(keygen, pauses, caplog):
+def test_a_bad_token_is_an_operator_problem_logged_with_the_request_id(
+    keygen, journal, pauses, clock, caplog
+):
     token = secret("prod-" + "1" * 64 + "v3")
-    workflow = make_workflow(keygen, pauses, token=token)
+    workflow = make_workflow(keygen, journal, pauses, clock, token=token)
     with caplog.at_level(logging.ERROR), pytest.raises(SignupUnavailable):
-        workflow.sign_up(CLARK)
+        submit(workflow)
     [record] = [r for r in caplog.records if r.name == "signup"]
     assert "401 TOKEN_INVALID" in record.getMessage()
     assert "(request " in record.getMessage()
@@ -137,53 +232,57 @@ def test_a_bad_token_is_an_operator_problem_logged_with_the_request_id(keygen, p
     assert keygen.users() == []
 
 
-def test_a_policy_of_another_product_leaves_no_user_behind(keygen, pauses, caplog):
-    workflow = make_workflow(keygen, pauses, policy=keygen.other_policy)
+def test_f5_a_policy_of_another_product_leaves_no_user_behind(
+    keygen, journal, pauses, clock, caplog
+):
+    workflow = make_workflow(keygen, journal, pauses, clock, policy=keygen.other_policy)
     with caplog.at_level(logging.ERROR), pytest.raises(SignupUnavailable):
-        workflow.sign_up(CLARK)
-    assert keygen.users() == []
-    assert keygen.licenses() == []
+        submit(workflow)
+    assert (keygen.users(), keygen.licenses()) == ([], [])
     assert any("403" in r.getMessage() and "(request " in r.getMessage() for r in caplog.records)
     assert [c["route"] for c in keygen.calls()] == [
         "users.create",
         "licenses.create",
         "users.destroy",
     ]
+    assert only_row(journal).state == State.COMPENSATED
 
 
-def test_a_deleted_policy_leaves_no_user_behind(workflow, keygen):
+def test_a_deleted_policy_leaves_no_user_behind(workflow, keygen, journal):
     keygen.emulator.delete_policy(keygen.policy)
     try:
         with pytest.raises(SignupUnavailable):
-            workflow.sign_up(CLARK)
+            submit(workflow)
         assert keygen.users() == []
+        assert only_row(journal).state == State.COMPENSATED
     finally:
         keygen.emulator.add_policy(keygen.account, keygen.product, id=keygen.policy)
 
 
-def test_an_unexpected_400_is_an_operator_problem(workflow, keygen):
+def test_an_unexpected_400_is_an_operator_problem(workflow, keygen, journal):
     keygen.emulator.inject(
         "users.create",
         status=400,
-        errors=[
-            {"title": "Bad request", "detail": "unpermitted parameter", "source": {"pointer": "/x"}}
-        ],
+        errors=[{"title": "Bad request", "detail": "unpermitted parameter"}],
     )
     with pytest.raises(SignupUnavailable):
-        workflow.sign_up(CLARK)
+        submit(workflow)
+    assert only_row(journal).state == State.REJECTED
 
 
-def test_user_create_500_once_is_retried(workflow, keygen, pauses):
+# -- Faults -----------------------------------------------------------------------------------
+
+
+def test_f1_user_create_500_once_is_retried(workflow, keygen, journal, pauses):
     keygen.emulator.inject("users.create", status=500)
-    issued = workflow.sign_up(CLARK)
+    assert isinstance(submit(workflow), Issued)
     only_user_and_license(keygen)
-    assert issued.email == "clark@example.com"
     assert len(pauses) == 1
 
 
-def test_user_created_but_answer_lost_is_found_not_duplicated(workflow, keygen):
+def test_f2_user_created_but_answer_lost_is_found_not_duplicated(workflow, keygen, journal):
     keygen.emulator.inject("users.create", drop=True, when="after")
-    workflow.sign_up(CLARK)
+    assert isinstance(submit(workflow), Issued)
     only_user_and_license(keygen)
     assert [c["route"] for c in keygen.calls()] == [
         "users.create",
@@ -192,27 +291,19 @@ def test_user_created_but_answer_lost_is_found_not_duplicated(workflow, keygen):
     ]
 
 
-def test_user_created_but_500_after_commit_is_found_not_duplicated(workflow, keygen):
+def test_f2_user_created_then_500_then_resent_gets_email_taken_and_continues(
+    workflow, keygen, journal
+):
+    # The first create commits but answers 500; the lookup fails too, so the create is resent.
     keygen.emulator.inject("users.create", status=500, when="after")
-    workflow.sign_up(CLARK)
+    keygen.emulator.inject("users.show", status=503)
+    assert isinstance(submit(workflow), Issued)
     only_user_and_license(keygen)
 
 
-def test_someone_elses_user_found_after_a_lost_answer_is_not_taken_over(workflow, keygen):
-    """The lookup after a lost answer finds a user, but not one this signup created."""
-    KeygenClient(keygen.url, keygen.account, keygen.token).create_user(
-        email="clark@example.com", password=PASSWORD, first_name="Real", last_name="Clark"
-    )
-    keygen.emulator.inject("users.create", status=503)
-    with pytest.raises(Rejected) as caught:
-        workflow.sign_up(CLARK)
-    assert caught.value.errors == {"email": "An account with this email already exists."}
-    assert keygen.licenses() == []
-
-
-def test_license_503_twice_then_success(workflow, keygen, pauses):
+def test_f3_license_503_twice_then_success(workflow, keygen, journal, pauses):
     keygen.emulator.inject("licenses.create", status=503, times=2)
-    workflow.sign_up(CLARK)
+    assert isinstance(submit(workflow), Issued)
     only_user_and_license(keygen)
     assert len(pauses) == 2
     # Full jitter under a cap that doubles: 0 <= pause <= 0.25 * 2**attempt.
@@ -220,53 +311,142 @@ def test_license_503_twice_then_success(workflow, keygen, pauses):
     assert 0 <= pauses[1] <= 1.0
 
 
-def test_license_created_but_answer_lost_is_read_back_with_the_same_key(workflow, keygen):
+def test_f4_license_created_but_answer_lost_is_read_back_with_the_same_key(
+    workflow, keygen, journal
+):
     keygen.emulator.inject("licenses.create", drop=True, when="after")
-    issued = workflow.sign_up(CLARK)
+    outcome = submit(workflow)
     _, license = only_user_and_license(keygen)
-    assert issued.license_key == license["key"]
-    assert issued.license_id == license["id"]
+    assert (outcome.license_key, outcome.license_id) == (license["key"], license["id"])
 
 
-def test_license_garbled_answer_is_resent_and_read_back(workflow, keygen):
+def test_f19_license_garbled_answer_is_verified_before_showing(workflow, keygen, journal):
     keygen.emulator.inject("licenses.create", garbled=True)
-    issued = workflow.sign_up(CLARK)
+    outcome = submit(workflow)
     _, license = only_user_and_license(keygen)
-    assert issued.license_key == license["key"]
+    assert outcome.license_key == license["key"]
+    assert "licenses.show" in [c["route"] for c in keygen.calls()]
 
 
-def test_license_rate_limited_waits_for_retry_after(workflow, keygen, pauses):
+def test_f6_retry_after_is_honoured_before_calling_again(keygen, journal, clock):
+    workflow = make_workflow(keygen, journal, [], clock)
+    workflow._sleep = time.sleep  # really wait, and measure it
     keygen.emulator.inject("licenses.create", retry_after=1)
-    workflow.sign_up(CLARK)
+    started = time.monotonic()
+    assert isinstance(submit(workflow), Issued)
+    assert time.monotonic() - started >= 1.0
+    assert len(keygen.calls("licenses.create")) == 2
     only_user_and_license(keygen)
-    assert pauses == [1.0]
 
 
-def test_retry_after_beyond_the_deadline_gives_up_and_compensates(workflow, keygen, pauses):
+def test_f7_long_retry_after_is_finished_in_the_background(workflow, keygen, journal, clock):
     keygen.emulator.inject("licenses.create", retry_after=60)
+    outcome = submit(workflow)
+    assert isinstance(outcome, Processing)
+    row = only_row(journal)
+    assert row.state == State.USER_CREATED
+    assert row.next_attempt_at >= journal.clock() + 59
+    reconciler = Reconciler(journal, workflow)
+    assert reconciler.run_once().worked == {}  # not due yet: Keygen asked for 60 s
+    clock.offset += 61
+    assert reconciler.run_once().worked == {row.id: State.ISSUED}
+    only_user_and_license(keygen)
+    assert len(keygen.calls("licenses.create")) == 2  # one refused, one after the wait
+
+
+def test_f8_keygen_down_fails_fast_and_the_breaker_stops_calling(workflow, keygen, journal, clock):
+    for route in ("users.create", "users.show"):
+        keygen.emulator.inject(route, status=503, times=None)
+    while workflow.keygen.breaker.state == "closed":
+        with pytest.raises(TryLater):
+            submit(workflow)
+    calls = len(keygen.calls())
+    started = time.monotonic()
     with pytest.raises(TryLater):
-        workflow.sign_up(CLARK)
-    assert pauses == []
-    assert keygen.users() == []
+        submit(workflow)
+    assert time.monotonic() - started < 0.5
+    assert len(keygen.calls()) == calls  # open: Keygen was not called at all
+    keygen.emulator.clear_faults()
+    clock.offset += 31  # past the cool-down: one probe is let through, and it succeeds
+    assert isinstance(submit(workflow, Applicant("lois@example.com", PASSWORD, "L", "L")), Issued)
+    assert workflow.keygen.breaker.state == "closed"
 
 
-def test_license_never_answering_compensates_the_user(workflow, keygen, pauses):
+def test_license_never_answering_is_left_for_the_reconciler(workflow, keygen, journal, clock):
     keygen.emulator.inject("licenses.create", status=503, times=None)
-    with pytest.raises(TryLater):
-        workflow.sign_up(CLARK)
-    assert keygen.users() == []
-    assert keygen.licenses() == []
+    assert isinstance(submit(workflow), Processing)
+    row = only_row(journal)
+    assert row.state == State.USER_CREATED
+    assert len(keygen.users()) == 1
+    keygen.emulator.clear_faults()
+    clock.offset += 700
+    Reconciler(journal, workflow).run_once()
+    only_user_and_license(keygen)
+    assert only_row(journal).state == State.ISSUED
 
 
-def test_keygen_down_for_users_creates_nothing(workflow, keygen):
+def test_keygen_down_for_users_creates_nothing(workflow, keygen, journal):
     keygen.emulator.inject("users.create", status=503, times=None)
     with pytest.raises(TryLater):
-        workflow.sign_up(CLARK)
+        submit(workflow)
     assert keygen.users() == []
 
 
-def test_nothing_answering_at_all_is_try_later(keygen, pauses):
+def test_nothing_answering_at_all_is_try_later(keygen, journal, pauses, clock):
     client = KeygenClient("http://127.0.0.1:9", keygen.account, keygen.token, connect_timeout=0.5)
-    workflow = SignupWorkflow(client, keygen.policy, deadline=2.0, sleep=pauses.append)
+    workflow = SignupWorkflow(client, journal, keygen.policy, deadline=2.0, sleep=pauses.append)
     with pytest.raises(TryLater):
-        workflow.sign_up(CLARK)
+        submit(workflow)
+    assert only_row(journal).state == State.NEW
+
+
+# -- Resubmissions ----------------------------------------------------------------------------
+
+
+def test_resubmitting_after_success_shows_already_issued_and_calls_nothing(
+    workflow, keygen, journal
+):
+    nonce = new_nonce()
+    assert isinstance(submit(workflow, nonce=nonce), Issued)
+    calls = len(keygen.calls())
+    assert submit(workflow, nonce=nonce) == AlreadyIssued("clark@example.com")
+    assert len(keygen.calls()) == calls
+    only_user_and_license(keygen)
+
+
+def test_f15_concurrent_submissions_of_one_form_create_once(workflow, keygen, journal):
+    keygen.emulator.inject("users.create", delay=0.3)  # keep the first one busy a while
+    nonce = new_nonce()
+    outcomes: list = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(submit(workflow, nonce=nonce)))
+        for _ in range(5)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    only_user_and_license(keygen)
+    assert len(keygen.calls("users.create")) == 1
+    assert len(keygen.calls("licenses.create")) == 1
+    # Every duplicate waited for the first and got the key too: a browser shows only the
+    # response to the last click, so that one must not say "already issued".
+    assert len(outcomes) == 5
+    assert {type(outcome) for outcome in outcomes} == {Issued}
+    assert len({outcome.license_key for outcome in outcomes}) == 1
+
+
+def test_a_key_never_shown_is_shown_once_on_resubmission(workflow, keygen, journal, clock):
+    """The process died after issuing (F14): the reconciler finished, the person reloads."""
+    keygen.emulator.inject("licenses.create", status=503, times=None)
+    nonce = new_nonce()
+    assert isinstance(submit(workflow, nonce=nonce), Processing)
+    keygen.emulator.clear_faults()
+    clock.offset += 700
+    Reconciler(journal, workflow).run_once()
+    assert only_row(journal).key_shown is False
+    outcome = submit(workflow, nonce=nonce)
+    assert isinstance(outcome, Issued)
+    assert outcome.license_key == keygen.licenses()[0]["key"]
+    assert submit(workflow, nonce=nonce) == AlreadyIssued("clark@example.com")
+    only_user_and_license(keygen)

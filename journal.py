@@ -1,0 +1,265 @@
+"""The signup journal: one row per submission, written before Keygen is called.
+
+A row holds what is needed to finish or undo a signup after any failure: the form's nonce, the
+normalised email, the license id chosen up front, the Keygen user id once known, and the state.
+Never the password, never the license key. Rows are leased, so that one worker at a time (a
+request, or a reconciler in any process or instance) drives a row forward.
+
+SQLite (WAL) by default; PostgreSQL when DATABASE_URL points at one. One code path serves both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+
+class State(StrEnum):
+    NEW = "NEW"  # the user create may or may not have happened yet
+    USER_CREATED = "USER_CREATED"  # the user exists; the license does not yet (as far as we know)
+    ISSUED = "ISSUED"  # the license exists in Keygen
+    REJECTED = "REJECTED"  # Keygen refused the submission; nothing exists; may be resubmitted
+    ABANDONED = "ABANDONED"  # no user was created and the password is gone; may be resubmitted
+    COMPENSATED = "COMPENSATED"  # no license could be issued, so the user was deleted again
+
+
+UNFINISHED = (State.NEW, State.USER_CREATED)
+RESUBMITTABLE = (State.REJECTED, State.ABANDONED, State.COMPENSATED)
+
+metadata = MetaData()
+signups = Table(
+    "signups",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("nonce", String(64), nullable=False, unique=True),
+    Column("email", String(255), nullable=False, index=True),
+    Column("license_id", String(36), nullable=False, unique=True),
+    Column("user_id", String(36)),
+    Column("state", String(16), nullable=False, index=True),
+    Column("key_shown", Boolean, nullable=False, default=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("last_error", String(500)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Signup:
+    id: str
+    nonce: str
+    email: str
+    license_id: str
+    user_id: str | None
+    state: State
+    key_shown: bool
+    attempts: int
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_until: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in UNFINISHED
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of presenting a nonce: ``signup`` is leased to us only if ``leased``."""
+
+    signup: Signup
+    leased: bool
+
+
+class Journal:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self.engine = _engine(url)
+
+    def create_schema(self) -> None:
+        """Create the tables, or add what a newer version needs. Safe to run on every start."""
+        metadata.create_all(self.engine)
+        present = {c["name"] for c in inspect(self.engine).get_columns("signups")}
+        missing = [c for c in signups.columns if c.name not in present]
+        with self.engine.begin() as db:
+            for column in missing:  # additive migrations; no column has been removed so far
+                kind = column.type.compile(self.engine.dialect)
+                db.execute(text(f'ALTER TABLE signups ADD COLUMN "{column.name}" {kind}'))
+
+    def claim(self, nonce: str, email: str, *, owner: str, lease: float) -> Claim:
+        """Record a submission (or find the one with this nonce) and try to lease it.
+
+        A nonce whose earlier attempt ended without an account (rejected, abandoned,
+        compensated) starts over with the new email; its ids are kept.
+        """
+        now = self.clock()
+        row = {
+            "id": str(uuid.uuid4()),
+            "nonce": nonce,
+            "email": email,
+            "license_id": str(uuid.uuid4()),
+            "state": State.NEW,
+            "key_shown": False,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_owner": owner,
+            "lease_until": now + lease,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as db:
+                db.execute(insert(signups).values(**row))
+            return Claim(self.get(row["id"]), leased=True)
+        except IntegrityError:
+            pass  # the nonce was seen before
+        existing = self.by_nonce(nonce)
+        if existing.state in RESUBMITTABLE:
+            restarted = self._update(
+                existing.id,
+                _free_or(owner, now),
+                email=email,
+                state=State.NEW,
+                user_id=None,
+                attempts=0,
+                last_error=None,
+                next_attempt_at=now,
+                lease_owner=owner,
+                lease_until=now + lease,
+            )
+            return Claim(self.get(existing.id), leased=restarted)
+        if existing.state in UNFINISHED:
+            return Claim(existing, leased=self.lease(existing.id, owner=owner, lease=lease))
+        return Claim(existing, leased=False)
+
+    def lease(self, signup_id: str, *, owner: str, lease: float) -> bool:
+        """Take the row if nobody holds it (or their lease ran out)."""
+        now = self.clock()
+        return self._update(
+            signup_id, _free_or(owner, now), lease_owner=owner, lease_until=now + lease
+        )
+
+    def release(self, signup_id: str, *, owner: str) -> None:
+        self._update(signup_id, signups.c.lease_owner == owner, lease_owner=None, lease_until=None)
+
+    def record(self, signup_id: str, *, owner: str, **changes) -> bool:
+        """Change a row we hold the lease on; False if we lost it (someone else took over)."""
+        return self._update(signup_id, signups.c.lease_owner == owner, **changes)
+
+    def mark_key_shown(self, signup_id: str) -> bool:
+        """True for exactly one caller: the one that may display the key."""
+        return self._update(signup_id, signups.c.key_shown.is_(False), key_shown=True)
+
+    def get(self, signup_id: str) -> Signup:
+        with self.engine.connect() as db:
+            row = db.execute(select(signups).where(signups.c.id == signup_id)).one()
+        return _signup(row)
+
+    def by_nonce(self, nonce: str) -> Signup:
+        with self.engine.connect() as db:
+            row = db.execute(select(signups).where(signups.c.nonce == nonce)).one()
+        return _signup(row)
+
+    def due(self, *, limit: int = 100) -> list[Signup]:
+        """Unfinished rows whose next attempt is due and that nobody holds, oldest first."""
+        now = self.clock()
+        query = (
+            select(signups)
+            .where(signups.c.state.in_(UNFINISHED))
+            .where(signups.c.next_attempt_at <= now)
+            .where(or_(signups.c.lease_until.is_(None), signups.c.lease_until < now))
+            .order_by(signups.c.created_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            return [_signup(row) for row in db.execute(query)]
+
+    def unfinished_older_than(self, seconds: float) -> list[Signup]:
+        query = (
+            select(signups)
+            .where(signups.c.state.in_(UNFINISHED))
+            .where(signups.c.created_at < self.clock() - seconds)
+            .order_by(signups.c.created_at)
+        )
+        with self.engine.connect() as db:
+            return [_signup(row) for row in db.execute(query)]
+
+    def all(self) -> list[Signup]:
+        with self.engine.connect() as db:
+            return [_signup(r) for r in db.execute(select(signups).order_by(signups.c.created_at))]
+
+    def ping(self) -> None:
+        with self.engine.connect() as db:
+            db.execute(text("SELECT 1"))
+
+    def _update(self, signup_id: str, condition, **changes) -> bool:
+        changes["updated_at"] = self.clock()
+        statement = update(signups).where(signups.c.id == signup_id).where(condition)
+        with self.engine.begin() as db:
+            return db.execute(statement.values(**changes)).rowcount == 1
+
+
+def _free_or(owner: str, now: float):
+    """Nobody holds the row, their lease ran out, or it is already ours."""
+    return or_(
+        signups.c.lease_owner.is_(None),
+        signups.c.lease_until < now,
+        signups.c.lease_owner == owner,
+    )
+
+
+def _signup(row) -> Signup:
+    values = dict(row._mapping)
+    values["state"] = State(values["state"])
+    return Signup(**values)
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Waiting for a lock beats failing a signup; WAL lets readers and a writer overlap.
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
