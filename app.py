@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from flask import Blueprint, Flask, current_app, g, render_template
+from flask.cli import with_appcontext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -260,6 +261,7 @@ def register_error_pages(app: Flask) -> None:
 
 @click.command("reconcile")
 @click.option("--dry-run", is_flag=True, help="Only list what would be done.")
+@with_appcontext
 def reconcile_command(dry_run: bool) -> None:
     """Finish or undo every signup left unfinished (after a crash, deploy or Keygen outage)."""
     report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)

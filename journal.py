@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 
 class State(StrEnum):
@@ -107,14 +107,28 @@ class Journal:
         self.engine = _engine(url)
 
     def create_schema(self) -> None:
-        """Create the tables, or add what a newer version needs. Safe to run on every start."""
-        metadata.create_all(self.engine)
-        present = {c["name"] for c in inspect(self.engine).get_columns("signups")}
-        missing = [c for c in signups.columns if c.name not in present]
-        with self.engine.begin() as db:
-            for column in missing:  # additive migrations; no column has been removed so far
-                kind = column.type.compile(self.engine.dialect)
-                db.execute(text(f'ALTER TABLE signups ADD COLUMN "{column.name}" {kind}'))
+        """Create the tables, or add what a newer version needs. Safe to run on every start,
+        by every worker of every instance at once."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as db:
+                    if db.dialect.name == "postgresql":  # one migrator at a time
+                        db.execute(text("SELECT pg_advisory_xact_lock(7242017)"))
+                    metadata.create_all(db)
+                    present = {c["name"] for c in inspect(db).get_columns("signups")}
+                    for column in signups.columns:  # additive migrations; none removed so far
+                        if column.name not in present:
+                            kind = column.type.compile(self.engine.dialect)
+                            db.execute(
+                                text(f'ALTER TABLE signups ADD COLUMN "{column.name}" {kind}')
+                            )
+                return
+            except DBAPIError:
+                # SQLite has no advisory lock: another process created the table between our
+                # check and our create. Look again.
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def claim(self, nonce: str, email: str, *, owner: str, lease: float) -> Claim:
         """Record a submission (or find the one with this nonce) and try to lease it.

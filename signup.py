@@ -142,7 +142,9 @@ class SignupWorkflow:
         self.journal = journal
         self.policy_id = policy_id
         self.deadline = deadline
-        self.lease = deadline + 10.0  # outlives our own work, so nobody takes a row we drive
+        # Outlives our own work (the deadline plus a compensation's grace period), so that no
+        # one takes a row we are still driving.
+        self.lease = deadline + keygen.timeout[0] + 3.0
         self.give_up_after = give_up_after
         self.crash_at = crash_at
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -230,11 +232,11 @@ class _Run:
             if self.signup.state == State.NEW:
                 user = self.create_user(applicant) if applicant else self.find_our_user()
                 user_id = user.id
+                self.crash_point("after_user_created")  # Keygen has the user; we don't know
                 self.record(state=State.USER_CREATED, user_id=user_id)
-                self.crash_point("after_user_created")
             license = self.create_license(user_id)
+            self.crash_point("after_license_created")  # Keygen has the license; we don't know
             self.record(state=State.ISSUED, last_error=None)
-            self.crash_point("after_license_created")
             return license
         except _Retry as pending:
             return self.reschedule(pending, applicant)

@@ -40,7 +40,14 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "${2:-}" = "--system" ] && ! command -v chromium >/dev/null; then
-  say "installing Chromium for the browser tests"
-  apt_install chromium fonts-dejavu-core || say "browser tests will be skipped (or fail under CI)"
+# System packages the tests drive for real: name of the package -> a file that shows it is there.
+if [ "${2:-}" = "--system" ]; then
+  missing=()
+  have() { compgen -G "$1" >/dev/null; }
+  have /usr/bin/chromium || missing+=(chromium fonts-dejavu-core)
+  have "/usr/lib/postgresql/*/bin/initdb" || missing+=(postgresql)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing system packages: ${missing[*]}"
+    apt_install "${missing[@]}" || say "tests needing them will be skipped (or fail under CI)"
+  fi
 fi

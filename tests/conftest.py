@@ -29,10 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
 from config import Settings  # noqa: E402
+from forms import new_nonce  # noqa: E402
 from journal import Journal  # noqa: E402
+from keygen_api import KeygenClient  # noqa: E402
 from keygen_emulator import Emulator, serve  # noqa: E402
+from signup import Applicant, Issued, SignupWorkflow  # noqa: E402
 
-LOG_DIR = ROOT / "test-logs"
+# One directory per run, so that two runs in one checkout never delete each other's logs.
+LOG_DIR = ROOT / "test-logs" / f"run-{os.getpid()}"
 SECRETS: set[str] = set()  # every secret a test used or saw; none may appear in a log
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -51,8 +55,10 @@ def secret(value: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    shutil.rmtree(LOG_DIR, ignore_errors=True)
-    LOG_DIR.mkdir()
+    for old in LOG_DIR.parent.glob("run-*"):
+        if time.time() - old.stat().st_mtime > 3600:  # an earlier run's, not a concurrent one's
+            shutil.rmtree(old, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(LOG_DIR / "pytest.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -65,7 +71,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         lines = "\n".join(f"  {path}: {kind}" for path, kind in leaks)
-        message = f"SECRETS FOUND IN LOGS (test-logs/):\n{lines}"
+        message = f"SECRETS FOUND IN LOGS ({LOG_DIR}):\n{lines}"
         if reporter:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -230,6 +236,82 @@ def issued_key(html: str) -> str:
     return secret(match.group(1).strip())
 
 
+# -- The workflow, driven directly ----------------------------------------------------------------
+
+CLARK = Applicant(
+    email="clark@example.com", password=PASSWORD, first_name="Clark", last_name="Kent"
+)
+
+
+class Clock:
+    """Real time plus an offset the test can move forward (for Retry-After and cool-downs)."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pauses() -> list[float]:
+    return []
+
+
+def make_workflow(keygen, journal, pauses, clock, *, token=None, policy=None, **options):
+    client = KeygenClient(
+        keygen.url,
+        keygen.account,
+        token or keygen.token,
+        connect_timeout=1,
+        read_timeout=1,
+        clock=clock.monotonic,
+    )
+    journal.clock = clock.wall
+    return SignupWorkflow(
+        client,
+        journal,
+        policy or keygen.policy,
+        deadline=4.0,
+        sleep=pauses.append,
+        clock=clock.monotonic,
+        **options,
+    )
+
+
+@pytest.fixture
+def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
+    return make_workflow(keygen, journal, pauses, clock)
+
+
+def submit(workflow: SignupWorkflow, applicant: Applicant = CLARK, nonce: str | None = None):
+    outcome = workflow.sign_up(applicant, nonce or new_nonce())
+    if isinstance(outcome, Issued):
+        secret(outcome.license_key)
+    return outcome
+
+
+def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
+    [user] = keygen.users()
+    [license] = keygen.licenses()
+    assert license["owner_id"] == user["id"]
+    assert license["policy_id"] == keygen.policy
+    return user, license
+
+
+def only_row(journal: Journal):
+    [row] = journal.all()
+    return row
+
+
 # -- The journal, on SQLite and on a real PostgreSQL -------------------------------------------
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
@@ -308,8 +390,8 @@ def wait_for_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen 
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
         try:
-            return requests.get(url, timeout=1)
-        except requests.ConnectionError:
+            return requests.get(url, timeout=2)
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 

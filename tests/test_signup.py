@@ -11,9 +11,16 @@ import uuid
 
 import pytest
 
-from conftest import PASSWORD, KeygenWorld, secret
+from conftest import (
+    PASSWORD,
+    make_workflow,
+    only_row,
+    only_user_and_license,
+    secret,
+    submit,
+)
 from forms import new_nonce
-from journal import Journal, State
+from journal import State
 from keygen_api import KeygenClient
 from signup import (
     CREATED_BY,
@@ -27,80 +34,6 @@ from signup import (
     TryLater,
 )
 from worker import Reconciler
-
-CLARK = Applicant(
-    email="clark@example.com", password=PASSWORD, first_name="Clark", last_name="Kent"
-)
-
-
-class Clock:
-    """Real time plus an offset the test can move forward (for Retry-After and cool-downs)."""
-
-    def __init__(self):
-        self.offset = 0.0
-
-    def wall(self) -> float:
-        return time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def pauses() -> list[float]:
-    return []
-
-
-def make_workflow(keygen, journal, pauses, clock, *, token=None, policy=None, **options):
-    client = KeygenClient(
-        keygen.url,
-        keygen.account,
-        token or keygen.token,
-        connect_timeout=1,
-        read_timeout=1,
-        clock=clock.monotonic,
-    )
-    journal.clock = clock.wall
-    return SignupWorkflow(
-        client,
-        journal,
-        policy or keygen.policy,
-        deadline=4.0,
-        sleep=pauses.append,
-        clock=clock.monotonic,
-        **options,
-    )
-
-
-@pytest.fixture
-def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
-    return make_workflow(keygen, journal, pauses, clock)
-
-
-def submit(workflow: SignupWorkflow, applicant: Applicant = CLARK, nonce: str | None = None):
-    outcome = workflow.sign_up(applicant, nonce or new_nonce())
-    if isinstance(outcome, Issued):
-        secret(outcome.license_key)
-    return outcome
-
-
-def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
-    [user] = keygen.users()
-    [license] = keygen.licenses()
-    assert license["owner_id"] == user["id"]
-    assert license["policy_id"] == keygen.policy
-    return user, license
-
-
-def only_row(journal: Journal):
-    [row] = journal.all()
-    return row
-
 
 # -- The happy path ---------------------------------------------------------------------------
 
@@ -432,7 +365,7 @@ def test_f15_concurrent_submissions_of_one_form_create_once(workflow, keygen, jo
     # Every duplicate waited for the first and got the key too: a browser shows only the
     # response to the last click, so that one must not say "already issued".
     assert len(outcomes) == 5
-    assert {type(outcome) for outcome in outcomes} == {Issued}
+    assert {type(outcome) for outcome in outcomes} == {Issued}, outcomes
     assert len({outcome.license_key for outcome in outcomes}) == 1
 
 
