@@ -80,6 +80,33 @@ def keygen_state(url: str) -> dict:
     return state
 
 
+def navigate(page, step) -> None:
+    """A history step; Chromium answers ERR_CACHE_MISS where a no-store POST result would be."""
+    from playwright.sync_api import Error
+
+    try:
+        step()
+    except Error as error:
+        assert "ERR_CACHE_MISS" in str(error), error
+
+
+def settled_content(page) -> str:
+    """The page's HTML once it stops navigating (Chromium may still be showing its error page)."""
+    import time
+
+    from playwright.sync_api import Error
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            page.wait_for_load_state("load")
+            return page.content()
+        except Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def fill_and_submit(page, email: str) -> None:
     page.get_by_label("First name").fill("Lois")
     page.get_by_label("Last name").fill("Lane")
@@ -139,3 +166,31 @@ def test_field_errors_in_the_browser_keep_what_was_typed(demo, browser):
         assert re.search(r"Please check the form", page.content())
     finally:
         page.close()
+
+
+def test_f16_back_forward_and_reload_never_show_the_key_again(demo, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        fill_and_submit(page, "lana-f16@example.com")
+        key = secret(page.locator("#license-key").inner_text().strip())
+        assert KEY_PATTERN.match(key)
+        before = keygen_state(demo["keygen"])
+
+        page.go_back()
+        assert key not in page.content()
+        # no-store: Chromium may not restore the result page, only offer to resend the form.
+        navigate(page, page.go_forward)
+        assert key not in settled_content(page)
+        navigate(page, page.reload)  # if resent: the same nonce, so the same, finished signup
+        assert key not in settled_content(page)
+
+        after = keygen_state(demo["keygen"])
+        assert len(after["requests"]) == len(before["requests"])  # Keygen was not called
+        assert (len(after["users"]), len(after["licenses"])) == (
+            len(before["users"]),
+            len(before["licenses"]),
+        )
+    finally:
+        context.close()
