@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from config import Settings, load_settings
 from forms import SignupForm
+from health import readiness
 from journal import Journal
 from keygen_api import KeygenClient
 from signup import (
@@ -188,6 +189,21 @@ def show(outcome, *, first_name: str):
 def healthz():
     """The process is alive. Calls nothing else, so it stays fast while Keygen is slow."""
     return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """Whether this instance can sign people up now, with every check named."""
+    workflow = current_app.extensions["signup"]
+    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal)
+    ready = all(check.ok for check in checks)
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+    }
+    if not ready:
+        log.warning("not ready: %s", "; ".join(c.detail for c in checks if not c.ok))
+    return body, 200 if ready else 503
 
 
 # -- Errors -------------------------------------------------------------------------------------

@@ -81,6 +81,17 @@ class License:
 
 
 @dataclass(frozen=True)
+class Policy:
+    id: str
+    product_id: str | None
+
+    @classmethod
+    def from_document(cls, document: dict) -> Policy:
+        data = document["data"]
+        return cls(id=data["id"], product_id=_related_id(data["relationships"].get("product")))
+
+
+@dataclass(frozen=True)
 class Bearer:
     """Who the token belongs to (`GET /me`)."""
 
@@ -390,8 +401,13 @@ class KeygenClient:
 
     # The calls the portal makes.
 
-    def me(self) -> Bearer:
-        return self._parse(Bearer.from_document, self._request("GET", "me"))
+    def me(self, *, timeout: tuple[float, float] | None = None) -> Bearer:
+        return self._parse(Bearer.from_document, self._request("GET", "me", timeout=timeout))
+
+    def get_policy(self, policy_id: str, *, timeout: tuple[float, float] | None = None) -> Policy:
+        """A product token sees only its own product's policies: another's is a 404."""
+        path = "policies/" + quote(policy_id, safe="")
+        return self._parse(Policy.from_document, self._request("GET", path, timeout=timeout))
 
     def create_user(
         self,

@@ -55,6 +55,7 @@ ROUTES = (
     "licenses.index",
     "licenses.show",
     "licenses.destroy",
+    "policies.show",
     "tokens.create",
     "tokens.destroy",
 )
@@ -912,6 +913,7 @@ _ROUTE_TABLE = [
     ("POST", re.compile(r"licenses"), "licenses.create"),
     ("GET", re.compile(r"licenses/(?P<id>[^/]+)"), "licenses.show"),
     ("DELETE", re.compile(r"licenses/(?P<id>[^/]+)"), "licenses.destroy"),
+    ("GET", re.compile(r"policies/(?P<id>[^/]+)"), "policies.show"),
     ("POST", re.compile(r"tokens"), "tokens.create"),
     ("DELETE", re.compile(r"tokens/(?P<id>[^/]+)"), "tokens.destroy"),
 ]
@@ -1644,6 +1646,49 @@ class _Call:
                 raise _not_found("license", self.args["id"])
             document = self._license_doc(lic)
         return self._render(200, {"data": document})
+
+    def policies_show(self) -> flask.Response:
+        # Not in keygen-contract.md: Keygen's "Retrieve a policy". A product token sees only
+        # its own product's policies (inferred from its authorized scope), so others are a 404.
+        self._authenticate(required=True)
+        with self.emu._lock:
+            policy = self.emu._policies.get(self.args["id"].lower())
+            role = self._role()
+            visible = policy is not None and policy["account_id"] == self.account["id"]
+            if visible and role == "product":
+                visible = policy["product_id"] == self.bearer["id"]
+            elif visible and role not in _STAFF_READ:
+                visible = False
+            if not visible:
+                raise _not_found("policy", self.args["id"])
+            document = self._policy_doc(policy)
+        return self._render(200, {"data": document})
+
+    def _policy_doc(self, policy: dict) -> dict:
+        base = f"/v1/accounts/{policy['account_id']}"
+        here = f"{base}/policies/{policy['id']}"
+        return {
+            "id": policy["id"],
+            "type": "policies",
+            "attributes": {
+                "duration": policy["duration"],
+                "protected": policy["protected"],
+                "scheme": None,
+                "usePool": False,
+                "metadata": {},
+            },
+            "relationships": {
+                "account": {
+                    "links": {"related": base},
+                    "data": {"type": "accounts", "id": policy["account_id"]},
+                },
+                "product": {
+                    "links": {"related": f"{here}/product"},
+                    "data": {"type": "products", "id": policy["product_id"]},
+                },
+            },
+            "links": {"self": here},
+        }
 
     def licenses_destroy(self) -> flask.Response:
         self._authenticate(required=True)

@@ -1202,3 +1202,14 @@ def test_main_serves_until_terminated():
     assert process.returncode == 0
     assert token not in out + err
     assert "clark@example.com" not in out + err
+
+
+def test_policies_show_is_scoped_to_the_products_token(kg):
+    own = kg.call("GET", f"/policies/{kg.fx['policy']}")
+    assert own.status_code == 200
+    assert own.json()["data"]["relationships"]["product"]["data"]["id"] == kg.fx["product"]
+    other = kg.call("GET", f"/policies/{kg.fx['policy2']}")
+    assert other.status_code == 404
+    assert other.json()["errors"][0]["code"] == "NOT_FOUND"
+    admin = kg.call("GET", f"/policies/{kg.fx['policy2']}", token=kg.fx["admin_token"])
+    assert admin.status_code == 200

@@ -257,3 +257,9 @@ def test_redirects_are_not_followed(api, keygen):
         api.me()
     assert caught.value.status == 302
     assert len(keygen.calls()) == 1
+
+
+def test_a_policy_is_visible_only_to_its_products_token(api, keygen):
+    assert api.get_policy(keygen.policy).product_id == keygen.product
+    with pytest.raises(KeygenNotFound):
+        api.get_policy(keygen.other_policy)

@@ -1,0 +1,65 @@
+"""Readiness: can this instance sign people up right now? Each check is named and explained.
+
+/healthz says only that the process is alive; /readyz (this module) asks the world: Keygen and
+the token, the policy, and the journal's database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from journal import Journal
+from keygen_api import KeygenAccessDenied, KeygenClient, KeygenError, KeygenNotFound
+
+TIMEOUT = (2.0, 3.0)  # a probe must answer well within a load balancer's patience
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def readiness(keygen: KeygenClient, policy_id: str, journal: Journal) -> list[Check]:
+    checks = keygen_checks(keygen, policy_id)
+    try:
+        journal.ping()
+        checks.append(Check("database", True, "the signup journal answers"))
+    except Exception as error:  # any driver error means "not ready"; its class says which
+        checks.append(Check("database", False, f"the signup journal fails: {type(error).__name__}"))
+    return checks
+
+
+def keygen_checks(keygen: KeygenClient, policy_id: str) -> list[Check]:
+    try:
+        bearer = keygen.me(timeout=TIMEOUT)
+    except KeygenAccessDenied as error:
+        return [
+            Check(
+                "keygen", False, f"Keygen refused the token ({error}); check KEYGEN_PRODUCT_TOKEN"
+            ),
+            Check("policy", False, "not checked: the token does not work"),
+        ]
+    except KeygenError as error:
+        return [
+            Check("keygen", False, f"Keygen did not answer usefully: {error}"),
+            Check("policy", False, "not checked: Keygen is unreachable"),
+        ]
+    if not bearer.is_product:
+        return [
+            Check("keygen", False, f"the token belongs to {bearer.type}, not to a product"),
+            Check("policy", False, "not checked: the token is not a product token"),
+        ]
+    keygen_ok = Check("keygen", True, f"reachable; the token is product {bearer.id}'s")
+    try:
+        policy = keygen.get_policy(policy_id, timeout=TIMEOUT)
+    except KeygenNotFound:
+        detail = f"policy {policy_id} does not exist, or belongs to another product"
+        return [keygen_ok, Check("policy", False, detail)]
+    except KeygenError as error:
+        return [keygen_ok, Check("policy", False, f"cannot read policy {policy_id}: {error}")]
+    if policy.product_id != bearer.id:
+        detail = f"policy {policy_id} belongs to product {policy.product_id}, not {bearer.id}"
+        return [keygen_ok, Check("policy", False, detail)]
+    return [keygen_ok, Check("policy", True, f"policy {policy_id} belongs to the product")]

@@ -1,0 +1,81 @@
+"""/healthz and /readyz: alive is not the same as ready, and not-ready says why."""
+
+from sqlalchemy import create_engine
+
+from app import create_app
+from conftest import make_settings, secret
+from keygen_emulator import Emulator, serve
+
+
+def readyz(app):
+    response = app.test_client().get("/readyz")
+    return response.status_code, response.get_json()
+
+
+def failing(body) -> list[str]:
+    return sorted(name for name, check in body["checks"].items() if not check["ok"])
+
+
+def test_ready_when_keygen_the_token_the_policy_and_the_database_are_fine(app):
+    status, body = readyz(app)
+    assert status == 200
+    assert body["status"] == "ready"
+    assert sorted(body["checks"]) == ["database", "keygen", "policy"]
+    assert failing(body) == []
+
+
+def test_keygen_stopped_is_named_and_healthz_stays_up(keygen):
+    emulator = Emulator()
+    account = emulator.add_account()
+    product, token = emulator.add_product(account)
+    policy = emulator.add_policy(account, product)
+    server = serve(emulator)
+    app = create_app(
+        make_settings(
+            keygen,
+            keygen_api_url=server.url,
+            keygen_account_id=account,
+            keygen_product_token=secret(token),
+            keygen_policy_id=policy,
+        )
+    )
+    assert readyz(app)[0] == 200
+    server.stop()
+    status, body = readyz(app)
+    assert status == 503
+    assert failing(body) == ["keygen", "policy"]
+    assert "did not answer" in body["checks"]["keygen"]["detail"]
+    assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_a_wrong_token_is_named_without_showing_it(keygen):
+    token = secret("prod-" + "4" * 64 + "v3")
+    app = create_app(make_settings(keygen, keygen_product_token=token))
+    status, body = readyz(app)
+    assert status == 503
+    assert failing(body) == ["keygen", "policy"]
+    assert "refused the token" in body["checks"]["keygen"]["detail"]
+    assert token not in repr(body)
+
+
+def test_a_policy_of_another_product_is_named(keygen):
+    app = create_app(make_settings(keygen, keygen_policy_id=keygen.other_policy))
+    status, body = readyz(app)
+    assert status == 503
+    assert failing(body) == ["policy"]
+    assert "belongs to another product" in body["checks"]["policy"]["detail"]
+
+
+def test_a_missing_policy_is_named(keygen):
+    app = create_app(make_settings(keygen, keygen_policy_id="0b7c5f0e-7d0e-4c38-9f36-1d1f4c7e2a10"))
+    assert failing(readyz(app)[1]) == ["policy"]
+
+
+def test_the_database_down_is_named(app):
+    app.extensions["signup"].journal.engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:9/none", connect_args={"connect_timeout": 1}
+    )
+    status, body = readyz(app)
+    assert status == 503
+    assert failing(body) == ["database"]
+    assert app.test_client().get("/healthz").status_code == 200
