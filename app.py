@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from pathlib import Path
 
 import click
-from flask import Blueprint, Flask, current_app, g, render_template
+from flask import Blueprint, Flask, current_app, g, render_template, request
 from flask.cli import with_appcontext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
@@ -292,12 +293,19 @@ def reconcile_command(dry_run: bool) -> None:
 # -- Every response -----------------------------------------------------------------------------
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what deploy/nginx.conf passes on
+
+
 def assign_request_id() -> None:
-    g.request_id = uuid.uuid4().hex[:16]
+    """The proxy's X-Request-ID when it is well formed, so that its log and ours share one id."""
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
 def add_security_headers(response):
     headers = response.headers
+    if "request_id" in g:
+        headers["X-Request-ID"] = g.request_id
     headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")

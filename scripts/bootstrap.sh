@@ -46,8 +46,20 @@ if [ "${2:-}" = "--system" ]; then
   have() { compgen -G "$1" >/dev/null; }
   have /usr/bin/chromium || missing+=(chromium fonts-dejavu-core)
   have "/usr/lib/postgresql/*/bin/initdb" || missing+=(postgresql)
+  have /usr/sbin/nginx || missing+=(nginx)
+  have /usr/bin/caddy || missing+=(caddy)
+  have /usr/bin/openssl || missing+=(openssl)
+  have /usr/sbin/debootstrap || missing+=(debootstrap)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing system packages: ${missing[*]}"
     apt_install "${missing[@]}" || say "tests needing them will be skipped (or fail under CI)"
+  fi
+  # podman with its recommended helpers (conmon, network plugins), as the container test uses it.
+  if ! have /usr/bin/podman || ! have /usr/sbin/runc; then
+    say "installing podman"
+    if as_root && command -v apt-get >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null \
+        || say "the container test will be skipped (or fail under CI)"
+    fi
   fi
 fi

@@ -252,3 +252,10 @@ def test_demo_mode_shows_a_banner(keygen):
     page = html(app.test_client().get("/"))
     assert "Demo mode" in page
     assert "keys are not real" in page
+
+
+def test_a_well_formed_request_id_from_the_proxy_is_used_and_echoed(client):
+    given = client.get("/", headers={"X-Request-ID": "proxy-id-1234abcd"})
+    assert given.headers["X-Request-ID"] == "proxy-id-1234abcd"
+    forged = client.get("/", headers={"X-Request-ID": "<script>alert(1)</script>"})
+    assert re.fullmatch(r"[0-9a-f]{16}", forged.headers["X-Request-ID"])

@@ -1,0 +1,467 @@
+"""The shipped proxy recipes, run for real: deploy/nginx.conf and deploy/Caddyfile in front of the
+portal under gunicorn, against an emulator process, all on loopback, with TLS.
+
+Each recipe is the operator's file itself: nginx.conf is rendered the way envsubst does it (only
+its ${PORTAL_...} placeholders), the Caddyfile is read by Caddy with its {$PORTAL_...} variables in
+the environment. Ports are free loopback ports; the certificate is a self-signed one for localhost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from app import CONTENT_SECURITY_POLICY
+from conftest import (
+    KEY_PATTERN,
+    PASSWORD,
+    ROOT,
+    SECRET_KEY,
+    csrf_token_from,
+    free_port,
+    issued_key,
+    require,
+    secret,
+    wait_for_http,
+)
+from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+DEPLOY = ROOT / "deploy"
+NGINX = shutil.which("nginx")
+CADDY = shutil.which("caddy")
+OPENSSL = shutil.which("openssl")
+HOST = "localhost"  # the certificate's name; /etc/hosts maps it to 127.0.0.1
+# The portal's access log, with what the proxy passed on (gunicorn.conf.py is left as it is).
+ACCESS_LOG_FORMAT = (
+    '%(h)s "%(r)s" %(s)s request_id=%({x-request-id}i)s '
+    "forwarded_for=%({x-forwarded-for}i)s forwarded_proto=%({x-forwarded-proto}i)s"
+)
+ONE_YEAR = 31536000
+
+
+# -- What the proxies stand in front of ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate() -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate for localhost: the clients trust exactly this file."""
+    require(OPENSSL is not None, "openssl")
+    with tempfile.TemporaryDirectory(prefix="portal-tls-") as folder:
+        cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        subprocess.run(
+            [
+                str(OPENSSL),
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={HOST}",
+                "-addext",
+                f"subjectAltName=DNS:{HOST},IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        yield cert, key
+
+
+@dataclass
+class Portal:
+    url: str  # http://127.0.0.1:PORT, gunicorn itself
+    upstream: str  # 127.0.0.1:PORT
+    keygen: dict
+    log: Path
+
+    def access_lines(self) -> list[str]:
+        return [
+            line
+            for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if "request_id=" in line
+        ]
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[Portal]:
+    """gunicorn with gunicorn.conf.py, configured like production: secure cookies, behind TLS."""
+    with emulator("--slug", "shop") as keygen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
+        env.update(
+            BIND="127.0.0.1:0",
+            WEB_CONCURRENCY="2",
+            KEYGEN_API_URL=keygen["url"],
+            KEYGEN_ACCOUNT_ID="shop",
+            KEYGEN_PRODUCT_TOKEN=keygen["token"],
+            KEYGEN_POLICY_ID=keygen["policy"],
+            SECRET_KEY=SECRET_KEY,
+            COOKIE_SECURE="true",
+            RECONCILE_INTERVAL="0",
+            DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='portal-deploy-')}/portal.db",
+        )
+        args = [GUNICORN, "-c", "gunicorn.conf.py", "--access-logformat", ACCESS_LOG_FORMAT]
+        with process("portal", [*args, "app:create_app()"], env) as proc:
+            url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
+            wait_for_http(url + "/healthz", process=proc)
+            yield Portal(url, url.removeprefix("http://"), keygen, proc.log_path)
+
+
+# -- The proxies -------------------------------------------------------------------------------
+
+
+@dataclass
+class Proxy:
+    name: str
+    https: str  # https://localhost:PORT
+    http: str  # http://localhost:PORT
+    cert: Path
+    log: Path
+
+    def get(self, path: str = "/", **options) -> requests.Response:
+        options.setdefault("timeout", 10)
+        return requests.get(self.https + path, verify=str(self.cert), **options)
+
+
+def render_nginx_conf(values: dict[str, str]) -> str:
+    """deploy/nginx.conf as envsubst renders it: only the named ${VARIABLES} are replaced."""
+    text = (DEPLOY / "nginx.conf").read_text(encoding="utf-8")
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    assert "${" not in code, "deploy/nginx.conf has a placeholder the test does not fill"
+    return text
+
+
+def wait_for_https(proxy: Proxy, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proxy.name} exited with {proc.returncode}; see {proxy.log}")
+        try:
+            proxy.get("/healthz", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{proxy.name} did not answer on {proxy.https} within {timeout} s")
+
+
+@contextmanager
+def nginx(portal: Portal, cert: Path, key: Path) -> Iterator[Proxy]:
+    require(NGINX is not None, "nginx")
+    https_port, http_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="portal-nginx-") as prefix:
+        conf = Path(prefix) / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf(
+                {
+                    "PORTAL_SERVER_NAME": HOST,
+                    "PORTAL_PUBLIC_URL": f"https://{HOST}:{https_port}",
+                    "PORTAL_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+                    "PORTAL_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
+                    "PORTAL_TLS_CERTIFICATE": str(cert),
+                    "PORTAL_TLS_CERTIFICATE_KEY": str(key),
+                    "PORTAL_UPSTREAM": portal.upstream,
+                }
+            )
+        )
+        args = [str(NGINX), "-p", prefix, "-c", str(conf)]
+        args += ["-g", f"daemon off; pid {prefix}/nginx.pid;"]
+        with process("nginx", args, dict(os.environ)) as proc:
+            proxy = Proxy(
+                "nginx",
+                f"https://{HOST}:{https_port}",
+                f"http://{HOST}:{http_port}",
+                cert,
+                proc.log_path,
+            )
+            wait_for_https(proxy, proc)
+            yield proxy
+
+
+@contextmanager
+def caddy(portal: Portal, cert: Path, key: Path, *, tls: str | None = None) -> Iterator[Proxy]:
+    """Caddy with the given certificate, or with `tls=internal` its own CA (then trusted)."""
+    require(CADDY is not None, "caddy")
+    https_port, http_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="portal-caddy-") as home:
+        env = dict(os.environ, HOME=home, XDG_DATA_HOME=home, XDG_CONFIG_HOME=home)
+        env.update(
+            PORTAL_SITE=f"{HOST}:{https_port}",
+            PORTAL_UPSTREAM=portal.upstream,
+            PORTAL_TLS=tls or f"{cert} {key}",
+            PORTAL_HTTP_PORT=str(http_port),
+            PORTAL_BIND="127.0.0.1",
+            PORTAL_CADDY_ADMIN="off",
+        )
+        args = [str(CADDY), "run", "--config", str(DEPLOY / "Caddyfile"), "--adapter", "caddyfile"]
+        with process("caddy", args, env) as proc:
+            if tls == "internal":
+                cert = Path(home) / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+                deadline = time.monotonic() + 20
+                while not cert.exists() and time.monotonic() < deadline and proc.poll() is None:
+                    time.sleep(0.1)
+            proxy = Proxy(
+                "caddy",
+                f"https://{HOST}:{https_port}",
+                f"http://{HOST}:{http_port}",
+                cert,
+                proc.log_path,
+            )
+            wait_for_https(proxy, proc)
+            yield proxy
+
+
+@pytest.fixture(scope="module", params=["nginx", "caddy"])
+def proxy(request, portal: Portal, certificate) -> Iterator[Proxy]:
+    start = {"nginx": nginx, "caddy": caddy}[request.param]
+    with start(portal, *certificate) as running:
+        yield running
+
+
+# -- Helpers -----------------------------------------------------------------------------------
+
+
+def sign_up(proxy: Proxy, email: str, *, referer: str | None = None) -> requests.Response:
+    """What a browser does: GET the form, POST it back with the cookie, the token, a Referer."""
+    with requests.Session() as browser:
+        page = browser.get(proxy.https + "/", verify=str(proxy.cert), timeout=10)
+        assert page.status_code == 200
+        data = {
+            "csrf_token": csrf_token_from(page.text),
+            "first_name": "Lois",
+            "last_name": "Lane",
+            "email": email,
+            "password": secret(PASSWORD),
+        }
+        headers = {"Referer": referer or page.url, "Origin": proxy.https}
+        response = browser.post(
+            proxy.https + "/", data=data, headers=headers, verify=str(proxy.cert), timeout=30
+        )
+        for cookie in browser.cookies:  # the session: no log may show it (conftest's scan)
+            secret(cookie.value)
+        return response
+
+
+def users_with(portal: Portal, email: str) -> tuple[list[dict], list[dict]]:
+    state = keygen_state(portal.keygen["url"])
+    users = [user for user in state["users"] if user["email"] == email]
+    ids = {user["id"] for user in users}
+    return users, [license for license in state["licenses"] if license["owner_id"] in ids]
+
+
+def portal_line(portal: Portal, marker: str, timeout: float = 5) -> str | None:
+    """The portal's access-log line of the request whose path holds `marker`, if it came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in portal.access_lines():
+            if marker in line:
+                return line
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+
+
+def unique_path() -> tuple[str, str]:
+    marker = uuid.uuid4().hex
+    return marker, f"/healthz?probe={marker}"
+
+
+# -- Tests -------------------------------------------------------------------------------------
+
+
+def test_https_serves_the_form_with_the_portals_headers(proxy):
+    response = proxy.get("/")
+    assert response.status_code == 200
+    csrf_token_from(response.text)
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "secure" in response.headers["Set-Cookie"].lower()
+
+
+def test_hsts_on_every_answer_and_no_version_in_server(proxy):
+    for response in (proxy.get("/"), proxy.get("/no-such-page")):
+        hsts = response.headers["Strict-Transport-Security"]
+        assert int(re.search(r"max-age=(\d+)", hsts).group(1)) >= ONE_YEAR
+        assert not re.search(r"\d", response.headers.get("Server", ""))
+        assert "X-Powered-By" not in response.headers
+    assert response.status_code == 404
+
+
+def test_tls_1_2_and_1_3_only(proxy):
+    port = int(proxy.https.rsplit(":", 1)[1])
+
+    def handshake(low: ssl.TLSVersion, high: ssl.TLSVersion) -> str:
+        context = ssl.create_default_context(cafile=str(proxy.cert))
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer old versions
+        with warnings.catch_warnings():  # TLS 1.0 and 1.1 are deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version, context.maximum_version = low, high
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=HOST) as tls,
+        ):
+            return tls.version()
+
+    assert handshake(ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    assert handshake(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):  # the server said no
+        handshake(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+
+
+def test_a_signup_through_the_proxy_shows_a_key(proxy, portal):
+    email = f"lois.{proxy.name}@example.com"
+    response = sign_up(proxy, email)
+    assert response.status_code == 200, response.text[-500:]
+    key = issued_key(response.text)
+    assert KEY_PATTERN.match(key)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "Strict-Transport-Security" in response.headers
+    [user], [license] = users_with(portal, email)
+    assert (license["key"], license["owner_id"]) == (key, user["id"])
+
+
+def test_the_portal_sees_https_so_a_foreign_referer_is_refused(proxy, portal):
+    """Flask-WTF checks the Referer only on HTTPS: a 400 here proves X-Forwarded-Proto arrives."""
+    email = f"eve.{proxy.name}@example.com"
+    response = sign_up(proxy, email, referer="https://evil.example/")
+    assert response.status_code == 400
+    assert users_with(portal, email) == ([], [])
+
+
+def test_http_redirects_to_https(proxy):
+    response = requests.get(proxy.http + "/some/page?x=1", allow_redirects=False, timeout=10)
+    assert response.status_code in (301, 308)
+    assert response.headers["Location"] == proxy.https + "/some/page?x=1"
+    followed = requests.get(proxy.http + "/", verify=str(proxy.cert), timeout=10)
+    assert followed.status_code == 200
+    assert followed.url == proxy.https + "/"
+    assert followed.history and followed.history[0].status_code in (301, 308)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_is_refused_before_the_portal(proxy, portal, chunked):
+    marker, path = unique_path()
+    body = b"first_name=" + b"x" * 100_000
+    calls = len(keygen_state(portal.keygen["url"])["requests"])
+    data = iter([body[i : i + 8192] for i in range(0, len(body), 8192)]) if chunked else body
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = requests.post(
+        proxy.https + path.replace("/healthz", "/"),
+        data=data,
+        headers=headers,
+        verify=str(proxy.cert),
+        timeout=10,
+    )
+    # A body of unknown length: nginx counts it and stops at 16 KiB; Caddy asks for a length
+    # (411), as a browser always gives one for a form.
+    assert response.status_code in ((411, 413) if chunked and proxy.name == "caddy" else (413,))
+    assert "Strict-Transport-Security" in response.headers
+    assert portal_line(portal, marker, timeout=1) is None, "the body reached the portal"
+    assert len(keygen_state(portal.keygen["url"])["requests"]) == calls
+
+
+def test_the_clients_request_id_reaches_the_portal(proxy, portal):
+    request_id = "support-" + uuid.uuid4().hex
+    marker, path = unique_path()
+    response = proxy.get(path, headers={"X-Request-ID": request_id})
+    assert response.status_code == 200
+    assert f"request_id={request_id} " in portal_line(portal, marker)
+    if proxy.name == "nginx":  # and tells the client which id to quote
+        assert response.headers["X-Request-ID"] == request_id
+
+    # None, or a malformed one: the proxy makes one up.
+    for headers in ({}, {"X-Request-ID": 'bad "id" with spaces'}):
+        marker, path = unique_path()
+        assert proxy.get(path, headers=headers).status_code == 200
+        line = portal_line(portal, marker)
+        assert re.search(r"request_id=[0-9a-f-]{32,36} ", line), line
+
+
+def test_the_forwarded_headers_arrive(proxy, portal):
+    """Which hop the portal trusts is its own business (TRUSTED_PROXY_HOPS); the proxy's part is
+    to append the peer it saw and to say https."""
+    marker, path = unique_path()
+    assert proxy.get(path, headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 200
+    line = portal_line(portal, marker)
+    forwarded_for = re.search(r"forwarded_for=(.*) forwarded_proto=", line).group(1)
+    assert forwarded_for.split(",")[-1].strip() == "127.0.0.1"
+    assert "forwarded_proto=https" in line
+
+
+def test_no_tls_handshake_for_an_unknown_name(proxy):
+    port = int(proxy.https.rsplit(":", 1)[1])
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only the server decides
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
+        context.wrap_socket(raw, server_hostname="evil.example").close()
+
+
+def test_an_unknown_host_does_not_reach_the_portal(proxy, portal):
+    marker, path = unique_path()
+    try:
+        response = proxy.get(path, headers={"Host": "evil.example"})
+    except requests.ConnectionError:
+        pass  # nginx: 444, the connection is closed without an answer
+    else:
+        assert response.status_code != 200 or "ok" not in response.text
+    assert portal_line(portal, marker, timeout=1) is None
+
+
+def test_caddy_with_its_own_ca_and_no_change_to_the_trust_store(portal, certificate):
+    """PORTAL_TLS=internal: the same file, Caddy's own CA, and the host's trust store untouched."""
+    with caddy(portal, *certificate, tls="internal") as proxy:
+        assert proxy.cert.name == "root.crt"
+        response = proxy.get("/")
+        assert response.status_code == 200
+        csrf_token_from(response.text)
+        log = proxy.log.read_text(encoding="utf-8", errors="replace")
+        assert "trust store installation disabled" in log
+
+
+def test_nginx_limits_form_submissions_per_address(portal, certificate):
+    """A fresh nginx (its own counters): 10 a minute with a burst of 20, then 429 at once."""
+    with nginx(portal, *certificate) as proxy:
+        statuses = []
+        for _ in range(30):
+            response = requests.post(
+                proxy.https + "/", data={"x": "1"}, verify=str(proxy.cert), timeout=10
+            )
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert "Strict-Transport-Security" in response.headers
+                break
+        assert statuses[-1] == 429, statuses
+        assert 20 <= statuses.index(429) <= 22, statuses  # the burst, and maybe one refill
+        assert proxy.get("/").status_code == 200  # pages are not counted
