@@ -17,6 +17,7 @@ from flask.cli import with_appcontext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+import logs
 from config import Settings, load_settings
 from forms import SignupForm
 from health import readiness
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     configure(app, settings)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     app.before_request(assign_request_id)  # first, so that every later step can log it
     csrf.init_app(app)
     journal = open_journal(app, settings)
@@ -116,17 +117,6 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
     if settings.reconcile_interval > 0:
         reconciler.start()
     return reconciler
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr unless the host (gunicorn, pytest) already set up the root logger."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    for name in ("app", "signup", "keygen_api", "worker", "journal"):
-        logging.getLogger(name).setLevel(level)
 
 
 # -- Pages --------------------------------------------------------------------------------------

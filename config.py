@@ -54,6 +54,7 @@ class Settings:
     cookie_secure: bool = True
     demo_mode: bool = False
     log_level: str = "INFO"
+    log_format: str = "json"
     database_url: str = field(default="", repr=False)  # "": SQLite in the instance folder
     signup_concurrency: int = 6
     reconcile_interval: float = 30.0
@@ -151,6 +152,13 @@ def _password_min_length(value: str) -> int:
     return number
 
 
+def _log_format(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("json", "text"):
+        raise ValueError("must be json or text")
+    return value
+
+
 def _database_url(value: str) -> str:
     value = value.strip()
     if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
@@ -210,6 +218,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "COOKIE_SECURE": ("cookie_secure", _bool, False),
     "DEMO_MODE": ("demo_mode", _bool, False),
     "LOG_LEVEL": ("log_level", _log_level, False),
+    "LOG_FORMAT": ("log_format", _log_format, False),
     "DATABASE_URL": ("database_url", _database_url, False),
     "SIGNUP_CONCURRENCY": ("signup_concurrency", _positive_int, False),
     "RECONCILE_INTERVAL": ("reconcile_interval", _seconds_or_off, False),

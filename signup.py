@@ -202,6 +202,14 @@ class SignupWorkflow:
         return AlreadyIssued(signup.email)
 
 
+class _SignupLog(logging.LoggerAdapter):
+    """Adds the signup id to every line, keeping whatever else a call adds."""
+
+    def process(self, msg, kwargs):
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 class _Run:
     """One pass over one journal row: its deadline and retry budget."""
 
@@ -220,6 +228,7 @@ class _Run:
         self.ends_at = ends_at
         self.retries = retries
         self.attempt = 0
+        self.log = _SignupLog(log, {"signup_id": signup.id})
 
     @property
     def id(self) -> str:
@@ -283,7 +292,7 @@ class _Run:
             return user
         state = State.REJECTED if user is not None else State.ABANDONED
         self.record(state=state, last_error="the user was never created by this signup")
-        log.info("signup %s: %s (no user of ours in Keygen)", self.id, state)
+        self.log.info("signup %s: %s (no user of ours in Keygen)", self.id, state)
         raise TryLater(f"signup {self.id}: {state}")
 
     def ours_or_taken(self, email: str, user: User | None = None) -> User:
@@ -346,10 +355,10 @@ class _Run:
         except KeygenNotFound:
             return None
         except KeygenError as error:
-            log.warning("signup %s: cannot read back the license: %s", self.id, error)
+            self.log.warning("signup %s: cannot read back the license: %s", self.id, error)
             return None
         if license.owner_id != user_id or license.policy_id != self.workflow.policy_id:
-            log.error("signup %s: license %s belongs to someone else", self.id, license.id)
+            self.log.error("signup %s: license %s belongs to someone else", self.id, license.id)
             return None
         return license
 
@@ -360,7 +369,7 @@ class _Run:
         except KeygenNotFound:
             pass
         except KeygenError as error:
-            log.error(
+            self.log.error(
                 "signup %s: user %s has no license and could not be deleted yet: %s",
                 self.id,
                 user_id,
@@ -369,7 +378,7 @@ class _Run:
             self.record(last_error=f"compensation failed: {error}"[:500])
             raise _Retry("compensation failed", delay=self.backoff()) from None
         self.record(state=State.COMPENSATED)
-        log.warning("signup %s: deleted user %s (no license could be issued)", self.id, user_id)
+        self.log.warning("signup %s: deleted user %s (no license issued)", self.id, user_id)
 
     # Budget, journal and errors.
 
@@ -396,7 +405,14 @@ class _Run:
         if self.attempt > self.retries or too_late or isinstance(error, KeygenCircuitOpen):
             delay = error.retry_after if isinstance(error, KeygenRateLimited) else self.backoff()
             raise _Retry(f"{step} failed: {error}", delay=delay)
-        log.warning("signup %s: %s failed (%s); retrying in %.2fs", self.id, step, error, pause)
+        self.log.warning(
+            "signup %s: %s failed (%s); retrying in %.2fs",
+            self.id,
+            step,
+            error,
+            pause,
+            extra={"keygen_request_id": error.request_id},
+        )
         self.workflow._sleep(pause)
 
     def backoff(self) -> float:
@@ -409,12 +425,12 @@ class _Run:
         when the person must submit again because not even the user exists yet."""
         now = self.journal.clock()
         signup = self.journal.get(self.id)
-        log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
+        self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
         if (
             signup.state == State.USER_CREATED
             and now - signup.created_at > self.workflow.give_up_after
         ):
-            log.error("signup %s: giving up after %.0fs", self.id, now - signup.created_at)
+            self.log.error("signup %s: giving up after %.0fs", self.id, now - signup.created_at)
             if self.existing_license(signup.user_id) is None:
                 self.compensate(signup.user_id)
                 return None
@@ -440,7 +456,7 @@ class _Run:
 
     def crash_point(self, name: str) -> None:
         if self.workflow.crash_at == name:  # tests only: a process dying at the worst moment
-            log.warning("signup %s: crashing at %s (TEST_CRASH_AT)", self.id, name)
+            self.log.warning("signup %s: crashing at %s (TEST_CRASH_AT)", self.id, name)
             logging.shutdown()
             os._exit(70)
 
@@ -457,12 +473,13 @@ class _Run:
         return Rejected(errors)
 
     def operator_problem(self, step: str, error: KeygenError) -> SignupUnavailable:
-        log.error(
+        self.log.error(
             "signup %s: Keygen refused %s: %s. Check KEYGEN_PRODUCT_TOKEN, KEYGEN_POLICY_ID "
             "and the Keygen account's plan.",
             self.id,
             step,
             error,
+            extra={"keygen_request_id": error.request_id},
         )
         return SignupUnavailable(f"signup {self.id}: {step}: {error}")
 

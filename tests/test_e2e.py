@@ -177,3 +177,30 @@ def test_gunicorn_refuses_to_start_and_names_every_missing_setting():
     assert result.returncode != 0
     for name in ("KEYGEN_ACCOUNT_ID", "KEYGEN_PRODUCT_TOKEN", "KEYGEN_POLICY_ID", "SECRET_KEY"):
         assert re.search(rf"{name} is required but not set", result.stderr)
+
+
+def test_every_portal_log_line_is_json_and_requests_carry_their_id():
+    import json
+
+    with emulator() as keygen:
+        settings = {
+            "KEYGEN_API_URL": keygen["url"],
+            "KEYGEN_ACCOUNT_ID": keygen["account"],
+            "KEYGEN_PRODUCT_TOKEN": keygen["token"],
+            "KEYGEN_POLICY_ID": "00000000-0000-4000-8000-000000000000",  # not the product's
+            "SECRET_KEY": SECRET_KEY,
+        }
+        with portal(settings) as url:
+            response = sign_up_over_http(url, "json@example.com")
+            assert response.status_code == 503
+            request_id = response.headers["X-Request-ID"]
+            log_path = max(LOG_DIR.glob("portal-*.log"), key=lambda p: p.stat().st_mtime)
+        entries = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    assert {"time", "level", "logger", "message", "request_id"} <= set(entries[0])
+    mine = [e for e in entries if e["request_id"] == request_id]
+    loggers = {e["logger"] for e in mine}
+    assert {"signup", "gunicorn.access"} <= loggers
+    [refused] = [e for e in mine if e["logger"] == "signup" and e["level"] == "ERROR"]
+    assert refused["signup_id"] and refused["keygen_request_id"]
+    accesses = [e for e in entries if e["logger"] == "gunicorn.access"]
+    assert accesses and all(e["request_id"] for e in accesses)

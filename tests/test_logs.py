@@ -23,3 +23,27 @@ def test_the_scan_finds_a_planted_secret():
         planted.unlink()
         SECRETS.discard(value)
     assert ("planted.log", "a Keygen token") not in find_leaks()
+
+
+def test_json_lines_carry_ids_and_stay_one_line_whatever_the_message(app):
+    import json
+
+    from logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "signup", logging.WARNING, __file__, 1, "name %s", ("x\n2026-01-01 INFO forged",), None
+    )
+    record.signup_id = "s-1"
+    record.keygen_request_id = "k-1"
+    with app.test_request_context(headers={"X-Request-ID": "req-12345678"}):
+        app.preprocess_request()
+        line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "name x\n2026-01-01 INFO forged"
+    assert (entry["level"], entry["logger"]) == ("WARNING", "signup")
+    assert (entry["request_id"], entry["signup_id"], entry["keygen_request_id"]) == (
+        "req-12345678",
+        "s-1",
+        "k-1",
+    )
