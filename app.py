@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from signup import (
     Rejected,
     SignupUnavailable,
     SignupWorkflow,
+    TooBusy,
     TryLater,
 )
 from worker import Reconciler
@@ -57,7 +57,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     journal = open_journal(app, settings)
     workflow = build_workflow(settings, journal)
     app.extensions["signup"] = workflow
-    app.extensions["signup_slots"] = threading.BoundedSemaphore(settings.signup_concurrency)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
     app.register_blueprint(bp)
     app.cli.add_command(reconcile_command)
@@ -102,6 +101,7 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
         settings.keygen_policy_id,
         deadline=settings.signup_deadline,
         give_up_after=settings.reconcile_give_up_after,
+        concurrency=settings.signup_concurrency,
         crash_at=settings.test_crash_at,
     )
 
@@ -138,10 +138,6 @@ def signup_submit():
         first_name=form.first_name.data,
         last_name=form.last_name.data,
     )
-    slots = current_app.extensions["signup_slots"]
-    # A bulkhead: while Keygen is slow, signups may not take every thread from the pages.
-    if not slots.acquire(timeout=1.0):
-        return error_page(503, kind="busy", retry_after=30)
     try:
         outcome = current_app.extensions["signup"].sign_up(applicant, form.nonce.data)
     except Rejected as rejection:
@@ -156,8 +152,8 @@ def signup_submit():
         return response
     except SignupUnavailable:
         return error_page(503, kind="unavailable")
-    finally:
-        slots.release()
+    except TooBusy:
+        return error_page(503, kind="busy", retry_after=30)
     return show(outcome, first_name=applicant.first_name)
 
 

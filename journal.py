@@ -204,6 +204,12 @@ class Journal:
             row = db.execute(select(signups).where(signups.c.nonce == nonce)).one()
         return _signup(row)
 
+    def find_nonce(self, nonce: str) -> State | None:
+        """The state of the submission with this nonce, if there is one."""
+        with self.engine.connect() as db:
+            state = db.execute(select(signups.c.state).where(signups.c.nonce == nonce)).scalar()
+        return State(state) if state else None
+
     def due(self, *, limit: int = 100) -> list[Signup]:
         """Unfinished rows whose next attempt is due and that nobody holds, oldest first."""
         now = self.clock()

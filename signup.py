@@ -15,12 +15,13 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from journal import Journal, Signup, State
+from journal import RESUBMITTABLE, Journal, Signup, State
 from keygen_api import (
     KeygenCircuitOpen,
     KeygenClient,
@@ -113,6 +114,10 @@ class SignupUnavailable(SignupError):
     """The portal or Keygen is misconfigured. An operator must act; the log says what."""
 
 
+class TooBusy(SignupError):
+    """Every slot for talking to Keygen is taken (Keygen is slow). Nothing was written."""
+
+
 class _Retry(Exception):
     """A step ran out of attempts or time with an outcome still unknown."""
 
@@ -134,6 +139,7 @@ class SignupWorkflow:
         *,
         deadline: float = 20.0,
         give_up_after: float = 86400.0,
+        concurrency: int = 6,
         crash_at: str = "",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -146,19 +152,38 @@ class SignupWorkflow:
         # one takes a row we are still driving.
         self.lease = deadline + keygen.timeout[0] + 3.0
         self.give_up_after = give_up_after
+        self._slots = threading.BoundedSemaphore(concurrency)
         self.crash_at = crash_at
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._sleep = sleep
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
-        """Drive this submission to its end, or wait for whoever is driving it already."""
+        """Drive this submission to its end, or wait for whoever is driving it already.
+
+        Driving takes one of ``concurrency`` slots, and never waits for one: while Keygen is
+        slow, signups must not take every thread from the pages and /healthz (a bulkhead).
+        A duplicate that only waits for the first needs no slot.
+        """
+        if self._slots.acquire(blocking=False):
+            try:
+                return self._sign_up(applicant, nonce, may_drive=True)
+            finally:
+                self._slots.release()
+        if self.journal.find_nonce(nonce) in (None, *RESUBMITTABLE):
+            raise TooBusy("no free slot for a new signup")
+        return self._sign_up(applicant, nonce, may_drive=False)
+
+    def _sign_up(self, applicant: Applicant, nonce: str, *, may_drive: bool) -> Outcome:
         ends_at = self._clock() + self.deadline
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
         waited = False
         while True:
             claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=self.lease)
             signup = claim.signup
+            if claim.leased and not may_drive:
+                self.journal.release(signup.id, owner=owner)
+                raise TooBusy("no free slot to finish this signup")
             if claim.leased:
                 return self._drive(signup, applicant, ends_at, owner)
             if signup.state == State.ISSUED:

@@ -348,13 +348,16 @@ def test_resubmitting_after_success_shows_already_issued_and_calls_nothing(
 
 
 def test_f15_concurrent_submissions_of_one_form_create_once(workflow, keygen, journal):
-    keygen.emulator.inject("users.create", delay=0.3)  # keep the first one busy a while
+    keygen.emulator.inject("users.create", delay=0.6)  # busy a while, within the read timeout
     nonce = new_nonce()
     outcomes: list = []
-    threads = [
-        threading.Thread(target=lambda: outcomes.append(submit(workflow, nonce=nonce)))
-        for _ in range(5)
-    ]
+    together = threading.Barrier(5)
+
+    def double_click():
+        together.wait(timeout=10)  # all five arrive while the first is in flight
+        outcomes.append(submit(workflow, nonce=nonce))
+
+    threads = [threading.Thread(target=double_click) for _ in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -382,4 +385,30 @@ def test_a_key_never_shown_is_shown_once_on_resubmission(workflow, keygen, journ
     assert isinstance(outcome, Issued)
     assert outcome.license_key == keygen.licenses()[0]["key"]
     assert submit(workflow, nonce=nonce) == AlreadyIssued("clark@example.com")
+    only_user_and_license(keygen)
+
+
+def test_the_bulkhead_refuses_new_signups_at_once_but_lets_duplicates_wait(
+    keygen, journal, pauses, clock
+):
+    from signup import TooBusy
+
+    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1)
+    keygen.emulator.inject("users.create", delay=1.0)  # the only slot is stuck on Keygen
+    nonce = new_nonce()
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(submit(workflow, nonce=nonce)))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not keygen.calls("users.create") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    with pytest.raises(TooBusy):
+        submit(workflow, Applicant("lois@example.com", PASSWORD, "Lois", "Lane"))
+    assert time.monotonic() - started < 0.5  # refused, not queued behind the stuck one
+    assert [row.email for row in journal.all()] == ["clark@example.com"]  # nothing written
+    duplicate = submit(workflow, nonce=nonce)  # the same form again: waits for the first
+    thread.join(timeout=10)
+    assert isinstance(duplicate, Issued)
+    assert isinstance(first[0], Issued)
     only_user_and_license(keygen)
