@@ -1,0 +1,51 @@
+"""The benchmark of issue #8 (bench/run.py) in its smallest configuration.
+
+Benchmarks are not timed tests: this only checks that one command starts the stand-in, the
+portal, the naive baseline and the load, and prints the table with every ratio, its target and
+a verdict. Whether the targets are met is for bench/README.md, measured on a quiet machine.
+"""
+
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from conftest import LOG_DIR, ROOT, secret
+
+pytestmark = pytest.mark.slow
+RATIOS = ("R1", "R2a", "R2b", "R3a", "R3b", "R4", "R5a", "R5b", "R6", "R7", "R8", "R9")
+
+
+def test_the_smallest_benchmark_prints_every_ratio(tmp_path):
+    password = secret(f"bench-{uuid.uuid4().hex}")  # the servers' logs must never show it
+    report = tmp_path / "bench.json"
+    args = ["--smoke", "--json", str(report), "--log-dir", str(LOG_DIR / "bench")]
+    result = subprocess.run(
+        [sys.executable, "bench/run.py", *args, "--password", password],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) == 6 and cells[0] in RATIOS:
+            rows[cells[0]] = dict(
+                zip(("what", "value", "target", "result"), cells[1:5], strict=True)
+            )
+    assert sorted(rows) == sorted(RATIOS), result.stdout
+    for ratio, row in rows.items():
+        assert row["target"], ratio
+        assert row["result"] in ("PASS", "FAIL", "n/a"), (ratio, row)
+    unmeasured = [ratio for ratio, row in rows.items() if row["value"] == "n/a"]
+    if unmeasured:  # allowed only when the run says why (a server that would not start, ...)
+        assert "note:" in result.stdout, (unmeasured, result.stdout)
+
+    saved = json.loads(report.read_text())
+    assert [row["id"] for row in saved["rows"]] == list(RATIOS)
+    assert saved["machine"]["nproc"] >= 1
