@@ -11,17 +11,19 @@ import uuid
 from pathlib import Path
 
 import click
-from flask import Blueprint, Flask, current_app, g, render_template, request
+from flask import Blueprint, Flask, abort, current_app, g, render_template, request
 from flask.cli import with_appcontext
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+import doctor
 import logs
 from config import Settings, load_settings
 from forms import SignupForm
 from health import readiness
 from journal import Journal
 from keygen_api import KeygenClient
+from metrics import Metrics
 from signup import (
     AlreadyIssued,
     Applicant,
@@ -57,15 +59,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     journal = open_journal(app, settings)
     workflow = build_workflow(settings, journal)
     app.extensions["signup"] = workflow
+    app.extensions["metrics"] = watch(settings, journal, workflow)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
     app.register_blueprint(bp)
     app.cli.add_command(reconcile_command)
+    app.cli.add_command(doctor_command)
     register_error_pages(app)
     app.after_request(add_security_headers)
     return app
 
 
 def configure(app: Flask, settings: Settings) -> None:
+    app.extensions["settings"] = settings  # for operators' commands (flask doctor)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         SESSION_COOKIE_SECURE=settings.cookie_secure,
@@ -106,6 +111,12 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
     )
 
 
+def watch(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Metrics:
+    metrics = Metrics(journal, token=settings.metrics_token)
+    metrics.watch(workflow.keygen)
+    return metrics
+
+
 def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Reconciler:
     """Each process finishes what any process left unfinished; leases keep them apart."""
     reconciler = Reconciler(
@@ -138,22 +149,28 @@ def signup_submit():
         first_name=form.first_name.data,
         last_name=form.last_name.data,
     )
+    metrics = current_app.extensions["metrics"]
     try:
         outcome = current_app.extensions["signup"].sign_up(applicant, form.nonce.data)
     except Rejected as rejection:
+        metrics.count_signup(rejection)
         for name, message in rejection.errors.items():
             form[name].errors.append(message)
         return render_template("signup.html", form=form), 422
     except TryLater as error:
+        metrics.count_signup(error)
         log.warning("request %s: %s", g.request_id, error)
         form.form_errors.append(TRY_LATER)
         response = current_app.make_response((render_template("signup.html", form=form), 503))
         response.headers["Retry-After"] = "60"
         return response
-    except SignupUnavailable:
+    except SignupUnavailable as error:
+        metrics.count_signup(error)
         return error_page(503, kind="unavailable")
-    except TooBusy:
+    except TooBusy as error:
+        metrics.count_signup(error)
         return error_page(503, kind="busy", retry_after=30)
+    metrics.count_signup(outcome)
     return show(outcome, first_name=applicant.first_name)
 
 
@@ -191,6 +208,16 @@ def readyz():
     if not ready:
         log.warning("not ready: %s", "; ".join(c.detail for c in checks if not c.ok))
     return body, 200 if ready else 503
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus metrics, for the holder of METRICS_TOKEN (without one: this machine only)."""
+    exporter = current_app.extensions["metrics"]
+    if not exporter.may_read(request.headers, request.remote_addr):
+        abort(404)  # as if there were nothing here
+    body, content_type = exporter.render()
+    return body, 200, {"Content-Type": content_type}
 
 
 # -- Errors -------------------------------------------------------------------------------------
@@ -274,6 +301,18 @@ def reconcile_command(dry_run: bool) -> None:
         f"{len(report.worked)} signup(s) {'due' if dry_run else 'worked on'}, "
         f"{report.skipped} busy elsewhere, {len(report.stale)} stale"
     )
+
+
+@click.command("doctor")
+@with_appcontext
+def doctor_command() -> None:
+    """Check the settings, Keygen and the database, and say in plain words what is wrong."""
+    workflow = current_app.extensions["signup"]
+    findings = doctor.examine(current_app.extensions["settings"], workflow.keygen, workflow.journal)
+    for finding in findings:
+        click.echo(finding.line())
+    if any(f.level == doctor.ERROR for f in findings):
+        raise SystemExit(1)
 
 
 # -- Every response -----------------------------------------------------------------------------

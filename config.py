@@ -61,6 +61,7 @@ class Settings:
     reconcile_give_up_after: float = 86400.0
     stale_signup_after: float = 900.0
     test_crash_at: str = ""
+    metrics_token: str = field(default="", repr=False)  # "": /metrics for loopback only
 
 
 def _text(value: str) -> str:
@@ -180,6 +181,13 @@ def _seconds_or_off(value: str) -> float:
     return number
 
 
+def _metrics_token(value: str) -> str:
+    value = value.strip()
+    if len(value) < 16 or any(c.isspace() for c in value):
+        raise ValueError("must be at least 16 random characters without spaces")
+    return value
+
+
 def _crash_point(value: str) -> str:
     value = value.strip()
     if value not in ("after_user_created", "after_license_created"):
@@ -225,6 +233,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "RECONCILE_GIVE_UP_AFTER": ("reconcile_give_up_after", _positive_float, False),
     "STALE_SIGNUP_AFTER": ("stale_signup_after", _positive_float, False),
     "TEST_CRASH_AT": ("test_crash_at", _crash_point, False),
+    "METRICS_TOKEN": ("metrics_token", _metrics_token, False),
 }
 
 

@@ -1,6 +1,8 @@
 """gunicorn settings for the portal: threads, because a signup mostly waits on Keygen."""
 
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
@@ -35,3 +37,24 @@ if os.environ.get("LOG_FORMAT", "json").strip().lower() != "text":
             "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
         },
     }
+
+# Prometheus metrics of every worker (metrics.py): each worker writes its counts to files in
+# PROMETHEUS_MULTIPROC_DIR and a scrape of any worker adds them all up. Unless the operator names
+# a directory (it must be emptied before each start), a fresh one per start, removed at the end.
+# Set here, in the master, before any worker imports prometheus_client.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="portal-metrics-")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    """A dead worker's gauges (the breaker) stop counting; its counters are kept."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

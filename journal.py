@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    func,
     insert,
     inspect,
     or_,
@@ -233,6 +234,12 @@ class Journal:
         )
         with self.engine.connect() as db:
             return [_signup(row) for row in db.execute(query)]
+
+    def oldest_unfinished(self) -> float | None:
+        """When the oldest unfinished signup was created, if there is one."""
+        query = select(func.min(signups.c.created_at)).where(signups.c.state.in_(UNFINISHED))
+        with self.engine.connect() as db:
+            return db.execute(query).scalar()
 
     def all(self) -> list[Signup]:
         with self.engine.connect() as db:

@@ -7,6 +7,7 @@ rest of the portal sees `KeygenClient`, the `User`/`License`/`Bearer` records an
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "1.8"
 MEDIA_TYPE = "application/vnd.api+json"
@@ -369,6 +372,27 @@ class RetryAfterGate:
 
 # -- Client -------------------------------------------------------------------------------------
 
+# Called once per HTTP attempt, answered or not: (endpoint such as "users.create", the status or
+# None when there was no answer, seconds). How the portal's metrics see Keygen (metrics.py).
+Observer = Callable[[str, int | None, float], None]
+
+_ACTIONS = {"GET": "show", "POST": "create", "DELETE": "destroy", "PATCH": "update"}
+
+
+def endpoint_name(method: str, path: str) -> str:
+    """'users.create', 'licenses.show', 'me': a request's route, never its ids or emails."""
+    collection, _, rest = path.partition("/")
+    if collection == "me":
+        return "me"
+    if not rest:
+        return f"{collection}.{'index' if method == 'GET' else 'create'}"
+    return f"{collection}.{_ACTIONS.get(method, method.lower())}"
+
+
+# An address Keygen's validation refuses (no dot in the domain), so that the probe in
+# KeygenClient.account_is_protected can never create a user.
+PROBE_EMAIL = "doctor-check@invalid"
+
 
 class KeygenClient:
     """Calls Keygen with a product token. One pooled session per thread, never retries itself.
@@ -387,6 +411,7 @@ class KeygenClient:
         pool_size: int = 16,
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ):
         self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
         self._token = token
@@ -395,6 +420,7 @@ class KeygenClient:
         self._local = threading.local()
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.gate = RetryAfterGate(clock=clock)
+        self.observer = observer
 
     def __repr__(self) -> str:
         return f"KeygenClient({self.base_url!r})"
@@ -430,6 +456,32 @@ class KeygenClient:
         body = {"data": {"type": "users", "attributes": attributes}}
         document = self._request("POST", "users", json=body, expect=201, timeout=timeout)
         return self._parse(User.from_document, document)
+
+    def account_is_protected(self, *, timeout: tuple[float, float] | None = None) -> bool:
+        """Whether Keygen refuses users created without a token (keygen-contract.md §4.3).
+
+        Asked with an anonymous create whose email Keygen's validation refuses: a protected
+        account refuses the request before looking at the data (403), an unprotected one
+        validates it (422 EMAIL_INVALID). Either way nothing is created.
+        """
+        body = {"data": {"type": "users", "attributes": {"email": PROBE_EMAIL}}}
+        try:
+            document = self._request(
+                "POST", "users", json=body, expect=201, timeout=timeout, anonymous=True
+            )
+        except KeygenAccessDenied as error:
+            # A canceled account refuses everyone with 403 too, before asking who calls (§2).
+            titles = " ".join(str(e.get("title", "")) for e in error.errors).lower()
+            if error.status == 403 and "subscription" not in titles:
+                return True
+            raise
+        except KeygenInvalid as error:
+            if error.status == 422:
+                return False
+            raise
+        # Keygen accepted the address after all: anyone can create users. Remove ours.
+        self.delete_user(self._parse(User.from_document, document).id, timeout=timeout)
+        return False
 
     def get_user(self, id_or_email: str, *, timeout: tuple[float, float] | None = None) -> User:
         path = "users/" + quote(id_or_email.lower(), safe="@")
@@ -516,11 +568,34 @@ class KeygenClient:
         params: dict[str, str] | None = None,
         expect: int = 200,
         timeout: tuple[float, float] | None = None,
+        anonymous: bool = False,
     ) -> dict:
         self.gate.before_call()
         self.breaker.before_call()
+        started = time.monotonic()
+        status: int | None = None
         try:
-            document = self._send(method, path, json, params, expect, timeout)
+            document = self._guarded_send(method, path, json, params, expect, timeout, anonymous)
+            status = expect
+            return document
+        except KeygenError as error:
+            status = error.status
+            raise
+        finally:  # after the breaker has counted this attempt, so that observers see its state
+            self._observe(method, path, status, time.monotonic() - started)
+
+    def _observe(self, method: str, path: str, status: int | None, seconds: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(endpoint_name(method, path), status, seconds)
+        except Exception:  # counting a call must never fail it
+            log.exception("the Keygen call observer failed")
+
+    def _guarded_send(self, method, path, json, params, expect, timeout, anonymous) -> dict:
+        """One HTTP attempt, with the breaker and the Retry-After gate told how it went."""
+        try:
+            document = self._send(method, path, json, params, expect, timeout, anonymous)
         except KeygenRateLimited as error:
             self.gate.rate_limited(error.retry_after)
             self.breaker.succeeded()  # Keygen answered; it is up
@@ -534,8 +609,8 @@ class KeygenClient:
         self.breaker.succeeded()
         return document
 
-    def _send(self, method, path, json, params, expect, timeout) -> dict:
-        headers = {"Authorization": f"Bearer {self._token}"}
+    def _send(self, method, path, json, params, expect, timeout, anonymous=False) -> dict:
+        headers = {} if anonymous else {"Authorization": f"Bearer {self._token}"}
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
         try:

@@ -1,0 +1,172 @@
+"""Prometheus metrics: how signups end, how Keygen answers, and what is left unfinished.
+
+Under gunicorn each worker process counts on its own; with PROMETHEUS_MULTIPROC_DIR set
+(gunicorn.conf.py sets it) the counts go to files there, and a scrape of any worker adds up all
+of them. Without it (tests, `flask run`) one in-memory registry per app.
+
+Labels hold only fixed words: outcomes, Keygen routes ("users.create", never a URL with an id or
+an email) and status codes. Not measured yet:
+* an outbox backlog: the portal has no outbox (no email is sent);
+* retries: the observer sees each HTTP attempt, not which of them repeat an earlier one for the
+  same signup; the workflow logs every retry ("retrying in …s") instead.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from journal import Journal
+from keygen_api import KeygenClient
+from signup import (
+    AlreadyIssued,
+    Issued,
+    Processing,
+    Rejected,
+    SignupUnavailable,
+    TooBusy,
+    TryLater,
+)
+
+log = logging.getLogger(__name__)
+
+OUTCOMES: dict[type, str] = {
+    Issued: "issued",
+    AlreadyIssued: "already_issued",
+    Processing: "processing",
+    Rejected: "rejected",
+    TryLater: "try_later",
+    SignupUnavailable: "unavailable",
+    TooBusy: "busy",
+}
+# Seconds; Keygen usually answers in tens of milliseconds, and a read may wait up to 10 s.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+# A request that came through a reverse proxy carries one of these (every recipe in deploy/
+# sets X-Forwarded-For), so a proxy on this machine does not make the public "loopback".
+FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+class Metrics:
+    def __init__(self, journal: Journal, *, token: str = ""):
+        self._token = token
+        self._breaker = None
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.registry = None if self.multiprocess_dir else CollectorRegistry()
+        self._journal_collector = _JournalCollector(journal)
+        if self.registry is not None:
+            self.registry.register(self._journal_collector)
+        self.signups = Counter(
+            "portal_signups",
+            "Signup submissions the workflow finished with, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.keygen_requests = Counter(
+            "portal_keygen_requests",
+            "HTTP requests to Keygen by route and status ('none': no answer).",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.keygen_seconds = Histogram(
+            "portal_keygen_request_seconds",
+            "Time Keygen took to answer (or to fail), by route.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "portal_keygen_rate_limited",
+            "Answers 429 (too many requests) from Keygen.",
+            registry=self.registry,
+        )
+        self.breaker_open = Gauge(
+            "portal_keygen_breaker_open",
+            "1 while the circuit breaker stops or only probes calls to Keygen, in any worker.",
+            multiprocess_mode="livemax",
+            registry=self.registry,
+        )
+        for outcome in OUTCOMES.values():
+            self.signups.labels(outcome=outcome)
+
+    def watch(self, keygen: KeygenClient) -> None:
+        """Count every HTTP attempt of this client, and follow its circuit breaker."""
+        keygen.observer = self.keygen_call
+        self._breaker = keygen.breaker
+        self._refresh_breaker()
+
+    def keygen_call(self, endpoint: str, status: int | None, seconds: float) -> None:
+        self.keygen_requests.labels(endpoint=endpoint, status=str(status or "none")).inc()
+        self.keygen_seconds.labels(endpoint=endpoint).observe(seconds)
+        if status == 429:
+            self.rate_limited.inc()
+        self._refresh_breaker()
+
+    def count_signup(self, result: object) -> None:
+        """Count an outcome (Issued, …) or a SignupError (Rejected, …) of one submission."""
+        self.signups.labels(outcome=OUTCOMES[type(result)]).inc()
+
+    def may_read(self, headers: Mapping[str, str], remote_addr: str | None) -> bool:
+        """With METRICS_TOKEN: its bearer only. Without: this machine, not through a proxy."""
+        if self._token:
+            scheme, _, given = headers.get("Authorization", "").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), self._token.encode()
+            )
+        return _is_loopback(remote_addr) and not any(h in headers for h in FORWARDING_HEADERS)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text a Prometheus scrape reads, and its content type."""
+        self._refresh_breaker()
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(self._journal_collector)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def _refresh_breaker(self) -> None:
+        # Open and half-open both count: until a probe succeeds, calls fail fast.
+        if self._breaker is not None:
+            self.breaker_open.set(0 if self._breaker.state == "closed" else 1)
+
+
+class _JournalCollector(Collector):
+    """Read at scrape time from the journal, which every process and instance shares."""
+
+    def __init__(self, journal: Journal):
+        self.journal = journal
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            oldest = self.journal.oldest_unfinished()
+        except Exception as error:  # a scrape must answer even when the database does not
+            log.warning("metrics: cannot read the signup journal: %s", type(error).__name__)
+            return
+        age = self.journal.clock() - oldest if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "portal_oldest_unfinished_signup_seconds",
+            "Age of the oldest signup not yet issued or undone (0: none).",
+            value=max(age, 0.0),
+        )
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
