@@ -155,7 +155,7 @@ class Journal:
         try:
             with self.engine.begin() as db:
                 db.execute(insert(signups).values(**row))
-            return Claim(self.get(row["id"]), leased=True)
+            return Claim(Signup(**{**row, "user_id": None, "last_error": None}), leased=True)
         except IntegrityError:
             pass  # the nonce was seen before
         existing = self.by_nonce(nonce)

@@ -546,6 +546,13 @@ class KeygenClient:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             session = requests.Session()
+            # requests re-reads the environment (proxies, .netrc, CA bundle) on every call;
+            # read it once here instead. A .netrc never supplies credentials to Keygen.
+            session.trust_env = False
+            session.verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            )
+            session.proxies = requests.utils.get_environ_proxies(self.base_url)
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)

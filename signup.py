@@ -11,6 +11,7 @@ or undoes later from the journal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -201,16 +202,15 @@ class SignupWorkflow:
         return self.journal.get(signup.id).state
 
     def _drive(self, signup: Signup, applicant: Applicant, ends_at: float, owner: str) -> Outcome:
-        run = _Run(self, signup, owner=owner, ends_at=ends_at, retries=3)
+        run = _Run(self, signup, owner=owner, ends_at=ends_at, retries=3, shows_key=True)
         try:
             license = run.drive(applicant)
         finally:
-            self.journal.release(signup.id, owner=owner)
+            if not run.released:
+                self.journal.release(signup.id, owner=owner)
         if license is None:
             return Processing(signup.email)
-        if self.journal.mark_key_shown(signup.id):
-            return Issued(signup.email, license.key, license.id, signup.id)
-        return AlreadyIssued(signup.email)
+        return Issued(signup.email, license.key, license.id, signup.id)
 
     def _present(self, signup: Signup, *, waited_for_it: bool) -> Outcome:
         """A finished signup seen again. Its key is shown if it never was, or to a duplicate
@@ -243,7 +243,14 @@ class _Run:
     RESCHEDULE_CAP = 600.0  # the reconciler tries a row at least every ten minutes
 
     def __init__(
-        self, workflow: SignupWorkflow, signup: Signup, *, owner: str, ends_at: float, retries: int
+        self,
+        workflow: SignupWorkflow,
+        signup: Signup,
+        *,
+        owner: str,
+        ends_at: float,
+        retries: int,
+        shows_key: bool = False,
     ):
         self.workflow = workflow
         self.keygen = workflow.keygen
@@ -252,6 +259,8 @@ class _Run:
         self.owner = owner
         self.ends_at = ends_at
         self.retries = retries
+        self.shows_key = shows_key  # a request shows the key it issues; the reconciler does not
+        self.released = False
         self.attempt = 0
         self.log = _SignupLog(log, {"signup_id": signup.id})
 
@@ -270,7 +279,19 @@ class _Run:
                 self.record(state=State.USER_CREATED, user_id=user_id)
             license = self.create_license(user_id)
             self.crash_point("after_license_created")  # Keygen has the license; we don't know
-            self.record(state=State.ISSUED, last_error=None)
+            if self.shows_key:
+                # One statement: issued, shown by us (no duplicate can claim the showing in
+                # between), and released.
+                self.record(
+                    state=State.ISSUED,
+                    last_error=None,
+                    key_shown=True,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+                self.released = True
+            else:
+                self.record(state=State.ISSUED, last_error=None)
             return license
         except _Retry as pending:
             return self.reschedule(pending, applicant)
@@ -449,7 +470,7 @@ class _Run:
         """Leave the row for the reconciler. Returns None (finished later), or raises TryLater
         when the person must submit again because not even the user exists yet."""
         now = self.journal.clock()
-        signup = self.journal.get(self.id)
+        signup = self.signup
         self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
         if (
             signup.state == State.USER_CREATED
@@ -471,8 +492,7 @@ class _Run:
     def record(self, **changes) -> None:
         if not self.journal.record(self.id, owner=self.owner, **changes):
             raise TryLater(f"signup {self.id}: lost the lease (another worker took over)")
-        if "state" in changes or "user_id" in changes:
-            self.signup = self.journal.get(self.id)
+        self.signup = dataclasses.replace(self.signup, **changes)
 
     def refused(self, error: SignupError) -> SignupError:
         """Nothing was created and the submission is done: the person may resubmit."""

@@ -263,3 +263,20 @@ def test_a_policy_is_visible_only_to_its_products_token(api, keygen):
     assert api.get_policy(keygen.policy).product_id == keygen.product
     with pytest.raises(KeygenNotFound):
         api.get_policy(keygen.other_policy)
+
+
+def test_the_environment_is_read_once_per_session(keygen, monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    api = KeygenClient("https://keygen.example.com", keygen.account, keygen.token)
+    session = api._session()
+    assert session.trust_env is False
+    assert session.verify == str(bundle)
+    assert session.proxies.get("https") == "http://proxy.invalid:3128"
+    local = KeygenClient(keygen.url, keygen.account, keygen.token)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert local._session().proxies.get("http") is None  # NO_PROXY honoured; still works:
+    assert local.me().is_product

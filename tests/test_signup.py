@@ -412,3 +412,23 @@ def test_the_bulkhead_refuses_new_signups_at_once_but_lets_duplicates_wait(
     assert isinstance(duplicate, Issued)
     assert isinstance(first[0], Issued)
     only_user_and_license(keygen)
+
+
+def test_a_signup_costs_three_journal_statements(workflow, keygen, journal):
+    """Written before each step that matters, and nothing more: claim, user, issued+shown."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        if not statement.lstrip().upper().startswith(("PRAGMA", "BEGIN", "COMMIT", "SELECT 1")):
+            statements.append(statement.split()[0].upper())
+
+    event.listen(journal.engine, "before_cursor_execute", count)
+    try:
+        assert isinstance(submit(workflow), Issued)
+    finally:
+        event.remove(journal.engine, "before_cursor_execute", count)
+    assert statements == ["INSERT", "UPDATE", "UPDATE"]
+    row = only_row(journal)
+    assert (row.state, row.key_shown, row.lease_owner) == (State.ISSUED, True, None)
