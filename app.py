@@ -14,7 +14,7 @@ import click
 from flask import Blueprint, Flask, abort, current_app, g, render_template, request
 from flask.cli import with_appcontext
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 
 import doctor
 import logs
@@ -24,6 +24,7 @@ from health import readiness
 from journal import Journal
 from keygen_api import KeygenClient
 from metrics import Metrics
+from protection import FillTimer, LimiterUnavailable, LimitReached, RateLimits, TrustedProxies
 from signup import (
     AlreadyIssued,
     Applicant,
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     app.before_request(assign_request_id)  # first, so that every later step can log it
     csrf.init_app(app)
+    protect(app, settings)
     journal = open_journal(app, settings)
     workflow = build_workflow(settings, journal)
     app.extensions["signup"] = workflow
@@ -81,8 +83,24 @@ def configure(app: Flask, settings: Settings) -> None:
         PASSWORD_MIN_LENGTH=settings.password_min_length,
         PRODUCT_NAME=settings.product_name,
         DEMO_MODE=settings.demo_mode,
+        TRUSTED_HOSTS=list(settings.trusted_hosts) or None,  # another Host: 400
     )
     app.jinja_env.globals.update(product_name=settings.product_name, demo_mode=settings.demo_mode)
+
+
+def protect(app: Flask, settings: Settings) -> None:
+    """The client's address from trusted proxies only, rate limits and the form's timer."""
+    app.wsgi_app = TrustedProxies(
+        app.wsgi_app, hops=settings.trusted_proxy_hops, networks=settings.trusted_proxies
+    )
+    app.extensions["rate_limits"] = RateLimits(
+        app,
+        storage_uri=settings.ratelimit_storage_uri,
+        per_ip=settings.ratelimit_per_ip,
+        per_email=settings.ratelimit_per_email,
+        max_rps=settings.keygen_max_rps,
+    )
+    app.extensions["fill_timer"] = FillTimer(settings.secret_key, settings.min_submit_seconds)
 
 
 def open_journal(app: Flask, settings: Settings) -> Journal:
@@ -135,14 +153,38 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 @bp.get("/")
 def signup_form():
-    return render_template("signup.html", form=SignupForm())
+    form = SignupForm()
+    form.served.data = current_app.extensions["fill_timer"].stamp(form.nonce.data)
+    return render_template("signup.html", form=form)
 
 
 @bp.post("/")
 def signup_submit():
+    limits = current_app.extensions["rate_limits"]
+    try:
+        limits.admit_client(request.remote_addr)  # after the CSRF check, before anything else
+    except (LimitReached, LimiterUnavailable) as error:
+        return turned_away(error)
     form = SignupForm()
+    if form.website.data:
+        # A bot filled in the field people cannot see: a page like a real outcome, no signup.
+        log.info("request %s: honeypot field filled; nothing was created", g.request_id)
+        return render_template("processing.html", email=form.email.data), 202
+    timer = current_app.extensions["fill_timer"]
+    age = timer.age(form.served.data, form.nonce.data)
+    if age is None:
+        form.served.data = timer.stamp(form.nonce.data)
+    if timer.too_fast(age):
+        when = "without a valid serve time" if age is None else f"{age:.1f} s after it was served"
+        log.info("request %s: form sent too fast, %s", g.request_id, when)
+        form.form_errors.append(TOO_FAST)
+        return render_template("signup.html", form=form), 422
     if not form.validate():
         return render_template("signup.html", form=form), 422
+    try:
+        limits.admit_signup(form.email.data)
+    except (LimitReached, LimiterUnavailable) as error:
+        return turned_away(error)
     applicant = Applicant(
         email=form.email.data,
         password=form.password.data,
@@ -172,6 +214,17 @@ def signup_submit():
         return error_page(503, kind="busy", retry_after=30)
     metrics.count_signup(outcome)
     return show(outcome, first_name=applicant.first_name)
+
+
+TOO_FAST = "That was quicker than we expected. Please check the form and send it again."
+
+
+def turned_away(error: LimitReached | LimiterUnavailable):
+    if isinstance(error, LimitReached):
+        log.warning("request %s: %s", g.request_id, error)
+        return error_page(429)
+    log.error("request %s: signups refused: %s", g.request_id, error)
+    return error_page(503, kind="unavailable")
 
 
 TRY_LATER = (
@@ -275,6 +328,12 @@ def register_error_pages(app: Flask) -> None:
     def csrf_failed(error: CSRFError):
         log.warning("request %s: CSRF check failed: %s", g.get("request_id"), error.description)
         return error_page(400, kind="csrf")
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(error: SecurityError):
+        # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page with links.
+        log.warning("request %s: %s", g.get("request_id"), error.description)
+        return "Unknown host.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

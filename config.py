@@ -62,6 +62,14 @@ class Settings:
     stale_signup_after: float = 900.0
     test_crash_at: str = ""
     metrics_token: str = field(default="", repr=False)  # "": /metrics for loopback only
+    trusted_proxy_hops: int = 0  # 0: X-Forwarded-* are ignored
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    trusted_hosts: tuple[str, ...] = ()  # (): any Host
+    ratelimit_storage_uri: str = field(default="memory://", repr=False)  # may hold a password
+    ratelimit_per_ip: str = "10/minute,50/hour"
+    ratelimit_per_email: str = "5/hour"
+    keygen_max_rps: int = 4
+    min_submit_seconds: float = 0.0
 
 
 def _text(value: str) -> str:
@@ -188,6 +196,52 @@ def _metrics_token(value: str) -> str:
     return value
 
 
+def _hops(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 5:
+        raise ValueError("must be the number of proxies in front of the portal, 0 to 5")
+    return number
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(ipaddress.ip_network(part.strip())) for part in _items(value))
+    except ValueError:
+        raise ValueError("must be IP addresses or networks (CIDR), separated by commas") from None
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    hosts = tuple(part.lower() for part in _items(value))
+    if any(not re.fullmatch(r"\.?[a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:]+\]", h) for h in hosts):
+        raise ValueError("must be host names without a port, separated by commas")
+    return hosts
+
+
+def _items(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+_STORAGES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://")
+
+
+def _storage_uri(value: str) -> str:
+    value = value.strip()
+    if not value.startswith(_STORAGES):
+        raise ValueError("must start with memory:// (one process only) or redis://")
+    return value
+
+
+# What Flask-Limiter (the limits library) reads: "10/minute", "50 per hour", "3 per 2 seconds".
+_RATE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?", re.IGNORECASE)
+
+
+def _rates(value: str) -> str:
+    parts = [part.strip() for part in re.split(r"[;,]", value) if part.strip()]
+    if not parts or not all(_RATE.fullmatch(part) for part in parts):
+        raise ValueError("must be limits such as 10/minute,50/hour (comma-separated)")
+    return ",".join(parts)
+
+
 def _crash_point(value: str) -> str:
     value = value.strip()
     if value not in ("after_user_created", "after_license_created"):
@@ -234,6 +288,14 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "STALE_SIGNUP_AFTER": ("stale_signup_after", _positive_float, False),
     "TEST_CRASH_AT": ("test_crash_at", _crash_point, False),
     "METRICS_TOKEN": ("metrics_token", _metrics_token, False),
+    "TRUSTED_PROXY_HOPS": ("trusted_proxy_hops", _hops, False),
+    "TRUSTED_PROXIES": ("trusted_proxies", _networks, False),
+    "TRUSTED_HOSTS": ("trusted_hosts", _hosts, False),
+    "RATELIMIT_STORAGE_URI": ("ratelimit_storage_uri", _storage_uri, False),
+    "RATELIMIT_PER_IP": ("ratelimit_per_ip", _rates, False),
+    "RATELIMIT_PER_EMAIL": ("ratelimit_per_email", _rates, False),
+    "KEYGEN_MAX_RPS": ("keygen_max_rps", _positive_int, False),
+    "MIN_SUBMIT_SECONDS": ("min_submit_seconds", _seconds_or_off, False),
 }
 
 

@@ -80,6 +80,10 @@ class SignupForm(FlaskForm):
         default=new_nonce,
         validators=[Regexp(r"^[A-Za-z0-9_-]{16,64}$", message="This form is out of date.")],
     )
+    # Signed by protection.FillTimer when the form is served: how long it took to fill in.
+    served = HiddenField()
+    # The honeypot: hidden from people by CSS, named so that form-filling bots fill it in.
+    website = StringField("Leave this field empty")
     first_name = StringField(
         "First name",
         filters=[strip, nfc],

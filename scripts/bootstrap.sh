@@ -49,6 +49,7 @@ if [ "${2:-}" = "--system" ]; then
   have /usr/sbin/nginx || missing+=(nginx)
   have /usr/bin/caddy || missing+=(caddy)
   have /usr/bin/openssl || missing+=(openssl)
+  have /usr/bin/redis-server || missing+=(redis-server)
   have /usr/sbin/debootstrap || missing+=(debootstrap)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing system packages: ${missing[*]}"

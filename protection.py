@@ -1,0 +1,157 @@
+"""Abuse protection for the signup form: who the client is (trusting only our own proxies), how
+often it may submit (per address, per email, and all signups together), and two bot traps (a
+honeypot field and a minimum time between serving the form and submitting it). No Keygen here:
+everything in this module runs before the workflow and decides whether it runs at all."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Iterable
+
+from flask import Flask, request
+from flask_limiter import Limiter
+from itsdangerous import BadData, URLSafeSerializer
+from limits import RateLimitItem, parse, parse_many
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+# -- The client's address ----------------------------------------------------------------------
+
+
+class TrustedProxies:
+    """Werkzeug's ProxyFix, applied only when the peer is one of our proxies.
+
+    ProxyFix believes any X-Forwarded-For it is given (it has no peer check), so a client that
+    reached gunicorn directly could claim any address and escape the per-address limit.
+    ``x_for`` and ``x_proto`` take the entry ``hops`` from the end: the one our nearest proxy
+    appended or set. ``x_host`` stays off: the recipes in deploy/ pass the public Host (with its
+    port) themselves, and nginx would pass a client's own X-Forwarded-Host through untouched.
+    """
+
+    def __init__(self, wsgi_app, *, hops: int, networks: Iterable[str]):
+        self.direct = wsgi_app
+        self.fixed = ProxyFix(wsgi_app, x_for=hops, x_proto=hops) if hops else wsgi_app
+        self.networks = [ipaddress.ip_network(network) for network in networks]
+
+    def __call__(self, environ, start_response):
+        if self.trusts(environ.get("REMOTE_ADDR")):
+            return self.fixed(environ, start_response)
+        return self.direct(environ, start_response)
+
+    def trusts(self, peer: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address(peer or "")
+        except ValueError:
+            return False  # a Unix socket has no address: only a proxy on this machine uses it
+        address = getattr(address, "ipv4_mapped", None) or address
+        return any(address in network for network in self.networks)
+
+
+# -- Rate limits -------------------------------------------------------------------------------
+
+
+class LimitReached(Exception):
+    """Too many submissions; ``bucket`` says which limit (for the log, never for the client)."""
+
+    def __init__(self, bucket: str):
+        self.bucket = bucket
+        super().__init__(f"rate limit reached: {bucket}")
+
+
+class LimiterUnavailable(Exception):
+    """The limit storage did not answer. Signups stop (fail closed) rather than go unlimited."""
+
+
+# A Redis that hangs must not hang the form: after a second, the submission gets 503.
+_STORAGE_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
+
+
+class RateLimits:
+    """Three separate buckets, checked with Flask-Limiter's storage and moving-window strategy.
+
+    * per client address, for every POST that passed the CSRF check;
+    * per email address, once the form is valid (a keyed hash, so the store holds no emails);
+    * all signups together ("admission"), at KEYGEN_MAX_RPS / 2 signups a second, because every
+      signup makes two Keygen calls and all of them share the account's one Keygen quota.
+
+    The limiter is built with no limits of its own, so nothing else (GET /, /healthz, /readyz,
+    /metrics) is counted or touches the storage. Storage errors are never swallowed and there is
+    no in-memory fallback: a storage outage becomes LimiterUnavailable.
+    """
+
+    def __init__(self, app: Flask, *, storage_uri: str, per_ip: str, per_email: str, max_rps: int):
+        self.limiter = Limiter(
+            lambda: request.remote_addr or "",
+            app=app,
+            storage_uri=storage_uri,
+            strategy="moving-window",  # OWASP: fixed windows allow bursts at their edges
+            headers_enabled=False,  # no precise Retry-After to schedule retries against
+            swallow_errors=False,
+            in_memory_fallback_enabled=False,
+            key_prefix="portal",
+            storage_options=_STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {},
+        )
+        self.per_ip = parse_many(per_ip)
+        self.per_email = parse_many(per_email)
+        self.admission = [parse(f"{max_rps} per 2 seconds")]
+        self.email_key = app.config["SECRET_KEY"].encode()
+
+    def admit_client(self, address: str | None) -> None:
+        """Count one submission from this address, or raise LimitReached."""
+        self._hit([("ip", self.per_ip, address or "unknown")])
+
+    def admit_signup(self, email: str) -> None:
+        """Count one valid signup for this email and for everyone, or raise LimitReached.
+
+        Both buckets are tested before either is counted, so a person turned away because the
+        portal is busy does not use up the attempts allowed for their own email."""
+        digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
+        buckets = [("email", self.per_email, digest), ("admission", self.admission, "all")]
+        for name, limits, key in buckets:
+            if not all(self._call("test", limit, name, key) for limit in limits):
+                raise LimitReached(name)
+        self._hit(buckets)
+
+    def _hit(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
+        for name, limits, key in buckets:
+            if not all(self._call("hit", limit, name, key) for limit in limits):
+                raise LimitReached(name)
+
+    def _call(self, method: str, limit: RateLimitItem, name: str, key: str) -> bool:
+        try:
+            return getattr(self.limiter.limiter, method)(limit, name, key)
+        except Exception as error:  # redis, memcached: each storage raises its own errors
+            raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
+
+
+# -- Bot traps ---------------------------------------------------------------------------------
+
+
+class FillTimer:
+    """A signed note of when a form was served, bound to the form's nonce.
+
+    The note is signed with SECRET_KEY, so a client cannot backdate it, and bound to the nonce,
+    so one old note cannot be reused: the nonce makes every copy of a form the same signup."""
+
+    def __init__(self, secret_key: str, minimum: float, clock=time.time):
+        self.serializer = URLSafeSerializer(secret_key, salt="portal.form-served")
+        self.minimum = minimum
+        self.clock = clock
+
+    def stamp(self, nonce: str) -> str:
+        return self.serializer.dumps([nonce, round(self.clock(), 3)])
+
+    def age(self, stamp: str | None, nonce: str | None) -> float | None:
+        """Seconds since the form was served, or None if the note is missing or not ours."""
+        try:
+            signed_nonce, served = self.serializer.loads(stamp or "")
+        except (BadData, TypeError, ValueError):
+            return None
+        if signed_nonce != nonce or not isinstance(served, int | float):
+            return None
+        return self.clock() - served
+
+    def too_fast(self, age: float | None) -> bool:
+        return self.minimum > 0 and (age is None or age < self.minimum)
