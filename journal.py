@@ -205,11 +205,11 @@ class Journal:
             row = db.execute(select(signups).where(signups.c.nonce == nonce)).one()
         return _signup(row)
 
-    def find_nonce(self, nonce: str) -> State | None:
-        """The state of the submission with this nonce, if there is one."""
+    def find_nonce(self, nonce: str) -> Signup | None:
+        """The submission with this nonce, if there is one."""
         with self.engine.connect() as db:
-            state = db.execute(select(signups.c.state).where(signups.c.nonce == nonce)).scalar()
-        return State(state) if state else None
+            row = db.execute(select(signups).where(signups.c.nonce == nonce)).one_or_none()
+        return _signup(row) if row is not None else None
 
     def due(self, *, limit: int = 100) -> list[Signup]:
         """Unfinished rows whose next attempt is due and that nobody holds, oldest first."""

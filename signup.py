@@ -164,29 +164,27 @@ class SignupWorkflow:
 
         Driving takes one of ``concurrency`` slots, and never waits for one: while Keygen is
         slow, signups must not take every thread from the pages and /healthz (a bulkhead).
-        A duplicate that only waits for the first needs no slot.
+        Waiting for a copy of this submission that someone else drives takes no slot.
         """
-        if self._slots.acquire(blocking=False):
-            try:
-                return self._sign_up(applicant, nonce, may_drive=True)
-            finally:
-                self._slots.release()
-        if self.journal.find_nonce(nonce) in (None, *RESUBMITTABLE):
-            raise TooBusy("no free slot for a new signup")
-        return self._sign_up(applicant, nonce, may_drive=False)
-
-    def _sign_up(self, applicant: Applicant, nonce: str, *, may_drive: bool) -> Outcome:
         ends_at = self._clock() + self.deadline
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
         waited = False
         while True:
-            claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=self.lease)
-            signup = claim.signup
-            if claim.leased and not may_drive:
-                self.journal.release(signup.id, owner=owner)
-                raise TooBusy("no free slot to finish this signup")
-            if claim.leased:
-                return self._drive(signup, applicant, ends_at, owner)
+            if self._slots.acquire(blocking=False):
+                try:
+                    claim = self.journal.claim(
+                        nonce, applicant.email, owner=owner, lease=self.lease
+                    )
+                    if claim.leased:
+                        return self._drive(claim.signup, applicant, ends_at, owner)
+                finally:
+                    self._slots.release()
+                signup = claim.signup
+            else:
+                found = self.journal.find_nonce(nonce)
+                if found is None or found.state in RESUBMITTABLE:
+                    raise TooBusy("no free slot for a new signup")
+                signup = found
             if signup.state == State.ISSUED:
                 return self._present(signup, waited_for_it=waited)
             if self._clock() + self.POLL >= ends_at:

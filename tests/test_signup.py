@@ -432,3 +432,23 @@ def test_a_signup_costs_three_journal_statements(workflow, keygen, journal):
     assert statements == ["INSERT", "UPDATE", "UPDATE"]
     row = only_row(journal)
     assert (row.state, row.key_shown, row.lease_owner) == (State.ISSUED, True, None)
+
+
+def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
+    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=2)
+    keygen.emulator.inject("users.create", delay=0.8)  # A holds one slot on Keygen
+    nonce = new_nonce()
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(submit(workflow, nonce=nonce)))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not keygen.calls("users.create") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    copy = threading.Thread(target=lambda: results.append(submit(workflow, nonce=nonce)))
+    copy.start()  # waits for A, without a slot
+    time.sleep(0.2)
+    other = submit(workflow, Applicant("lois@example.com", PASSWORD, "Lois", "Lane"))
+    assert isinstance(other, Issued)  # the second slot was free for a new signup
+    first.join(timeout=10)
+    copy.join(timeout=10)
+    assert [type(r) for r in results] == [Issued, Issued]
