@@ -2,7 +2,12 @@
 
 import os
 import shutil
+import sys
 import tempfile
+
+# The portal's modules (logs.py for the log format) sit beside this file, wherever gunicorn is
+# started from.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
