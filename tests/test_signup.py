@@ -399,9 +399,7 @@ def test_the_bulkhead_refuses_new_signups_at_once_but_lets_duplicates_wait(
     first: list = []
     thread = threading.Thread(target=lambda: first.append(submit(workflow, nonce=nonce)))
     thread.start()
-    deadline = time.monotonic() + 5
-    while not keygen.calls("users.create") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_call(keygen, "users.create")
     started = time.monotonic()
     with pytest.raises(TooBusy):
         submit(workflow, Applicant("lois@example.com", PASSWORD, "Lois", "Lane"))
@@ -441,9 +439,7 @@ def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
     results: list = []
     first = threading.Thread(target=lambda: results.append(submit(workflow, nonce=nonce)))
     first.start()
-    deadline = time.monotonic() + 5
-    while not keygen.calls("users.create") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_call(keygen, "users.create")
     copy = threading.Thread(target=lambda: results.append(submit(workflow, nonce=nonce)))
     copy.start()  # waits for A, without a slot
     time.sleep(0.2)
@@ -452,3 +448,11 @@ def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
     first.join(timeout=10)
     copy.join(timeout=10)
     assert [type(r) for r in results] == [Issued, Issued]
+
+
+def wait_for_call(keygen, route: str, timeout: float = 5.0) -> None:
+    """Until Keygen has seen a call of this route (the first signup is now stuck on it)."""
+    deadline = time.monotonic() + timeout
+    while not keygen.calls(route):
+        assert time.monotonic() < deadline, f"no {route} call within {timeout} s"
+        time.sleep(0.02)
