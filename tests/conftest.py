@@ -266,13 +266,15 @@ def pauses() -> list[float]:
     return []
 
 
-def make_workflow(keygen, journal, pauses, clock, *, token=None, policy=None, **options):
+def make_workflow(
+    keygen, journal, pauses, clock, *, token=None, policy=None, read_timeout=1.0, **options
+):
     client = KeygenClient(
         keygen.url,
         keygen.account,
         token or keygen.token,
         connect_timeout=1,
-        read_timeout=1,
+        read_timeout=read_timeout,
         clock=clock.monotonic,
     )
     journal.clock = clock.wall

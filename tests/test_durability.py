@@ -172,11 +172,12 @@ def test_f9_a_stalled_keygen_neither_hangs_signups_nor_the_pages():
             browsers = [Browser(url, f"u{n}@example.com") for n in range(8)]
             timings: list[float] = []
 
+            statuses: list[int] = []
+
             def stuck(browser):
                 started = time.monotonic()
-                response = browser.submit(url)
+                statuses.append(browser.submit(url).status_code)
                 timings.append(time.monotonic() - started)
-                assert response.status_code == 503
 
             threads = [threading.Thread(target=stuck, args=(b,)) for b in browsers]
             for thread in threads:
@@ -190,5 +191,6 @@ def test_f9_a_stalled_keygen_neither_hangs_signups_nor_the_pages():
             for thread in threads:
                 thread.join(timeout=60)
             # The deadline (2 s) plus the grace for undoing, never gunicorn's 30 s kill.
+            assert statuses == [503] * 8  # "try again" or "busy", never a hang or an error
             assert len(timings) == 8
             assert max(timings) < 8

@@ -347,7 +347,10 @@ def test_resubmitting_after_success_shows_already_issued_and_calls_nothing(
     only_user_and_license(keygen)
 
 
-def test_f15_concurrent_submissions_of_one_form_create_once(workflow, keygen, journal):
+def test_f15_concurrent_submissions_of_one_form_create_once(keygen, journal, pauses, clock):
+    # A read timeout well above the delay: this test counts calls, and a timeout under CPU load
+    # would (rightly) resend a create.
+    workflow = make_workflow(keygen, journal, pauses, clock, read_timeout=3.0)
     keygen.emulator.inject("users.create", delay=0.6)  # busy a while, within the read timeout
     nonce = new_nonce()
     outcomes: list = []
