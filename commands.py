@@ -1,0 +1,35 @@
+"""Operators' commands: `flask reconcile` and `flask doctor`."""
+
+from __future__ import annotations
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+import doctor
+
+
+@click.command("reconcile")
+@click.option("--dry-run", is_flag=True, help="Only list what would be done.")
+@with_appcontext
+def reconcile_command(dry_run: bool) -> None:
+    """Finish or undo every signup left unfinished (after a crash, deploy or Keygen outage)."""
+    report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(
+        f"{len(report.worked)} signup(s) {'due' if dry_run else 'worked on'}, "
+        f"{report.skipped} busy elsewhere, {len(report.stale)} stale"
+    )
+
+
+@click.command("doctor")
+@with_appcontext
+def doctor_command() -> None:
+    """Check the settings, Keygen and the database, and say in plain words what is wrong."""
+    workflow = current_app.extensions["signup"]
+    findings = doctor.examine(current_app.extensions["settings"], workflow.keygen, workflow.journal)
+    for finding in findings:
+        click.echo(finding.line())
+    if any(f.level == doctor.ERROR for f in findings):
+        raise SystemExit(1)

@@ -1,0 +1,80 @@
+"""One error page for every status, and the handlers that choose it."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, current_app, g, render_template
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, SecurityError
+
+log = logging.getLogger(__name__)
+
+ERRORS = {
+    400: (
+        "Something went wrong with that request",
+        "Please go back, reload the page and try again.",
+    ),
+    404: ("Page not found", "There is nothing at this address."),
+    405: ("Not allowed", "This page does not accept that kind of request."),
+    413: ("Too much data", "That submission was larger than a signup can be."),
+    429: ("Too many attempts", "Please wait a minute before trying again."),
+    500: ("Something went wrong on our side", "Please try again in a minute."),
+    503: (
+        "We could not finish your signup",
+        "Our licensing service did not respond in time. Nothing was created; "
+        "please try again in a minute.",
+    ),
+}
+UNAVAILABLE = (
+    "Signup is unavailable right now",
+    "We could not create your license because of a problem on our side. "
+    "We have been notified; please try again later.",
+)
+BUSY = (
+    "We are very busy right now",
+    "Too many signups are in progress. Nothing was created; please try again in a minute.",
+)
+EXPIRED_FORM = (
+    "This form has expired",
+    "For your security, the signup form is only valid for a limited time. "
+    "Please go back, reload the page and submit it again.",
+)
+
+
+def error_page(code: int, *, kind: str | None = None, retry_after: int | None = None):
+    special = {"unavailable": UNAVAILABLE, "busy": BUSY, "csrf": EXPIRED_FORM}
+    title, message = special.get(kind) or ERRORS.get(code, ERRORS[500])
+    response = current_app.make_response(
+        (
+            render_template(
+                "error.html", code=code, title=title, message=message, reference=g.get("request_id")
+            ),
+            code,
+        )
+    )
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def register_error_pages(app: Flask) -> None:
+    @app.errorhandler(CSRFError)
+    def csrf_failed(error: CSRFError):
+        log.warning("request %s: CSRF check failed: %s", g.get("request_id"), error.description)
+        return error_page(400, kind="csrf")
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(error: SecurityError):
+        # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page with links.
+        log.warning("request %s: %s", g.get("request_id"), error.description)
+        return "Unknown host.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return error_page(error.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("request %s: unexpected error", g.get("request_id"))
+        return error_page(500)
