@@ -7,6 +7,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 import doctor
+import logs
 
 
 @click.command("reconcile")
@@ -14,7 +15,8 @@ import doctor
 @with_appcontext
 def reconcile_command(dry_run: bool) -> None:
     """Finish or undo every signup left unfinished (after a crash, deploy or Keygen outage)."""
-    report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)
+    with logs.scope("reconcile"):
+        report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)
     for line in report.lines():
         click.echo(line)
     click.echo(

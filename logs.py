@@ -1,14 +1,34 @@
 """Logging: one JSON object per line, carrying the ids that tie a line to a request, a signup
-and a Keygen request. Used for the portal's own lines and for gunicorn's (gunicorn.conf.py)."""
+and a Keygen request. Used for the portal's own lines and for gunicorn's (gunicorn.conf.py).
+
+Every line has a ``request_id``: the HTTP request's (the proxy's X-Request-ID when well formed),
+else the background pass's (``scope()``, e.g. one reconciler pass), else ``pid-N`` for what a
+process says about itself (start, stop), so that a line can always be grouped with its kin."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # Attributes a log call may add with extra={...}, copied into the JSON object when present.
 CORRELATION = ("signup_id", "keygen_request_id")
+
+_scope: contextvars.ContextVar[str | None] = contextvars.ContextVar("log_scope", default=None)
+
+
+@contextmanager
+def scope(kind: str) -> Iterator[str]:
+    """Give the lines logged inside (in this thread) one id of their own, ``KIND-xxxxxxxxxxxx``."""
+    token = _scope.set(f"{kind}-{uuid.uuid4().hex[:12]}")
+    try:
+        yield _scope.get()
+    finally:
+        _scope.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,10 +51,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def _request_id(record: logging.LogRecord) -> str | None:
+def _request_id(record: logging.LogRecord) -> str:
     if record.name == "gunicorn.access" and isinstance(record.args, dict):
-        return record.args.get("{x-request-id}o") or None  # the id the portal echoed
-    return getattr(record, "request_id", None) or _current_request_id()
+        echoed = record.args.get("{x-request-id}o")  # the id the portal echoed
+        if echoed and echoed != "-":
+            return echoed
+    return (
+        getattr(record, "request_id", None)
+        or _current_request_id()
+        or _scope.get()
+        or f"pid-{record.process}"
+    )
 
 
 def _current_request_id() -> str | None:

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import logs
 from journal import Journal, Signup, State
 from signup import SignupWorkflow
 
@@ -96,7 +97,8 @@ class Reconciler:
         wait = random.uniform(0.5, 2.0)  # processes started together should not run in step
         while not self._stop.wait(wait):
             try:
-                self.run_once()
+                with logs.scope("reconcile"):
+                    self.run_once()
             except Exception:
                 log.exception("reconciler: pass failed; trying again later")
             wait = self.interval * random.uniform(0.8, 1.2)

@@ -204,3 +204,7 @@ def test_every_portal_log_line_is_json_and_requests_carry_their_id():
     assert refused["signup_id"] and refused["keygen_request_id"]
     accesses = [e for e in entries if e["logger"] == "gunicorn.access"]
     assert accesses and all(e["request_id"] for e in accesses)
+    # Lines no request caused (gunicorn starting, booting workers) carry their process's id.
+    assert all(e["request_id"] for e in entries), [e for e in entries if not e["request_id"]]
+    starting = next(e for e in entries if e["message"].startswith("Starting gunicorn"))
+    assert re.fullmatch(r"pid-\d+", starting["request_id"])

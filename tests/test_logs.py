@@ -47,3 +47,22 @@ def test_json_lines_carry_ids_and_stay_one_line_whatever_the_message(app):
         "s-1",
         "k-1",
     )
+
+
+def test_lines_outside_a_request_carry_their_pass_or_their_process(app):
+    import json
+    import os
+
+    import logs
+
+    def entry() -> dict:
+        record = logging.LogRecord("worker", logging.INFO, __file__, 1, "a line", (), None)
+        return json.loads(logs.JsonFormatter().format(record))
+
+    with logs.scope("reconcile") as pass_id:
+        first, second = entry(), entry()
+    assert first["request_id"] == second["request_id"] == pass_id
+    assert pass_id.startswith("reconcile-")
+    with logs.scope("reconcile") as next_pass:
+        assert entry()["request_id"] == next_pass != pass_id
+    assert entry()["request_id"] == f"pid-{os.getpid()}"
