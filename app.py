@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from pathlib import Path
 
 from flask import Flask, g, request
 from flask_wtf.csrf import CSRFProtect
@@ -18,7 +17,7 @@ import logs
 from commands import doctor_command, reconcile_command
 from config import Settings, load_settings
 from errors import register_error_pages
-from journal import Journal
+from journal import Journal, default_url
 from keygen_api import KeygenClient
 from metrics import Metrics
 from protection import FillTimer, RateLimits, TrustedProxies
@@ -91,8 +90,7 @@ def protect(app: Flask, settings: Settings) -> None:
 
 
 def open_journal(app: Flask, settings: Settings) -> Journal:
-    url = settings.database_url or f"sqlite:///{Path(app.instance_path) / 'portal.db'}"
-    journal = Journal(url)
+    journal = Journal(settings.database_url or default_url(app.instance_path))
     journal.create_schema()
     return journal
 
@@ -117,7 +115,9 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
 
 
 def watch(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Metrics:
-    metrics = Metrics(journal, token=settings.metrics_token)
+    metrics = Metrics(
+        journal, token=settings.metrics_token, served_elsewhere=settings.metrics_port > 0
+    )
     metrics.watch(workflow.keygen)
     return metrics
 

@@ -70,6 +70,7 @@ class Settings:
     ratelimit_per_email: str = "5/hour"
     keygen_max_rps: int = 4
     min_submit_seconds: float = 0.0
+    metrics_port: int = 0  # 0: /metrics on the portal's own port
 
 
 def _text(value: str) -> str:
@@ -189,6 +190,13 @@ def _seconds_or_off(value: str) -> float:
     return number
 
 
+def _port_or_off(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a TCP port (1 to 65535), or 0 for off")
+    return number
+
+
 def _metrics_token(value: str) -> str:
     value = value.strip()
     if len(value) < 16 or any(c.isspace() for c in value):
@@ -296,6 +304,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "RATELIMIT_PER_EMAIL": ("ratelimit_per_email", _rates, False),
     "KEYGEN_MAX_RPS": ("keygen_max_rps", _positive_int, False),
     "MIN_SUBMIT_SECONDS": ("min_submit_seconds", _seconds_or_off, False),
+    "METRICS_PORT": ("metrics_port", _port_or_off, False),
 }
 
 

@@ -53,6 +53,32 @@ if _own_metrics_dir:
 os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
+def when_ready(server):
+    """With METRICS_PORT, Prometheus reads every worker's metrics from the master, on that port
+    of the portal's own interface; the portal's port then answers /metrics with 404."""
+    if not (os.environ.get("METRICS_PORT") or os.environ.get("METRICS_PORT_FILE")):
+        return
+    import config
+    import journal
+    import metrics
+
+    settings = config.load_settings()
+    if settings.metrics_port:
+        host = _interface(server.cfg.bind[0])
+        instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance")
+        url = settings.database_url or journal.default_url(instance)
+        metrics.serve_separately(settings.metrics_port, host, journal.Journal(url))
+        server.log.info("Metrics at: http://%s:%d/metrics", host, settings.metrics_port)
+
+
+def _interface(bind: str) -> str:
+    """The host part of gunicorn's first bind address; loopback for a Unix socket."""
+    if bind.startswith(("unix:", "fd://")):
+        return "127.0.0.1"
+    host = bind.rsplit(":", 1)[0] if ":" in bind else bind
+    return host.strip("[]") or "0.0.0.0"  # noqa: S104 (BIND already chose every interface)
+
+
 def child_exit(server, worker):
     """A dead worker's gauges (the breaker) stop counting; its counters are kept."""
     from prometheus_client import multiprocess

@@ -256,6 +256,11 @@ class Journal:
             return db.execute(statement.values(**changes)).rowcount == 1
 
 
+def default_url(instance_path: str) -> str:
+    """Without DATABASE_URL: SQLite in the instance folder (one machine only)."""
+    return f"sqlite:///{Path(instance_path) / 'portal.db'}"
+
+
 def _free_or(owner: str, now: float):
     """Nobody holds the row, their lease ran out, or it is already ours."""
     return or_(

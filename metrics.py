@@ -26,6 +26,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -62,8 +63,9 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 
 class Metrics:
-    def __init__(self, journal: Journal, *, token: str = ""):
+    def __init__(self, journal: Journal, *, token: str = "", served_elsewhere: bool = False):
         self._token = token
+        self._served_elsewhere = served_elsewhere  # METRICS_PORT: never on the public port
         self._breaker = None
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = None if self.multiprocess_dir else CollectorRegistry()
@@ -122,6 +124,8 @@ class Metrics:
 
     def may_read(self, headers: Mapping[str, str], remote_addr: str | None) -> bool:
         """With METRICS_TOKEN: its bearer only. Without: this machine, not through a proxy."""
+        if self._served_elsewhere:
+            return False
         if self._token:
             scheme, _, given = headers.get("Authorization", "").partition(" ")
             return scheme.lower() == "bearer" and hmac.compare_digest(
@@ -163,6 +167,18 @@ class _JournalCollector(Collector):
             "Age of the oldest signup not yet issued or undone (0: none).",
             value=max(age, 0.0),
         )
+
+
+def serve_separately(port: int, host: str, journal: Journal):
+    """Serve every worker's metrics on their own port, from gunicorn's master (METRICS_PORT).
+
+    The master outlives its workers, so the port answers while workers restart, and no worker
+    has to give a thread to it. Returns the server, so that the caller can close it."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(_JournalCollector(journal))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 def _is_loopback(address: str | None) -> bool:

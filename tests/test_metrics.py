@@ -15,6 +15,7 @@ from conftest import (
     SECRET_KEY,
     csrf_token_from,
     form_data,
+    free_port,
     issued_key,
     make_settings,
     secret,
@@ -230,4 +231,28 @@ def test_every_workers_signups_are_counted_whichever_worker_answers(tmp_path):
                 assert keygen_requests(text, "users.create", "201") == count
                 assert keygen_requests(text, "licenses.create", "201") == count
                 assert samples(text)[("portal_keygen_breaker_open",)] == 0
+            assert requests.get(url + "/metrics", timeout=10).status_code == 404
+
+
+@pytest.mark.slow
+def test_with_metrics_port_the_master_serves_them_and_the_public_port_does_not():
+    with emulator() as keygen:
+        metrics_port = free_port()
+        settings = {
+            "KEYGEN_API_URL": keygen["url"],
+            "KEYGEN_ACCOUNT_ID": keygen["account"],
+            "KEYGEN_PRODUCT_TOKEN": keygen["token"],
+            "KEYGEN_POLICY_ID": keygen["policy"],
+            "SECRET_KEY": SECRET_KEY,
+            "METRICS_PORT": str(metrics_port),
+        }
+        with portal(settings) as url:
+            issued_key(sign_up_over_http(url, "port@example.com").text)
+            assert sign_up_over_http(url, "port@example.com").status_code == 422
+            text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            assert signups(text, "issued") == 1
+            assert signups(text, "rejected") == 1
+            assert keygen_requests(text, "licenses.create", "201") == 1
+            assert ("portal_oldest_unfinished_signup_seconds",) in samples(text)
+            # Not even this machine reads them on the portal's own port now.
             assert requests.get(url + "/metrics", timeout=10).status_code == 404
