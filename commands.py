@@ -26,11 +26,19 @@ def reconcile_command(dry_run: bool) -> None:
 
 
 @click.command("doctor")
+@click.option("--url", help="The portal's public address, to probe the proxy in front of it.")
 @with_appcontext
-def doctor_command() -> None:
-    """Check the settings, Keygen and the database, and say in plain words what is wrong."""
+def doctor_command(url: str | None) -> None:
+    """Check the settings, Keygen, the database, the rate-limit storage and the proxy, and say in
+    plain words what is wrong."""
     workflow = current_app.extensions["signup"]
-    findings = doctor.examine(current_app.extensions["settings"], workflow.keygen, workflow.journal)
+    findings = doctor.examine(
+        current_app.extensions["settings"],
+        workflow.keygen,
+        workflow.journal,
+        current_app.extensions["rate_limits"],
+        url=url,
+    )
     for finding in findings:
         click.echo(finding.line())
     if any(f.level == doctor.ERROR for f in findings):

@@ -1,13 +1,24 @@
 """`flask doctor`: checks the settings and the world, and says in plain words what is wrong.
 
-Each check gives one Finding: OK, WARN (works, but unsafe or unusual) or ERROR (signups fail).
+Each check gives one Finding: OK, WARN (works, but unsafe or unusual), ERROR (signups fail) or
+SKIP (not checked, and why).
 Settings that cannot even be parsed never get here: config.py refuses to start and names them.
-There are no checks for proxy, SMTP or rate-limit settings because the portal has none yet.
+
+With ``--url`` (the address the public uses), the doctor also sends a signed probe through the
+proxy to /_doctor and compares what the portal saw with what it should see: https, the public
+Host, and the client's own address, which a client must not be able to choose.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
 
 from config import Settings
 from journal import Journal
@@ -17,9 +28,10 @@ from keygen_api import (
     KeygenError,
     KeygenNotFound,
 )
+from protection import RateLimits
 
 TIMEOUT = (3.05, 10.0)
-OK, WARN, ERROR = "OK", "WARN", "ERROR"
+OK, WARN, ERROR, SKIP = "OK", "WARN", "ERROR", "SKIP"
 
 # Values copied from examples and tutorials instead of generated (lower-cased, no separators).
 PLACEHOLDERS = (
@@ -46,11 +58,20 @@ class Finding:
         return f"{self.level:<5} {self.sentence}"
 
 
-def examine(settings: Settings, keygen: KeygenClient, journal: Journal) -> list[Finding]:
+def examine(
+    settings: Settings,
+    keygen: KeygenClient,
+    journal: Journal,
+    limits: RateLimits,
+    *,
+    url: str | None = None,
+) -> list[Finding]:
     return [
         *keygen_findings(settings, keygen),
         secret_key_finding(settings.secret_key),
         database_finding(journal),
+        ratelimit_finding(settings, limits),
+        proxy_finding(settings, url),
     ]
 
 
@@ -161,3 +182,121 @@ def database_finding(journal: Journal) -> Finding:
             "check DATABASE_URL and that the database server is running.",
         )
     return Finding(OK, "The signup journal's database answers.")
+
+
+def ratelimit_finding(settings: Settings, limits: RateLimits) -> Finding:
+    uri = settings.ratelimit_storage_uri
+    if not uri.startswith("memory://"):
+        if limits.reachable():
+            return Finding(OK, "The rate-limit storage answers.")
+        return Finding(
+            ERROR,
+            "The rate-limit storage (RATELIMIT_STORAGE_URI) does not answer, so every signup is "
+            "refused: check the address and that Redis is running.",
+        )
+    workers = int(os.environ.get("WEB_CONCURRENCY", "2") or 2)  # gunicorn.conf.py's default
+    if workers > 1:
+        return Finding(
+            WARN,
+            f"RATELIMIT_STORAGE_URI is memory://, so each of the {workers} gunicorn workers (and "
+            "each instance) counts on its own and the limits are that many times looser. Use "
+            "redis://, or WEB_CONCURRENCY=1 and one instance.",
+        )
+    return Finding(OK, "Rate limits are kept in memory, which is right for one process.")
+
+
+# -- The proxy, as a request sees it -------------------------------------------------------------
+
+PROBE_HEADER = "X-Portal-Doctor"
+PROBE_MAX_AGE = 120  # seconds
+SPOOFED_ADDRESS = "198.51.100.77"  # TEST-NET-2: no real client has it
+
+
+def sign_probe(secret_key: str, now: float | None = None) -> str:
+    stamp = str(int(now if now is not None else time.time()))
+    return f"{stamp}.{_probe_mac(secret_key, stamp)}"
+
+
+def probe_is_genuine(secret_key: str, value: str | None, now: float | None = None) -> bool:
+    """Only the holder of SECRET_KEY (the doctor) may see what the portal sees."""
+    stamp, _, mac = (value or "").partition(".")
+    if not stamp.isdigit() or not hmac.compare_digest(mac, _probe_mac(secret_key, stamp)):
+        return False
+    return abs((now if now is not None else time.time()) - int(stamp)) <= PROBE_MAX_AGE
+
+
+def _probe_mac(secret_key: str, stamp: str) -> str:
+    message = b"portal-doctor-probe:" + stamp.encode()
+    return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
+
+
+def proxy_finding(settings: Settings, url: str | None) -> Finding:
+    if not url:
+        return Finding(
+            SKIP,
+            "Proxy settings not checked: run `flask doctor --url https://your.public.address` "
+            "to send a probe through the proxy.",
+        )
+    url = url.rstrip("/")
+    headers = {PROBE_HEADER: sign_probe(settings.secret_key), "X-Forwarded-For": SPOOFED_ADDRESS}
+    try:
+        response = requests.get(url + "/_doctor", headers=headers, timeout=TIMEOUT)
+    except requests.RequestException as error:
+        return Finding(ERROR, f"Could not reach {url} ({type(error).__name__}).")
+    if response.status_code != 200:
+        return Finding(
+            ERROR,
+            f"{url}/_doctor answered {response.status_code}, not the probe's answer: the address "
+            "is not this portal, it runs with another SECRET_KEY, or its Host is not in "
+            "TRUSTED_HOSTS.",
+        )
+    return _judge(settings, urlsplit(url), response.json())
+
+
+def _judge(settings: Settings, public, seen: dict) -> Finding:
+    hops = settings.trusted_proxy_hops
+    entries = [entry.strip() for entry in seen["forwarded_for"].split(",") if entry.strip()]
+    proxied = entries != [SPOOFED_ADDRESS]  # a proxy appended to, or replaced, our header
+    believed = seen["proxy_fix"] and len(entries) >= hops  # the address came from the header
+    if seen["remote_addr"] == SPOOFED_ADDRESS:
+        return Finding(
+            ERROR,
+            f"A client can choose its own address: the portal believed an X-Forwarded-For the "
+            f"doctor made up. TRUSTED_PROXY_HOPS={hops} trusts more proxies than the request "
+            "passed; set it to the number of proxies in front of the portal.",
+        )
+    if proxied and not believed:
+        fix = (
+            "set TRUSTED_PROXY_HOPS to the number of proxies in front of the portal (usually 1)"
+            if hops == 0
+            else f"add the proxy's address {seen['peer']} to TRUSTED_PROXIES"
+        )
+        return Finding(
+            ERROR,
+            f"Every client appears as the proxy's address {seen['peer']}, so all of them share "
+            f"one rate-limit bucket and the portal cannot see https: {fix}.",
+        )
+    if public.scheme == "https" and seen["scheme"] != "https":
+        return Finding(
+            ERROR,
+            f"The public address is https but the portal sees {seen['scheme']}: have the proxy "
+            "send X-Forwarded-Proto (the recipes in deploy/ do).",
+        )
+    if seen["host"].lower() != public.netloc.lower():
+        return Finding(
+            WARN,
+            f"The portal sees the Host {seen['host']!r}, not {public.netloc!r}: have the proxy "
+            "pass the public Host (nginx: proxy_set_header Host $http_host).",
+        )
+    if not proxied and hops:
+        return Finding(
+            WARN,
+            f"TRUSTED_PROXY_HOPS={hops}, but the probe reached the portal without passing a "
+            "proxy: clients that can do the same must not be able to reach it.",
+        )
+    where = "behind the proxy" if proxied else "without a proxy"
+    return Finding(
+        OK,
+        f"Reached {where}, the portal sees {seen['scheme']}, the public Host "
+        "and the client's own address.",
+    )

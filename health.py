@@ -1,7 +1,8 @@
 """Readiness: can this instance sign people up right now? Each check is named and explained.
 
 /healthz says only that the process is alive; /readyz (this module) asks the world: Keygen and
-the token, the policy, and the journal's database.
+the token, the policy, the journal's database and the rate-limit storage (signups are refused
+while it is down, so an instance without it is not ready).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 from journal import Journal
 from keygen_api import KeygenAccessDenied, KeygenClient, KeygenError, KeygenNotFound
+from protection import RateLimits
 
 TIMEOUT = (2.0, 3.0)  # a probe must answer well within a load balancer's patience
 
@@ -21,13 +23,20 @@ class Check:
     detail: str
 
 
-def readiness(keygen: KeygenClient, policy_id: str, journal: Journal) -> list[Check]:
+def readiness(
+    keygen: KeygenClient, policy_id: str, journal: Journal, limits: RateLimits
+) -> list[Check]:
     checks = keygen_checks(keygen, policy_id)
     try:
         journal.ping()
         checks.append(Check("database", True, "the signup journal answers"))
     except Exception as error:  # any driver error means "not ready"; its class says which
         checks.append(Check("database", False, f"the signup journal fails: {type(error).__name__}"))
+    if limits.reachable():
+        checks.append(Check("rate_limits", True, "the rate-limit storage answers"))
+    else:
+        detail = "the rate-limit storage does not answer; signups are refused until it does"
+        checks.append(Check("rate_limits", False, detail))
     return checks
 
 

@@ -119,6 +119,10 @@ class RateLimits:
             if not all(self._call("hit", limit, name, key) for limit in limits):
                 raise LimitReached(name)
 
+    def reachable(self) -> bool:
+        """Whether the limit storage answers now (memory:// always does)."""
+        return bool(self.limiter.limiter.storage.check())
+
     def _call(self, method: str, limit: RateLimitItem, name: str, key: str) -> bool:
         try:
             return getattr(self.limiter.limiter, method)(limit, name, key)

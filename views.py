@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, abort, current_app, g, render_template, request
 
+import doctor
 from errors import error_page
 from forms import SignupForm
 from health import readiness
@@ -129,7 +130,8 @@ def healthz():
 def readyz():
     """Whether this instance can sign people up now, with every check named."""
     workflow = current_app.extensions["signup"]
-    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal)
+    limits = current_app.extensions["rate_limits"]
+    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits)
     ready = all(check.ok for check in checks)
     body = {
         "status": "ready" if ready else "not ready",
@@ -138,6 +140,24 @@ def readyz():
     if not ready:
         log.warning("not ready: %s", "; ".join(c.detail for c in checks if not c.ok))
     return body, 200 if ready else 503
+
+
+@bp.get("/_doctor")
+def doctor_probe():
+    """What a request looks like from here, for `flask doctor --url`; 404 without its signature."""
+    if not doctor.probe_is_genuine(
+        current_app.config["SECRET_KEY"], request.headers.get(doctor.PROBE_HEADER)
+    ):
+        abort(404)
+    before_proxy_fix = request.environ.get("werkzeug.proxy_fix.orig")  # only if it ran
+    return {
+        "scheme": request.scheme,
+        "host": request.host,
+        "remote_addr": request.remote_addr,
+        "peer": (before_proxy_fix or request.environ).get("REMOTE_ADDR"),
+        "proxy_fix": before_proxy_fix is not None,
+        "forwarded_for": request.headers.get("X-Forwarded-For", ""),
+    }
 
 
 @bp.get("/metrics")

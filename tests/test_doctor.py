@@ -1,14 +1,22 @@
 """`flask doctor`: every misconfiguration gets its sentence and the exit code; a good one passes."""
 
+import contextlib
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import KeygenWorld, make_settings, secret
+from conftest import KeygenWorld, free_port, make_settings, secret
 from keygen_api import PROBE_EMAIL, KeygenClient
 from keygen_emulator import Emulator, serve
+from test_deploy import Portal, certificate, nginx  # noqa: F401 (a fixture)
+from test_e2e import portal
+from test_protection import redis_server
 
 STRONG_KEY = secret(secrets.token_urlsafe(48))
 MISSING_POLICY = "0b7c5f0e-7d0e-4c38-9f36-1d1f4c7e2a10"
@@ -46,11 +54,17 @@ def protected(protected_server):
     return protected_server
 
 
-def doctor(world, **changes):
-    """(exit code, output lines) of `flask doctor` against ``world``."""
+@pytest.fixture(autouse=True)
+def one_worker(monkeypatch):
+    """memory:// rate limits are right for one process; tests that want more say so."""
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+
+
+def doctor(world, *args, **changes):
+    """(exit code, output lines) of `flask doctor [args]` against ``world``."""
     changes.setdefault("secret_key", STRONG_KEY)
     app = create_app(make_settings(world, **changes))
-    result = app.test_cli_runner().invoke(args=["doctor"])
+    result = app.test_cli_runner().invoke(args=["doctor", *args])
     return result.exit_code, result.output.splitlines()
 
 
@@ -66,12 +80,14 @@ def line_with(lines: list[str], text: str) -> str:
 def test_a_good_configuration_passes(protected):
     code, lines = doctor(protected)
     assert code == 0
-    assert levels(lines) == ["OK"] * 5
+    assert levels(lines) == ["OK"] * 6 + ["SKIP"]
     assert "the token is product" in lines[0]
     assert line_with(lines, "belongs to the token's product")
     assert line_with(lines, "account is protected")
     assert line_with(lines, "SECRET_KEY looks random")
     assert line_with(lines, "database answers")
+    assert line_with(lines, "in memory, which is right for one process")
+    assert line_with(lines, "Proxy settings not checked: run `flask doctor --url")
 
 
 def test_an_unprotected_account_is_a_warning_only(keygen):
@@ -80,7 +96,7 @@ def test_an_unprotected_account_is_a_warning_only(keygen):
     line = line_with(lines, "not protected")
     assert line.startswith("WARN ")
     assert "anyone can create users directly against Keygen" in line
-    assert levels(lines).count("OK") == 4
+    assert levels(lines).count("OK") == 5
     # The probe created nothing, and asked without a token.
     assert keygen.users() == []
     [probe] = keygen.calls("users.create")
@@ -100,7 +116,8 @@ def test_a_wrong_token_is_an_error_without_showing_it(protected):
     token = secret("prod-" + "5" * 64 + "v3")
     code, lines = doctor(protected, keygen_product_token=token)
     assert code == 1
-    assert levels(lines) == ["ERROR", "OK", "OK"]  # Keygen, then the secret and the database
+    # Keygen, then the secret, the database, the rate limits, and the proxy (not asked to)
+    assert levels(lines) == ["ERROR", "OK", "OK", "OK", "SKIP"]
     assert "Keygen refused KEYGEN_PRODUCT_TOKEN" in lines[0]
     assert "401" in lines[0]
     assert token not in "\n".join(lines)
@@ -178,3 +195,88 @@ def test_the_database_down_is_an_error(protected):
     assert line.startswith("ERROR ")
     assert "does not answer (OperationalError)" in line
     assert "check DATABASE_URL" in line
+
+
+# -- Rate-limit storage and proxy ----------------------------------------------------------------
+
+
+def test_memory_rate_limits_with_several_workers_are_a_warning(protected, monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    code, lines = doctor(protected)
+    assert code == 0
+    line = line_with(lines, "RATELIMIT_STORAGE_URI is memory://")
+    assert line.startswith("WARN ")
+    assert "each of the 4 gunicorn workers" in line
+
+
+def test_a_rate_limit_storage_that_does_not_answer_is_an_error(protected):
+    uri = f"redis://127.0.0.1:{free_port()}/0"
+    code, lines = doctor(protected, ratelimit_storage_uri=uri)
+    assert code == 1
+    line = line_with(lines, "rate-limit storage")
+    assert line.startswith("ERROR ")
+    assert "every signup is refused" in line
+
+
+def test_a_rate_limit_storage_that_answers_passes(protected):
+    with redis_server() as uri:
+        code, lines = doctor(protected, ratelimit_storage_uri=uri)
+    assert code == 0
+    assert line_with(lines, "rate-limit storage answers").startswith("OK ")
+
+
+@contextmanager
+def gunicorn_for(world, hops: str) -> Iterator[Portal]:
+    settings = {
+        "KEYGEN_API_URL": world.url,
+        "KEYGEN_ACCOUNT_ID": world.account,
+        "KEYGEN_PRODUCT_TOKEN": world.token,
+        "KEYGEN_POLICY_ID": world.policy,
+        "SECRET_KEY": STRONG_KEY,
+        "TRUSTED_PROXY_HOPS": hops,
+        "RECONCILE_INTERVAL": "0",
+    }
+    with portal(settings) as url:
+        yield Portal(url, url.removeprefix("http://"), {}, Path("/dev/null"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hops", "through", "level", "words"),
+    [
+        ("0", "nginx", "ERROR", "Every client appears as the proxy's address 127.0.0.1"),
+        ("0", "nginx", "ERROR", "set TRUSTED_PROXY_HOPS to the number of proxies"),
+        ("1", "nginx", "OK", "Reached behind the proxy, the portal sees https, the public Host"),
+        ("2", "nginx", "ERROR", "A client can choose its own address"),
+        ("1", "direct", "ERROR", "TRUSTED_PROXY_HOPS=1 trusts more proxies than the request"),
+        ("0", "direct", "OK", "Reached without a proxy"),
+    ],
+)
+def test_the_probe_through_the_proxy_names_what_is_wrong(
+    protected, certificate, monkeypatch, hops, through, level, words
+):
+    cert, key = certificate
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # the probe trusts the test's own CA
+    with contextlib.ExitStack() as stack:
+        gunicorn = stack.enter_context(gunicorn_for(protected, hops))
+        url = gunicorn.url
+        if through == "nginx":
+            url = stack.enter_context(nginx(gunicorn, cert, key)).https
+        code, lines = doctor(protected, "--url", url, trusted_proxy_hops=int(hops))
+    line = line_with(lines, words)
+    assert line.startswith(f"{level} "), line
+    assert code == (1 if level == "ERROR" else 0)
+
+
+def test_the_probe_endpoint_answers_only_a_signed_probe(protected):
+    from doctor import PROBE_HEADER, sign_probe
+
+    client = create_app(make_settings(protected, secret_key=STRONG_KEY)).test_client()
+    assert client.get("/_doctor").status_code == 404
+    forged = sign_probe("another-" + "k" * 40)
+    assert client.get("/_doctor", headers={PROBE_HEADER: forged}).status_code == 404
+    stale = sign_probe(STRONG_KEY, now=time.time() - 600)
+    assert client.get("/_doctor", headers={PROBE_HEADER: stale}).status_code == 404
+    answer = client.get("/_doctor", headers={PROBE_HEADER: sign_probe(STRONG_KEY)})
+    assert answer.status_code == 200
+    assert answer.get_json()["scheme"] == "http"

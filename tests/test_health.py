@@ -3,7 +3,7 @@
 from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import make_settings, secret
+from conftest import free_port, make_settings, secret
 from keygen_emulator import Emulator, serve
 
 
@@ -20,7 +20,7 @@ def test_ready_when_keygen_the_token_the_policy_and_the_database_are_fine(app):
     status, body = readyz(app)
     assert status == 200
     assert body["status"] == "ready"
-    assert sorted(body["checks"]) == ["database", "keygen", "policy"]
+    assert sorted(body["checks"]) == ["database", "keygen", "policy", "rate_limits"]
     assert failing(body) == []
 
 
@@ -78,4 +78,15 @@ def test_the_database_down_is_named(app):
     status, body = readyz(app)
     assert status == 503
     assert failing(body) == ["database"]
+    assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_the_rate_limit_storage_down_is_named(keygen):
+    # Nothing listens there: signups would be refused (fail closed), so the instance is not ready.
+    storage = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(make_settings(keygen, ratelimit_storage_uri=storage))
+    status, body = readyz(app)
+    assert status == 503
+    assert failing(body) == ["rate_limits"]
+    assert "does not answer" in body["checks"]["rate_limits"]["detail"]
     assert app.test_client().get("/healthz").status_code == 200

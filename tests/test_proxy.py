@@ -12,11 +12,11 @@ from contextlib import contextmanager
 import pytest
 import requests
 from flask import request
-from test_deploy import NGINX, Portal, certificate, nginx  # noqa: F401 (a fixture)
 
 from app import create_app
 from config import ConfigError, load_settings
 from conftest import SECRET_KEY, csrf_token_from, form_data, make_settings, require
+from test_deploy import NGINX, Portal, certificate, nginx  # noqa: F401 (a fixture)
 from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process, wait_for_http
 
 SPOOFED = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", "X-Forwarded-Proto": "https"}
@@ -123,7 +123,7 @@ def test_proxy_settings_are_parsed():
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_s33_through_nginx_the_limit_keys_on_the_address_nginx_saw(certificate):  # noqa: F811
+def test_s33_through_nginx_the_limit_keys_on_the_address_nginx_saw(certificate):
     """Random X-Forwarded-For from the client changes nothing: nginx appends its peer, and the
     portal (one trusted hop) counts that."""
     require(NGINX is not None, "nginx")
