@@ -118,7 +118,7 @@ def watch(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Met
     metrics = Metrics(
         journal, token=settings.metrics_token, served_elsewhere=settings.metrics_port > 0
     )
-    metrics.watch(workflow.keygen)
+    metrics.watch(workflow)
     return metrics
 
 

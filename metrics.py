@@ -5,10 +5,7 @@ Under gunicorn each worker process counts on its own; with PROMETHEUS_MULTIPROC_
 of them. Without it (tests, `flask run`) one in-memory registry per app.
 
 Labels hold only fixed words: outcomes, Keygen routes ("users.create", never a URL with an id or
-an email) and status codes. Not measured yet:
-* an outbox backlog: the portal has no outbox (no email is sent);
-* retries: the observer sees each HTTP attempt, not which of them repeat an earlier one for the
-  same signup; the workflow logs every retry ("retrying in …s") instead.
+an email) and status codes. Not measured yet: an outbox backlog (the portal sends no email yet).
 """
 
 from __future__ import annotations
@@ -33,13 +30,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from journal import Journal
-from keygen_api import KeygenClient
 from signup import (
     AlreadyIssued,
     Issued,
     Processing,
     Rejected,
     SignupUnavailable,
+    SignupWorkflow,
     TooBusy,
     TryLater,
 )
@@ -91,6 +88,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.retries = Counter(
+            "portal_signup_retries",
+            "Signup steps tried again: now (within the request) or later (by the reconciler).",
+            ["when"],
+            registry=self.registry,
+        )
+        for when in ("now", "later"):
+            self.retries.labels(when=when)
         self.rate_limited = Counter(
             "portal_keygen_rate_limited",
             "Answers 429 (too many requests) from Keygen.",
@@ -105,10 +110,11 @@ class Metrics:
         for outcome in OUTCOMES.values():
             self.signups.labels(outcome=outcome)
 
-    def watch(self, keygen: KeygenClient) -> None:
-        """Count every HTTP attempt of this client, and follow its circuit breaker."""
-        keygen.observer = self.keygen_call
-        self._breaker = keygen.breaker
+    def watch(self, workflow: SignupWorkflow) -> None:
+        """Count every HTTP attempt to Keygen and every retry, and follow the circuit breaker."""
+        workflow.keygen.observer = self.keygen_call
+        workflow.on_retry = lambda when: self.retries.labels(when=when).inc()
+        self._breaker = workflow.keygen.breaker
         self._refresh_breaker()
 
     def keygen_call(self, endpoint: str, status: int | None, seconds: float) -> None:

@@ -158,6 +158,8 @@ class SignupWorkflow:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._sleep = sleep
+        # Told of each step tried again: "now" (within the request) or "later" (the reconciler).
+        self.on_retry: Callable[[str], None] = lambda when: None
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         """Drive this submission to its end, or wait for whoever is driving it already.
@@ -457,6 +459,7 @@ class _Run:
             pause,
             extra={"keygen_request_id": error.request_id},
         )
+        self.workflow.on_retry("now")
         self.workflow._sleep(pause)
 
     def backoff(self) -> float:
@@ -470,6 +473,7 @@ class _Run:
         now = self.journal.clock()
         signup = self.signup
         self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
+        self.workflow.on_retry("later")
         if (
             signup.state == State.USER_CREATED
             and now - signup.created_at > self.workflow.give_up_after

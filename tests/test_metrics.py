@@ -76,6 +76,11 @@ def test_a_success_a_rejection_and_a_keygen_failure_are_each_counted(keygen, cli
         [c for c in keygen.calls("users.create") if c["status"] == 503]
     )
     assert keygen_requests(text, "users.create", "503") >= 2  # retried within the deadline
+    retries = samples(text)
+    assert retries[("portal_signup_retries_total", ("when", "now"))] == (
+        keygen_requests(text, "users.create", "503") - 1  # the first try is no retry
+    )
+    assert retries[("portal_signup_retries_total", ("when", "later"))] == 1  # the reconciler's
     assert keygen_requests(text, "licenses.create", "201") == 1
     assert keygen_requests(text, "users.show", "404") >= 1  # looked before resending
     seconds = samples(text)[("portal_keygen_request_seconds_count", ("endpoint", "users.create"))]
