@@ -310,10 +310,31 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every setting, or raise ConfigError naming every problem at once."""
+    values, problems = _read(SETTINGS, environ)
+    deadline = values.get("signup_deadline", Settings.signup_deadline)
+    read_timeout = values.get("keygen_read_timeout", Settings.keygen_read_timeout)
+    if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
+        problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def load_some(*names: str, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Only these settings, by field name, defaults included: for gunicorn.conf.py, which runs
+    before the portal and must not fail on the others (the portal names those itself)."""
+    values, problems = _read({name: SETTINGS[name] for name in names}, environ)
+    if problems:
+        raise ConfigError(problems)
+    defaults = {SETTINGS[name][0]: getattr(Settings, SETTINGS[name][0], None) for name in names}
+    return defaults | values
+
+
+def _read(table, environ) -> tuple[dict[str, object], list[str]]:
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
     problems: list[str] = []
-    for name, (attr, parse, required) in SETTINGS.items():
+    for name, (attr, parse, required) in table.items():
         try:
             raw = _raw(environ, name)
         except ValueError as error:
@@ -327,13 +348,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[attr] = parse(raw)
         except ValueError as error:
             problems.append(f"{name} {_explain(error)}")
-    deadline = values.get("signup_deadline", Settings.signup_deadline)
-    read_timeout = values.get("keygen_read_timeout", Settings.keygen_read_timeout)
-    if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
-        problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
-    if problems:
-        raise ConfigError(problems)
-    return Settings(**values)  # type: ignore[arg-type]
+    return values, problems
 
 
 def _explain(error: ValueError) -> str:

@@ -9,6 +9,10 @@ import tempfile
 # started from.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# Not `import config`: gunicorn reads every top-level name here as a setting, and has one called
+# config.
+from config import load_some as _load_settings
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -19,6 +23,15 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
+
+# gunicorn itself believes X-Forwarded-Proto (and sets https) from forwarded_allow_ips, loopback by
+# default. The portal trusts forwarded headers only with TRUSTED_PROXY_HOPS, from TRUSTED_PROXIES
+# (protection.py); gunicorn must not be more trusting, or a client on this machine could claim
+# https while the portal ignores forwarded headers.
+_proxies = _load_settings("TRUSTED_PROXY_HOPS", "TRUSTED_PROXIES")
+forwarded_allow_ips = (
+    ",".join(_proxies["trusted_proxies"]) if _proxies["trusted_proxy_hops"] else ""
+)
 
 # gunicorn's own lines in the portal's JSON format (logs.py), unless LOG_FORMAT=text (config.py).
 # Access lines carry the request id the portal echoed in X-Request-ID.
@@ -56,19 +69,17 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 def when_ready(server):
     """With METRICS_PORT, Prometheus reads every worker's metrics from the master, on that port
     of the portal's own interface; the portal's port then answers /metrics with 404."""
-    if not (os.environ.get("METRICS_PORT") or os.environ.get("METRICS_PORT_FILE")):
-        return
-    import config
-    import journal
-    import metrics
+    settings = _load_settings("METRICS_PORT", "DATABASE_URL")
+    port = settings["metrics_port"]
+    if port:
+        import journal
+        import metrics
 
-    settings = config.load_settings()
-    if settings.metrics_port:
         host = _interface(server.cfg.bind[0])
         instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance")
-        url = settings.database_url or journal.default_url(instance)
-        metrics.serve_separately(settings.metrics_port, host, journal.Journal(url))
-        server.log.info("Metrics at: http://%s:%d/metrics", host, settings.metrics_port)
+        url = settings["database_url"] or journal.default_url(instance)
+        metrics.serve_separately(port, host, journal.Journal(url))
+        server.log.info("Metrics at: http://%s:%d/metrics", host, port)
 
 
 def _interface(bind: str) -> str:

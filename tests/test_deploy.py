@@ -122,6 +122,7 @@ def portal() -> Iterator[Portal]:
             KEYGEN_POLICY_ID=keygen["policy"],
             SECRET_KEY=SECRET_KEY,
             COOKIE_SECURE="true",
+            TRUSTED_PROXY_HOPS="1",  # behind the proxy, as deploy/ runs it
             RECONCILE_INTERVAL="0",
             DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='portal-deploy-')}/portal.db",
         )

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 from sqlalchemy import create_engine
 
 from app import create_app
@@ -280,3 +281,16 @@ def test_the_probe_endpoint_answers_only_a_signed_probe(protected):
     answer = client.get("/_doctor", headers={PROBE_HEADER: sign_probe(STRONG_KEY)})
     assert answer.status_code == 200
     assert answer.get_json()["scheme"] == "http"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hops", "scheme"), [("0", "http"), ("1", "https")])
+def test_gunicorn_believes_x_forwarded_proto_only_when_the_portal_does(protected, hops, scheme):
+    """gunicorn trusts X-Forwarded-Proto from loopback unless told otherwise (forwarded_allow_ips);
+    with the default TRUSTED_PROXY_HOPS=0 no forwarded header may count, not even there."""
+    from doctor import PROBE_HEADER, sign_probe
+
+    with gunicorn_for(protected, hops) as gunicorn:
+        headers = {PROBE_HEADER: sign_probe(STRONG_KEY), "X-Forwarded-Proto": "https"}
+        seen = requests.get(gunicorn.url + "/_doctor", headers=headers, timeout=10).json()
+    assert seen["scheme"] == scheme
