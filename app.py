@@ -41,7 +41,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     configure(app, settings)
-    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+    logs.configure(
+        settings.log_level,
+        json_lines=settings.log_format == "json",
+        secrets=(settings.keygen_product_token, settings.secret_key, settings.metrics_token),
+    )
     app.before_request(assign_request_id)  # first, so that every later step can log it
     csrf.init_app(app)
     protect(app, settings)
