@@ -6,6 +6,7 @@ and the operators' commands in commands.py.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import uuid
@@ -68,8 +69,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.before_request(assign_request_id)  # first, so that every later step can log it
     app.before_request(refuse_cross_site_posts)  # before CSRF's check reads the form
+    app.before_request(refuse_oversized_bodies)
     csrf.init_app(app)
     protect(app, settings)
+    app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY_BYTES)
     journal = open_journal(app, settings)
     workflow = build_workflow(settings, journal)
     app.extensions["signup"] = workflow
@@ -191,6 +194,43 @@ def assign_request_id() -> None:
     """The proxy's X-Request-ID when it is well formed, so that its log and ours share one id."""
     given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+
+
+class BoundedBody:
+    """MAX_BODY_BYTES for a body without a Content-Length (chunked) too.
+
+    Werkzeug reads such a body up to MAX_CONTENT_LENGTH and then stops without a word, so the
+    form would be parsed from a body cut short. Here it is read first, one byte past the limit
+    at most (memory stays bounded), and either handed on with its length or marked too large."""
+
+    def __init__(self, wsgi_app, limit: int):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if (
+            not environ.get("CONTENT_LENGTH")
+            and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
+            body = self._read(environ["wsgi.input"])
+            if len(body) > self.limit:
+                environ["portal.body_too_large"], body = True, b""
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return self.wsgi_app(environ, start_response)
+
+    def _read(self, stream) -> bytes:
+        body = b""
+        while len(body) <= self.limit:
+            chunk = stream.read(self.limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return body
+
+
+def refuse_oversized_bodies() -> None:
+    if request.environ.get("portal.body_too_large"):
+        abort(413)
 
 
 def refuse_cross_site_posts() -> None:
