@@ -32,6 +32,7 @@ WORKDIR /app
 COPY *.py ./
 COPY templates ./templates
 COPY static ./static
+COPY data ./data
 COPY deploy/healthcheck.py ./healthcheck.py
 # The code stays root's and read-only to the portal; only the default SQLite journal's folder
 # and the runtime folder are its own.

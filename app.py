@@ -6,14 +6,16 @@ and the operators' commands in commands.py.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import uuid
 
-from flask import Flask, g, request
+from flask import Flask, abort, current_app, g, request
 from flask_wtf.csrf import CSRFProtect
 
 import logs
+from captcha import Captcha
 from commands import doctor_command, reconcile_command
 from config import Settings, load_settings
 from errors import register_error_pages
@@ -33,6 +35,20 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )
+
+
+def content_security_policy(extra: dict[str, tuple[str, ...]]) -> str:
+    """The policy above, plus the origins a configured CAPTCHA widget needs (and only then)."""
+    if not extra:
+        return CONTENT_SECURITY_POLICY
+    parts = [CONTENT_SECURITY_POLICY]
+    for directive, origins in extra.items():
+        # Naming script-src replaces default-src for scripts: keep our own static/portal.js.
+        sources = origins if directive == "frame-src" else ("'self'", *origins)
+        parts.append(f"{directive} {' '.join(sources)}")
+    return "; ".join(parts)
+
+
 MAX_BODY_BYTES = 16 * 1024  # the form is a few hundred bytes; anything bigger is not a signup
 
 
@@ -40,10 +56,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     configure(app, settings)
-    logs.configure(settings.log_level, json_lines=settings.log_format == "json")
+    logs.configure(
+        settings.log_level,
+        json_lines=settings.log_format == "json",
+        secrets=(
+            settings.keygen_product_token,
+            settings.secret_key,
+            settings.metrics_token,
+            settings.captcha_secret_key,
+        ),
+    )
     app.before_request(assign_request_id)  # first, so that every later step can log it
+    app.before_request(refuse_cross_site_posts)  # before CSRF's check reads the form
+    app.before_request(refuse_oversized_bodies)
     csrf.init_app(app)
     protect(app, settings)
+    app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY_BYTES)
     journal = open_journal(app, settings)
     workflow = build_workflow(settings, journal)
     app.extensions["signup"] = workflow
@@ -59,11 +87,28 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 def configure(app: Flask, settings: Settings) -> None:
     app.extensions["settings"] = settings  # for operators' commands (flask doctor)
+    captcha = app.extensions["captcha"] = Captcha(
+        settings.captcha_provider,
+        settings.captcha_site_key,
+        settings.captcha_secret_key,
+        settings.captcha_verify_url,
+        settings.captcha_timeout,
+    )
     app.config.update(
+        # Never on, whatever FLASK_DEBUG says: the debugger runs code and tracebacks show secrets.
+        DEBUG=False,
         SECRET_KEY=settings.secret_key,
+        # __Host-: the browser keeps it only if it is Secure, for this host and path / alone, so
+        # neither a sibling subdomain nor plain http can set or overwrite it. Plain http (the
+        # demo and tests on loopback) cannot use the prefix.
+        SESSION_COOKIE_NAME="__Host-session" if settings.cookie_secure else "session",
         SESSION_COOKIE_SECURE=settings.cookie_secure,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_DOMAIN=None,
+        SESSION_COOKIE_PATH="/",
+        CONTENT_SECURITY_POLICY=content_security_policy(captcha.csp()),
+        HSTS_SECONDS=settings.hsts_seconds,
         PERMANENT_SESSION_LIFETIME=3600,  # the session only carries the CSRF token
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PASSWORD_MIN_LENGTH=settings.password_min_length,
@@ -71,7 +116,11 @@ def configure(app: Flask, settings: Settings) -> None:
         DEMO_MODE=settings.demo_mode,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,  # another Host: 400
     )
-    app.jinja_env.globals.update(product_name=settings.product_name, demo_mode=settings.demo_mode)
+    app.jinja_env.globals.update(
+        product_name=settings.product_name,
+        demo_mode=settings.demo_mode,
+        captcha=captcha.widget and {"site_key": captcha.site_key, **vars(captcha.widget)},
+    )
 
 
 def protect(app: Flask, settings: Settings) -> None:
@@ -147,11 +196,61 @@ def assign_request_id() -> None:
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
+class BoundedBody:
+    """MAX_BODY_BYTES for a body without a Content-Length (chunked) too.
+
+    Werkzeug reads such a body up to MAX_CONTENT_LENGTH and then stops without a word, so the
+    form would be parsed from a body cut short. Here it is read first, one byte past the limit
+    at most (memory stays bounded), and either handed on with its length or marked too large."""
+
+    def __init__(self, wsgi_app, limit: int):
+        self.wsgi_app = wsgi_app
+        self.limit = limit
+
+    def __call__(self, environ, start_response):
+        if (
+            not environ.get("CONTENT_LENGTH")
+            and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
+            body = self._read(environ["wsgi.input"])
+            if len(body) > self.limit:
+                environ["portal.body_too_large"], body = True, b""
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return self.wsgi_app(environ, start_response)
+
+    def _read(self, stream) -> bytes:
+        body = b""
+        while len(body) <= self.limit:
+            chunk = stream.read(self.limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return body
+
+
+def refuse_oversized_bodies() -> None:
+    if request.environ.get("portal.body_too_large"):
+        abort(413)
+
+
+def refuse_cross_site_posts() -> None:
+    """A form posted from another site (Fetch Metadata): 403 before anything reads it. Browsers
+    that send no Sec-Fetch-Site still meet the CSRF token and the SameSite cookie."""
+    if request.method == "POST" and request.headers.get("Sec-Fetch-Site") == "cross-site":
+        abort(403)
+
+
 def add_security_headers(response):
     headers = response.headers
     if "request_id" in g:
         headers["X-Request-ID"] = g.request_id
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
+    # HTTPS only (after TrustedProxies): over http the header means nothing and would only
+    # confuse a demo on localhost.
+    if request.is_secure and current_app.config["HSTS_SECONDS"]:
+        headers.setdefault(
+            "Strict-Transport-Security", f"max-age={current_app.config['HSTS_SECONDS']}"
+        )
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     # same-origin, not no-referrer: Flask-WTF's HTTPS check needs the Referer of our own pages.

@@ -71,6 +71,12 @@ class Settings:
     keygen_max_rps: int = 4
     min_submit_seconds: float = 0.0
     metrics_port: int = 0  # 0: /metrics on the portal's own port
+    hsts_seconds: int = 63072000  # two years; sent on HTTPS only; 0: off
+    captcha_provider: str = "none"  # none, turnstile, hcaptcha or recaptcha
+    captcha_site_key: str = ""
+    captcha_secret_key: str = field(default="", repr=False)
+    captcha_verify_url: str = ""  # "": the provider's own siteverify URL
+    captcha_timeout: float = 5.0
 
 
 def _text(value: str) -> str:
@@ -273,6 +279,33 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _hsts_seconds(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be a number of seconds (63072000 is two years), or 0 for off")
+    return number
+
+
+CAPTCHA_PROVIDERS = ("none", "turnstile", "hcaptcha", "recaptcha")
+
+
+def _captcha_provider(value: str) -> str:
+    value = value.strip().lower()
+    if value not in CAPTCHA_PROVIDERS:
+        raise ValueError("must be none, turnstile, hcaptcha or recaptcha")
+    return value
+
+
+def _verify_url(value: str) -> str:
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an https URL such as the provider's siteverify address")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("must use https (plain http is only allowed on this machine)")
+    return value
+
+
 # name -> (Settings field, parser, required). Defaults live on Settings.
 SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "KEYGEN_API_URL": ("keygen_api_url", _api_url, False),
@@ -305,6 +338,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "KEYGEN_MAX_RPS": ("keygen_max_rps", _positive_int, False),
     "MIN_SUBMIT_SECONDS": ("min_submit_seconds", _seconds_or_off, False),
     "METRICS_PORT": ("metrics_port", _port_or_off, False),
+    "HSTS_SECONDS": ("hsts_seconds", _hsts_seconds, False),
+    "CAPTCHA_PROVIDER": ("captcha_provider", _captcha_provider, False),
+    "CAPTCHA_SITE_KEY": ("captcha_site_key", _text, False),
+    "CAPTCHA_SECRET_KEY": ("captcha_secret_key", _text, False),
+    "CAPTCHA_VERIFY_URL": ("captcha_verify_url", _verify_url, False),
+    "CAPTCHA_TIMEOUT": ("captcha_timeout", _positive_float, False),
 }
 
 
@@ -315,6 +354,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     read_timeout = values.get("keygen_read_timeout", Settings.keygen_read_timeout)
     if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
         problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
+    if values.get("captcha_provider", "none") != "none":
+        for name in ("CAPTCHA_SITE_KEY", "CAPTCHA_SECRET_KEY"):
+            if not values.get(SETTINGS[name][0]):
+                problems.append(f"{name} is required when CAPTCHA_PROVIDER is set")
     if problems:
         raise ConfigError(problems)
     return Settings(**values)  # type: ignore[arg-type]

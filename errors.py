@@ -15,6 +15,7 @@ ERRORS = {
         "Something went wrong with that request",
         "Please go back, reload the page and try again.",
     ),
+    403: ("Not allowed", "This form can only be sent from its own page."),
     404: ("Page not found", "There is nothing at this address."),
     405: ("Not allowed", "This page does not accept that kind of request."),
     413: ("Too much data", "That submission was larger than a signup can be."),
@@ -72,7 +73,10 @@ def register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        return error_page(error.code or 500)
+        response = error_page(error.code or 500)
+        if getattr(error, "valid_methods", None):  # a 405 says which methods there are
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):

@@ -4,13 +4,23 @@
 from __future__ import annotations
 
 import secrets
+import string
 import unicodedata
+from functools import cache
+from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField, StringField
-from wtforms.validators import DataRequired, InputRequired, Length, Regexp, ValidationError
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    Regexp,
+    StopValidation,
+    ValidationError,
+)
 
 NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
 EMAIL_MAX = 254  # RFC 5321 path limit; Keygen allows 255
@@ -57,16 +67,71 @@ def email_address(form: FlaskForm, field: EmailField) -> None:
 
 def password_length(form: FlaskForm, field: PasswordField) -> None:
     """At least PASSWORD_MIN_LENGTH characters, at most 72 bytes in UTF-8 (bcrypt truncates
-    beyond that, so a longer password would silently be only partly checked)."""
+    beyond that, so a longer password would silently be only partly checked). One message at
+    a time: the other checks say nothing about a password of the wrong length."""
     password = field.data or ""
     minimum = current_app.config["PASSWORD_MIN_LENGTH"]
     if len(password) < minimum:
-        raise ValidationError(f"Use at least {minimum} characters.")
+        raise StopValidation(f"Use at least {minimum} characters.")
     if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
-        raise ValidationError(
+        raise StopValidation(
             "This password is too long: at most 72 bytes are allowed. "
             "Letters with accents and other scripts take 2–4 bytes each."
         )
+
+
+# The most common passwords, shipped with the portal (data/common-passwords.txt says where the
+# list comes from), so that the check needs no network. NIST SP 800-63B asks for such a
+# blocklist, and for no composition rules ("one digit, one capital") instead.
+COMMON_PASSWORDS = Path(__file__).resolve().parent / "data" / "common-passwords.txt"
+# Rows of a keyboard and runs of letters or digits: "qwertyuiopasdfgh" is no more secret than
+# "qwerty", whatever its length.
+_RUNS = (
+    "qwertyuiopasdfghjklzxcvbnm",
+    "azertyuiopqsdfghjklmwxcvbn",
+    "qwertzuiopasdfghjklyxcvbnm",
+    "abcdefghijklmnopqrstuvwxyz",
+    "01234567890",
+    "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik9ol0p",
+)
+_PADDING = string.digits + string.punctuation + " "
+COMMON = (
+    "This password is one of the most commonly used, so it is easy to guess. "
+    "Please choose another: a few unrelated words make a strong one."
+)
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    with open(COMMON_PASSWORDS, encoding="utf-8") as lines:
+        return frozenset(s for line in lines if (s := line.strip()) and not s.startswith("#"))
+
+
+def is_common(password: str) -> bool:
+    """On the list, the list's word with digits or symbols around it ("Password123!"), a run
+    along the keyboard or the alphabet, or a short pattern repeated ("abcabcabc")."""
+    folded = password.casefold()
+    listed = common_passwords()
+    core = folded.strip(_PADDING)
+    if folded in listed or (core and core in listed):
+        return True
+    if any(folded in run or folded in run[::-1] for run in _RUNS):
+        return True
+    return any(folded == folded[:n] * (len(folded) // n) for n in range(1, 5) if n < len(folded))
+
+
+def not_common(form: FlaskForm, field: PasswordField) -> None:
+    """Attackers try the most common passwords first, on every site at once."""
+    if field.data and is_common(field.data):
+        raise ValidationError(COMMON)
+
+
+def not_the_email(form: FlaskForm, field: PasswordField) -> None:
+    """The email address is the one thing everyone who sees the account knows."""
+    email = (form.email.data or "").casefold()
+    password = (field.data or "").casefold()
+    if email and password in (email, email.partition("@")[0]):
+        raise ValidationError("Please don't use your email address as your password.")
 
 
 def new_nonce() -> str:
@@ -114,5 +179,10 @@ class SignupForm(FlaskForm):
     # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
     password = PasswordField(
         "Password",
-        validators=[InputRequired("Choose a password."), password_length],
+        validators=[
+            InputRequired("Choose a password."),
+            password_length,
+            not_the_email,
+            not_common,
+        ],
     )

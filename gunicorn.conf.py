@@ -33,28 +33,36 @@ forwarded_allow_ips = (
     ",".join(_proxies["trusted_proxies"]) if _proxies["trusted_proxy_hops"] else ""
 )
 
-# gunicorn's own lines in the portal's JSON format (logs.py), unless LOG_FORMAT=text (config.py).
-# Access lines carry the request id the portal echoed in X-Request-ID.
+# gunicorn's own lines in the portal's JSON format (logs.py), unless LOG_FORMAT=text (config.py),
+# with secrets masked either way (logs.RedactSecrets). Access lines carry the request id the
+# portal echoed in X-Request-ID.
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
-if os.environ.get("LOG_FORMAT", "json").strip().lower() != "text":
-    logconfig_dict = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "logs.JsonFormatter"}},
-        "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json"},
-            "stdout": {
-                "class": "logging.StreamHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stdout",
-            },
+_json_lines = os.environ.get("LOG_FORMAT", "json").strip().lower() != "text"
+_formatter = (
+    {"()": "logs.JsonFormatter"}
+    if _json_lines
+    else {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"}
+)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "logs.RedactSecrets"}},
+    "formatters": {"portal": _formatter},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "portal", "filters": ["redact"]},
+        "stdout": {
+            "class": "logging.StreamHandler",
+            "formatter": "portal",
+            "filters": ["redact"],
+            "stream": "ext://sys.stdout",
         },
-        "root": {"handlers": ["stderr"], "level": "INFO"},
-        "loggers": {
-            "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
-            "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        },
-    }
+    },
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+    },
+}
 
 # Prometheus metrics of every worker (metrics.py): each worker writes its counts to files in
 # PROMETHEUS_MULTIPROC_DIR and a scrape of any worker adds them all up. Unless the operator names

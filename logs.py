@@ -1,5 +1,6 @@
 """Logging: one JSON object per line, carrying the ids that tie a line to a request, a signup
-and a Keygen request. Used for the portal's own lines and for gunicorn's (gunicorn.conf.py).
+and a Keygen request, with secrets masked. Used for the portal's own lines and for gunicorn's
+(gunicorn.conf.py).
 
 Every line has a ``request_id``: the HTTP request's (the proxy's X-Request-ID when well formed),
 else the background pass's (``scope()``, e.g. one reconciler pass), else ``pid-N`` for what a
@@ -10,9 +11,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 # Attributes a log call may add with extra={...}, copied into the JSON object when present.
@@ -45,23 +48,20 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value:
                 entry[name] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         # One line, whatever the message holds: a name with a line break cannot forge a line.
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def _request_id(record: logging.LogRecord) -> str:
+    if getattr(record, "request_id", None):
+        return record.request_id
     if record.name == "gunicorn.access" and isinstance(record.args, dict):
         echoed = record.args.get("{x-request-id}o")  # the id the portal echoed
         if echoed and echoed != "-":
             return echoed
-    return (
-        getattr(record, "request_id", None)
-        or _current_request_id()
-        or _scope.get()
-        or f"pid-{record.process}"
-    )
+    return _current_request_id() or _scope.get() or f"pid-{record.process}"
 
 
 def _current_request_id() -> str | None:
@@ -72,8 +72,10 @@ def _current_request_id() -> str | None:
     return g.get("request_id") if has_request_context() else None
 
 
-def configure(level: str, *, json_lines: bool = True) -> None:
-    """Log to stderr unless the host (pytest) already set up the root logger."""
+def configure(level: str, *, json_lines: bool = True, secrets: Iterable[str] = ()) -> None:
+    """Log to stderr unless the host (pytest) already set up the root logger; mask `secrets`
+    and everything that looks like one in every line any root handler writes."""
+    remember_secrets(secrets)
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()
@@ -83,5 +85,89 @@ def configure(level: str, *, json_lines: bool = True) -> None:
             else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
         root.addHandler(handler)
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
     for name in ("app", "signup", "keygen_api", "worker", "journal", "health"):
         logging.getLogger(name).setLevel(level)
+
+
+# -- Redaction ---------------------------------------------------------------------------------
+
+MASK = "[redacted]"
+_known: set[str] = set()  # this process's own secrets (product token, keys), set by configure()
+_known_lock = threading.Lock()
+
+# What a secret looks like, wherever a line came from (a library, an exception, a header dump).
+# Each pattern keeps its first group (the name) and masks the rest.
+_PATTERNS = [
+    # Headers, as text ("Cookie: a=b; c=d"), in a dict or in a list of pairs.
+    re.compile(
+        r"""((?:authorization|proxy-authorization|cookie|set-cookie|x-csrf-token|x-csrftoken)"""
+        r"""['"]?\s*[:=,]\s*)(?:'[^']*'|"[^"]*"|[^\r\n"']+)""",
+        re.IGNORECASE,
+    ),
+    # Bearer and Basic credentials, wherever they stand.
+    re.compile(r"(\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
+    # name=value in query strings, form bodies and settings dumps.
+    re.compile(
+        r"((?:password|passwd|pwd|secret|token|csrf_token|api_key|apikey|secret_key|"
+        r"license_key|key|session)=)[^&\s\"',;]+",
+        re.IGNORECASE,
+    ),
+    # "password": "…" in JSON or a repr.
+    re.compile(
+        r"""(['"](?:password|token|csrf_token|secret|secret_key|key|license_key)['"]\s*:\s*)"""
+        r"""(?:'[^']*'|"[^"]*")""",
+        re.IGNORECASE,
+    ),
+    # A password in a database or Redis URL: scheme://user:PASSWORD@host.
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(?=@)", re.IGNORECASE),
+]
+_BARE = [
+    # Keygen tokens: prod-, admin-, user-, activ-, env-, dev-, sales-, spprt-, read- + hex + v3.
+    re.compile(r"\b(?:prod|admin|user|activ|env|dev|sales|spprt|read)-[0-9a-f]{32,}v\d\b"),
+    # License keys: groups of capitals and digits joined by dashes (the emulator's and Keygen's
+    # default formats), and Keygen's signed keys ("key/…").
+    re.compile(r"\b[A-Z0-9]{4,}(?:-[A-Z0-9]{4,}){3,}\b"),
+    re.compile(r"\bkey/[A-Za-z0-9+/=._-]{16,}"),
+    # Signed tokens of itsdangerous (Flask-WTF's CSRF token, Flask's session cookie):
+    # payload.timestamp.signature.
+    re.compile(r"\.?\b[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{4,8}\.[A-Za-z0-9_-]{20,}"),
+]
+
+
+def remember_secrets(values: Iterable[str]) -> None:
+    """Values to mask wherever they appear, such as KEYGEN_PRODUCT_TOKEN and SECRET_KEY."""
+    with _known_lock:
+        _known.update(value for value in values if value and len(value) >= 6)
+
+
+def redact(text: str) -> str:
+    """The text with every known secret and everything that looks like one masked."""
+    for value in sorted(_known, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + MASK, text)
+    for pattern in _BARE:
+        text = pattern.sub(MASK, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in a record before any handler writes it. On the root handlers (and in
+    gunicorn's logconfig), so library lines and tracebacks are covered, not only ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            if isinstance(record.args, dict) and record.name == "gunicorn.access":
+                record.request_id = record.args.get("{x-request-id}o") or None
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

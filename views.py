@@ -48,6 +48,9 @@ def signup_submit():
         # A bot filled in the field people cannot see: a page like a real outcome, no signup.
         log.info("request %s: honeypot field filled; nothing was created", g.request_id)
         return render_template("processing.html", email=form.email.data), 202
+    if problem := current_app.extensions["captcha"].problem(request.form, request.remote_addr):
+        form.form_errors.append(problem.message)  # before anything reaches Keygen
+        return render_template("signup.html", form=form), problem.status
     timer = current_app.extensions["fill_timer"]
     age = timer.age(form.served.data, form.nonce.data)
     if age is None:

@@ -324,7 +324,7 @@ def test_only_the_portals_files_are_in_the_image(podman, container):
     for unwanted in (".venv", "tests", "test-logs", ".git", ".env", "keygen_emulator.py", "bench"):
         assert unwanted not in listing
     modules = {path.name for path in ROOT.glob("*.py")} - {"keygen_emulator.py"}
-    for needed in (*modules, "templates", "static", "healthcheck.py"):
+    for needed in (*modules, "templates", "static", "data", "healthcheck.py"):
         assert needed in listing
 
 

@@ -89,8 +89,14 @@ def test_international_domains_are_sent_as_punycode(validate):
     assert form.email.data == "user@xn--bcher-kva.de"
 
 
-@pytest.mark.parametrize("password", ["a" * 72, "é" * 36, "  spaces around  "])
+# Not "a" * 72: a repeated character is refused as a guessable pattern (below).
+BYTES_72_ASCII = "the quick brown fox jumps over the lazy dog, then naps under an old oak."
+BYTES_72_ACCENTS = "déjà vu: crème brûlée à côté, café très noir, où ça? oui!!!!"
+
+
+@pytest.mark.parametrize("password", [BYTES_72_ASCII, BYTES_72_ACCENTS, "  spaces around  "])
 def test_passwords_up_to_72_bytes_are_kept_exactly(validate, password):
+    assert len(password.encode()) in (72, 17)
     form = validate(password=password)
     assert form.errors == {}
     assert form.password.data == password
@@ -100,3 +106,74 @@ def test_minimum_password_length_is_configurable(app, validate):
     app.config["PASSWORD_MIN_LENGTH"] = 15
     assert validate(password="fourteen chars").errors["password"] == ["Use at least 15 characters."]
     assert validate(password="fifteen chars!!").errors == {}
+
+
+# -- Common passwords and the email (NIST SP 800-63B: a blocklist, no composition rules) ------
+
+COMMON = "This password is one of the most commonly used, so it is easy to guess."
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "password",  # the list itself, in any case
+        "Baseball",
+        "iloveyou",
+        "password123456789",  # a listed word padded with digits or symbols
+        "!!Dragon2024!!",
+        "qwertyuiopasdfgh",  # a keyboard row
+        "0987654321",
+        "abcdefghijklmnop",
+        "aaaaaaaaaaaa",  # a short pattern, repeated
+        "abcabcabcabc",
+    ],
+)
+def test_common_and_guessable_passwords_are_refused(validate, password):
+    assert validate(password=password).errors == {"password": [COMMON + PLEASE]}
+
+
+PLEASE = " Please choose another: a few unrelated words make a strong one."
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["correct horse battery staple", "Tr0ub4dor&3-xyzzy", "qwerty is my cat's name"],
+)
+def test_uncommon_passwords_pass_without_composition_rules(validate, password):
+    """Lower case and spaces only is fine; a common word inside a longer phrase is too."""
+    assert validate(password=password).errors == {}
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [
+        ("clark.kent.1938@example.com", "clark.kent.1938@example.com"),
+        ("clark.kent.1938@example.com", "Clark.Kent.1938@Example.COM"),
+        ("clark.kent.1938@example.com", "clark.kent.1938"),
+    ],
+)
+def test_the_email_or_its_local_part_is_refused_as_a_password(validate, email, password):
+    assert validate(email=email, password=password).errors == {
+        "password": ["Please don't use your email address as your password."]
+    }
+
+
+def test_one_password_message_at_a_time(validate):
+    assert validate(password="pass").errors == {"password": ["Use at least 8 characters."]}
+
+
+def test_no_composition_rule_is_mentioned_anywhere():
+    from conftest import ROOT
+
+    for page in (ROOT / "templates").rglob("*.html"):
+        text = page.read_text(encoding="utf-8").lower()
+        for rule in ("uppercase", "upper-case", "a digit", "a number", "special character"):
+            assert rule not in text, (page.name, rule)
+
+
+def test_the_list_is_shipped_and_large():
+    from forms import COMMON_PASSWORDS, common_passwords
+
+    assert COMMON_PASSWORDS.is_file()
+    assert len(common_passwords()) == 30_000
+    assert {"123456", "password", "qwerty"} <= common_passwords()

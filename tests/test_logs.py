@@ -2,6 +2,9 @@
 planted secret."""
 
 import logging
+import time
+
+import pytest
 
 from conftest import LOG_DIR, SECRETS, find_leaks, secret
 
@@ -66,3 +69,112 @@ def test_lines_outside_a_request_carry_their_pass_or_their_process(app):
     with logs.scope("reconcile") as next_pass:
         assert entry()["request_id"] == next_pass != pass_id
     assert entry()["request_id"] == f"pid-{os.getpid()}"
+
+
+# -- Redaction (logs.RedactSecrets on every root handler and in gunicorn's logconfig) ----------
+
+TOKEN = "prod-" + "ab12" * 16 + "v3"
+CSRF = "ImQ3ZjFlNzVhYjQ2MWQ5NjQ2ZjM1NTk4NTNmMmUwZTc3YTY0YjUzMTMi.ZoQx1w.Q2hVx3kX0b7y9Qm3t1V0JcX2zL4"
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden"),
+    [
+        (f"Authorization: Bearer {TOKEN}", TOKEN),
+        (f"headers={{'Authorization': 'Bearer {TOKEN}', 'Accept': 'x'}}", TOKEN),
+        (f"[('Authorization', 'Bearer {TOKEN}')]", TOKEN),
+        ("Cookie: __Host-session=eyJjc3JmIjoiYWJjIn0.Zabc.def; theme=dark", "eyJjc3JmIjoiYWJj"),
+        ("Set-Cookie: session=s3cr3t-cookie-value; HttpOnly", "s3cr3t-cookie-value"),
+        ("token seen in passing: " + TOKEN, TOKEN),
+        ("issued ABCDEF-123456-7890AB-CDEF01-234567-V3 to clark", "ABCDEF-123456-7890AB"),
+        ("license key 4F2A-9C1D-7B3E-11AA for you", "4F2A-9C1D-7B3E-11AA"),
+        ("signed key/eyJhY2NvdW50Ijp7ImlkIjoiMSJ9fQ==.c2lnbmF0dXJl", "eyJhY2NvdW50Ijp7"),
+        (f"csrf failed for {CSRF}", CSRF),
+        (f"POST /?csrf_token={CSRF}&email=a@b.c", CSRF),
+        ("GET /?email=a@b.c&password=hunter2-secret&x=1", "hunter2-secret"),
+        ('body {"password": "kent<3lois", "email": "a@b.c"}', "kent<3lois"),
+        ("redis://portal:r3d1s-pass@cache:6379/0 is down", "r3d1s-pass"),
+        ("postgresql://portal:pg-pass-123@db/portal refused", "pg-pass-123"),
+    ],
+)
+def test_redaction_masks_what_looks_secret(line, hidden):
+    from logs import MASK, redact
+
+    masked = redact(line)
+    assert hidden not in masked
+    assert MASK in masked
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "request 6f1c2a3b4d5e6f70: signup issued (license 3b5c1a9e-47c2-4f0e-9a41-2a8f6d1e0b7c)",
+        '127.0.0.1 "GET /healthz HTTP/1.1" 200 15 3ms "curl/8.0"',
+        "422 EMAIL_TAKEN: has already been taken (request 6f1c2a3b)",
+        "reconciler: 3 stale signups, oldest 912 s",
+        "Listening at: http://127.0.0.1:8000 (1234)",
+        "Booting worker with pid: 4242",
+        "keygen users.create 201 in 0.231 s",
+    ],
+)
+def test_ordinary_lines_pass_unchanged(line):
+    from logs import redact
+
+    assert redact(line) == line
+
+
+def test_the_settings_secrets_are_masked_wherever_they_appear(keygen, caplog):
+    """create_app hands logs.py the product token and SECRET_KEY, whatever their shape."""
+    from app import create_app
+    from conftest import SECRET_KEY, make_settings
+
+    create_app(make_settings(keygen))
+    caplog.set_level(logging.INFO)
+    logging.getLogger("signup").warning("token=%s key %s", keygen.token, SECRET_KEY)
+    assert keygen.token not in caplog.text and SECRET_KEY not in caplog.text
+    assert "[redacted]" in caplog.text
+
+
+def test_tracebacks_are_masked_too(app, caplog):
+    from logs import RedactSecrets
+
+    handler = logging.getLogger().handlers[0]
+    assert any(isinstance(f, RedactSecrets) for f in handler.filters)
+    try:
+        raise RuntimeError(f"Authorization: Bearer {TOKEN}")
+    except RuntimeError:
+        logging.getLogger("signup").exception("failed")
+    assert TOKEN not in caplog.text
+    assert "RuntimeError: Authorization: [redacted]" in caplog.text
+
+
+def test_gunicorn_lines_are_masked(tmp_path):
+    """gunicorn.conf.py's logconfig puts the same filter on gunicorn's handlers."""
+    import json
+    import os
+
+    from conftest import free_port, wait_for_http
+    from test_e2e import GUNICORN, listening_url, process
+
+    env = dict(os.environ, BIND=f"127.0.0.1:{free_port()}", WEB_CONCURRENCY="1")
+    app_file = tmp_path / "tiny.py"
+    app_file.write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n"
+    )
+    args = [GUNICORN, "-c", "gunicorn.conf.py", "--chdir", str(tmp_path), "tiny:app"]
+    with process("gunicorn-redact", args, env) as proc:
+        url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
+        wait_for_http(url + "/", process=proc)
+        wait_for_http(url + "/?password=hunter2-secret&csrf_token=" + CSRF, process=proc)
+        wait_for_http(url + "/?marker=done", process=proc)
+        deadline = time.monotonic() + 5
+        while "marker=done" not in proc.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    log = proc.log_path.read_text()
+    assert "marker=done" in log
+    assert "hunter2-secret" not in log and CSRF not in log
+    assert "password=[redacted]" in log
+    access = [json.loads(line) for line in log.splitlines() if "password=" in line]
+    assert access and all(entry["logger"] == "gunicorn.access" for entry in access)
