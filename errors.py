@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, g, render_template
+from flask import Flask, current_app, g, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, SecurityError
 
@@ -44,6 +44,8 @@ EXPIRED_FORM = (
 
 
 def error_page(code: int, *, kind: str | None = None, retry_after: int | None = None):
+    if not _host_is_trusted():
+        return _unknown_host(code)
     special = {"unavailable": UNAVAILABLE, "busy": BUSY, "csrf": EXPIRED_FORM}
     title, message = special.get(kind) or ERRORS.get(code, ERRORS[500])
     response = current_app.make_response(
@@ -59,6 +61,20 @@ def error_page(code: int, *, kind: str | None = None, retry_after: int | None = 
     return response
 
 
+def _host_is_trusted() -> bool:
+    try:
+        request.host  # noqa: B018 (raises SecurityError for a Host outside TRUSTED_HOSTS)
+    except SecurityError:
+        return False
+    return True
+
+
+def _unknown_host(code: int):
+    # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page with links, whatever
+    # else went wrong with the request (a body too large is seen before the Host is).
+    return "Unknown host.\n", code, {"Content-Type": "text/plain; charset=utf-8"}
+
+
 def register_error_pages(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError):
@@ -67,9 +83,8 @@ def register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(SecurityError)
     def untrusted_host(error: SecurityError):
-        # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page with links.
         log.warning("request %s: %s", g.get("request_id"), error.description)
-        return "Unknown host.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+        return _unknown_host(400)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

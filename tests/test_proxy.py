@@ -3,6 +3,7 @@ only as many hops as configured, and only the Host names it serves (S33, S34, S3
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import uuid
@@ -64,6 +65,20 @@ def test_a_foreign_host_gets_400(keygen):
     _, client = portal_with(keygen, trusted_hosts=("portal.example.com",))
     assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
     assert client.get("/", headers={"Host": "portal.example.com:8443"}).status_code == 200
+
+
+def test_a_foreign_host_with_another_error_gets_that_status_and_no_page(keygen):
+    """An error page builds URLs from the Host: for a foreign one it must not try (it was a 500)."""
+    _, client = portal_with(keygen, trusted_hosts=("portal.example.com",))
+    chunked = {
+        "HTTP_HOST": "evil.example",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_LENGTH": "",
+        "wsgi.input": io.BytesIO(b"x" * 100_000),
+    }
+    big = client.post("/", environ_overrides=chunked)
+    assert big.status_code in (400, 413)
+    assert big.mimetype == "text/plain"
 
 
 def test_spoofed_addresses_share_one_bucket_but_real_clients_do_not(keygen):

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_deploy import HOST, NGINX, Portal, Proxy, render_nginx_conf, wait_for_https
-from test_protection import redis_server
 from test_proxy import running_portal
 
 from conftest import (
@@ -40,7 +38,9 @@ from conftest import (
     require,
     secret,
 )
+from test_deploy import HOST, NGINX, Portal, Proxy, render_nginx_conf, wait_for_https
 from test_e2e import emulator, keygen_state, process
+from test_protection import redis_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
