@@ -255,10 +255,22 @@ class SignupWorkflow:
         if signup is None:
             raise LinkUsed(f"signup {signup_id} is not in the journal")
         if signup.state == State.ISSUED:
-            return self._by_email(self._present(signup, waited_for_it=False))
-        if signup.state in UNFINISHED:
+            # Issued after an earlier click, by the reconciler, and never shown: show it now.
+            outcome = self._present(signup, waited_for_it=False)
+            if isinstance(outcome, Issued):
+                return outcome
+        elif signup.state in UNFINISHED:
             return Processing(signup.email)
         raise LinkUsed(f"signup {signup.id} is {signup.state}")
+
+    def link_open(self, signup_id: str) -> bool:
+        """Whether pressing a verification link's button can still do something."""
+        signup = self.journal.find(signup_id)
+        if signup is None:
+            return False
+        if signup.state == State.ISSUED:
+            return self.key_on_page and not signup.key_shown
+        return signup.state == State.PENDING_VERIFICATION or signup.state in UNFINISHED
 
     def expire(self, signup: Signup, *, owner: str) -> State:
         """Delete the user of a verification nobody completed, so the address is free again

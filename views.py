@@ -152,6 +152,8 @@ def verify_form(token: str):
     signup_id = verified_signup(token)
     if not isinstance(signup_id, str):
         return signup_id  # the page saying why the link does not work
+    if not current_app.extensions["signup"].link_open(signup_id):
+        return render_template("link.html", problem="used"), 410
     return render_template("verify.html", form=FlaskForm(), token=token)
 
 
