@@ -180,6 +180,7 @@ def start_courier(
         product_name=settings.product_name,
         interval=settings.outbox_interval,
         give_up_after=settings.mail_give_up_after,
+        backoff_base=settings.mail_retry_delay,
     )
     if settings.outbox_interval > 0:
         courier.start()

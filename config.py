@@ -80,6 +80,7 @@ class Settings:
     mail_default_sender: str = ""
     mail_timeout: float = 10.0
     mail_give_up_after: float = 259200.0
+    mail_retry_delay: float = 30.0
     outbox_interval: float = 5.0
     key_delivery: str = "page"  # page | email | both
     public_url: str = ""
@@ -417,6 +418,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "MAIL_DEFAULT_SENDER": ("mail_default_sender", _sender, False),
     "MAIL_TIMEOUT": ("mail_timeout", _positive_float, False),
     "MAIL_GIVE_UP_AFTER": ("mail_give_up_after", _positive_float, False),
+    "MAIL_RETRY_DELAY": ("mail_retry_delay", _positive_float, False),
     "OUTBOX_INTERVAL": ("outbox_interval", _seconds_or_off, False),
     "KEY_DELIVERY": ("key_delivery", _key_delivery, False),
     "PUBLIC_URL": ("public_url", _public_url, False),
