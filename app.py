@@ -17,10 +17,12 @@ from flask_wtf.csrf import CSRFProtect
 import logs
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
-from config import Settings, load_settings
+from config import Settings, check_mail, load_settings
+from delivery import Courier, Links
 from errors import register_error_pages
 from journal import Journal, default_url
 from keygen_api import KeygenClient
+from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
 from protection import FillTimer, RateLimits, TrustedProxies
 from signup import SignupWorkflow
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["signup"] = workflow
     app.extensions["metrics"] = watch(settings, journal, workflow)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
+    app.extensions["courier"] = start_courier(app, settings, journal, workflow)
     app.register_blueprint(bp)
     app.cli.add_command(reconcile_command)
     app.cli.add_command(doctor_command)
@@ -120,6 +123,9 @@ def configure(app: Flask, settings: Settings) -> None:
         product_name=settings.product_name,
         demo_mode=settings.demo_mode,
         captcha=captcha.widget and {"site_key": captcha.site_key, **vars(captcha.widget)},
+        key_delivery=settings.key_delivery,
+        mail_enabled=settings.mail_enabled,
+        verify_first=settings.require_email_verification,
     )
 
 
@@ -134,6 +140,8 @@ def protect(app: Flask, settings: Settings) -> None:
         per_ip=settings.ratelimit_per_ip,
         per_email=settings.ratelimit_per_email,
         max_rps=settings.keygen_max_rps,
+        recovery_per_ip=settings.ratelimit_recovery_per_ip,
+        recovery_per_email=settings.ratelimit_recovery_per_email,
     )
     app.extensions["fill_timer"] = FillTimer(settings.secret_key, settings.min_submit_seconds)
 
@@ -160,6 +168,10 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
         give_up_after=settings.reconcile_give_up_after,
         concurrency=settings.signup_concurrency,
         crash_at=settings.test_crash_at,
+        key_delivery=settings.key_delivery,
+        verify=settings.require_email_verification,
+        hide_accounts=settings.hides_accounts,
+        unverified_lifetime=settings.unverified_user_lifetime,
     )
 
 
@@ -182,6 +194,44 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
     if settings.reconcile_interval > 0:
         reconciler.start()
     return reconciler
+
+
+def start_courier(
+    app: Flask, settings: Settings, journal: Journal, workflow: SignupWorkflow
+) -> Courier | None:
+    """The outbox's sender, when email is on: through SMTP, or to the console in the demo."""
+    check_mail(settings)
+    if not settings.mail_enabled:
+        return None
+    mailer: Mailer = ConsoleMailer()
+    if settings.mail_server:
+        mailer = SMTPMailer(
+            settings.mail_server,
+            settings.mail_port,
+            use_tls=settings.mail_use_tls,
+            use_ssl=settings.mail_use_ssl,
+            username=settings.mail_username or None,
+            password=settings.mail_password or None,
+            timeout=settings.mail_timeout,
+        )
+    links = Links(
+        settings.public_url, settings.secret_key, lifetime=settings.verification_link_lifetime
+    )
+    courier = Courier(
+        app,
+        journal,
+        workflow.keygen,
+        mailer,
+        links,
+        sender=settings.mail_default_sender,
+        product_name=settings.product_name,
+        interval=settings.outbox_interval,
+        give_up_after=settings.mail_give_up_after,
+        backoff_base=settings.mail_retry_delay,
+    )
+    if settings.outbox_interval > 0:
+        courier.start()
+    return courier
 
 
 # -- Every response -----------------------------------------------------------------------------

@@ -77,6 +77,37 @@ class Settings:
     captcha_secret_key: str = field(default="", repr=False)
     captcha_verify_url: str = ""  # "": the provider's own siteverify URL
     captcha_timeout: float = 5.0
+    # Key delivery by email (mailer.py, delivery.py).
+    mail_server: str = ""  # "": no SMTP (the demo prints mail to the console instead)
+    mail_port: int = 587
+    mail_use_tls: bool = True
+    mail_use_ssl: bool = False
+    mail_username: str = ""
+    mail_password: str = field(default="", repr=False)
+    mail_default_sender: str = ""
+    mail_timeout: float = 10.0
+    mail_give_up_after: float = 259200.0
+    mail_retry_delay: float = 30.0
+    outbox_interval: float = 5.0
+    key_delivery: str = "page"  # page | email | both
+    public_url: str = ""
+    require_email_verification: bool = False
+    verification_link_lifetime: float = 86400.0
+    unverified_user_lifetime: float = 172800.0
+    enumeration_safe: bool = False
+    ratelimit_recovery_per_ip: str = "5/minute,20/hour"
+    ratelimit_recovery_per_email: str = "3/hour"
+
+    @property
+    def mail_enabled(self) -> bool:
+        """Whether the portal sends email: through an SMTP server, or the demo's console."""
+        transport = bool(self.mail_server) or self.demo_mode
+        return transport and bool(self.mail_default_sender and self.public_url)
+
+    @property
+    def hides_accounts(self) -> bool:
+        """New and existing addresses get the same answer (always so with verification)."""
+        return self.enumeration_safe or self.require_email_verification
 
 
 def _text(value: str) -> str:
@@ -263,6 +294,88 @@ def _crash_point(value: str) -> str:
     return value
 
 
+def _port(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 65535:
+        raise ValueError("must be a TCP port, 1 to 65535")
+    return number
+
+
+def _sender(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[^<>@\s]+@[^<>@\s]+|[^<>\x00-\x1f]*<[^<>@\s]+@[^<>@\s]+>", value):
+        raise ValueError("must be an address, or a name and an address: Shop <keys@example.com>")
+    return value
+
+
+def _key_delivery(value: str) -> str:
+    value = value.strip().lower()
+    if value not in ("page", "email", "both"):
+        raise ValueError("must be page, email or both")
+    return value
+
+
+def _public_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be the portal's public URL, such as https://licenses.example.com")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("must use https (plain http is only allowed on this machine)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not hold a query, a fragment or credentials")
+    return value
+
+
+def _mail_problems(values: dict[str, object]) -> list[str]:
+    """What email delivery needs, once the settings ask for email at all."""
+
+    def get(name: str):
+        return values.get(name, getattr(Settings, name))
+
+    problems = []
+    if get("mail_use_tls") and get("mail_use_ssl"):
+        problems.append("MAIL_USE_TLS and MAIL_USE_SSL exclude each other; set one to false")
+    if bool(get("mail_username")) != bool(get("mail_password")):
+        problems.append("MAIL_USERNAME and MAIL_PASSWORD must be set together")
+    wants = []
+    if get("key_delivery") != "page":
+        wants.append(f"KEY_DELIVERY={get('key_delivery')}")
+    if get("require_email_verification"):
+        wants.append("REQUIRE_EMAIL_VERIFICATION")
+    if get("enumeration_safe"):
+        wants.append("ENUMERATION_SAFE")
+    if get("mail_server"):
+        wants.append("MAIL_SERVER")
+    if not wants and not get("demo_mode"):
+        return problems
+    reason = " and ".join(wants) or "DEMO_MODE"
+    if not get("mail_server") and not get("demo_mode"):
+        problems.append(f"{reason} needs MAIL_SERVER (the SMTP server that sends the email)")
+    if not get("mail_default_sender") and wants:
+        problems.append(f"{reason} needs MAIL_DEFAULT_SENDER (the From address of the email)")
+    if not get("public_url") and wants:
+        problems.append(f"{reason} needs PUBLIC_URL (links in emails are built from it)")
+    verify = get("require_email_verification")
+    if get("enumeration_safe") and not verify and get("key_delivery") != "email":
+        problems.append(
+            "ENUMERATION_SAFE without REQUIRE_EMAIL_VERIFICATION needs KEY_DELIVERY=email "
+            "(a key shown on the page would tell a new address from a known one)"
+        )
+    if verify and get("verification_link_lifetime") > get("unverified_user_lifetime"):
+        problems.append("VERIFICATION_LINK_LIFETIME must not exceed UNVERIFIED_USER_LIFETIME")
+    return problems
+
+
+def check_mail(settings: Settings) -> None:
+    """The email checks of load_settings(), for Settings built in code (tests, tools)."""
+    problems = _mail_problems(
+        {name: getattr(settings, name) for name in Settings.__dataclass_fields__}
+    )
+    if problems:
+        raise ConfigError(problems)
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -344,6 +457,25 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "CAPTCHA_SECRET_KEY": ("captcha_secret_key", _text, False),
     "CAPTCHA_VERIFY_URL": ("captcha_verify_url", _verify_url, False),
     "CAPTCHA_TIMEOUT": ("captcha_timeout", _positive_float, False),
+    "MAIL_SERVER": ("mail_server", _text, False),
+    "MAIL_PORT": ("mail_port", _port, False),
+    "MAIL_USE_TLS": ("mail_use_tls", _bool, False),
+    "MAIL_USE_SSL": ("mail_use_ssl", _bool, False),
+    "MAIL_USERNAME": ("mail_username", _text, False),
+    "MAIL_PASSWORD": ("mail_password", str, False),
+    "MAIL_DEFAULT_SENDER": ("mail_default_sender", _sender, False),
+    "MAIL_TIMEOUT": ("mail_timeout", _positive_float, False),
+    "MAIL_GIVE_UP_AFTER": ("mail_give_up_after", _positive_float, False),
+    "MAIL_RETRY_DELAY": ("mail_retry_delay", _positive_float, False),
+    "OUTBOX_INTERVAL": ("outbox_interval", _seconds_or_off, False),
+    "KEY_DELIVERY": ("key_delivery", _key_delivery, False),
+    "PUBLIC_URL": ("public_url", _public_url, False),
+    "REQUIRE_EMAIL_VERIFICATION": ("require_email_verification", _bool, False),
+    "VERIFICATION_LINK_LIFETIME": ("verification_link_lifetime", _positive_float, False),
+    "UNVERIFIED_USER_LIFETIME": ("unverified_user_lifetime", _positive_float, False),
+    "ENUMERATION_SAFE": ("enumeration_safe", _bool, False),
+    "RATELIMIT_RECOVERY_PER_IP": ("ratelimit_recovery_per_ip", _rates, False),
+    "RATELIMIT_RECOVERY_PER_EMAIL": ("ratelimit_recovery_per_email", _rates, False),
 }
 
 
@@ -358,6 +490,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for name in ("CAPTCHA_SITE_KEY", "CAPTCHA_SECRET_KEY"):
             if not values.get(SETTINGS[name][0]):
                 problems.append(f"{name} is required when CAPTCHA_PROVIDER is set")
+    if not problems:
+        problems.extend(_mail_problems(values))
     if problems:
         raise ConfigError(problems)
     return Settings(**values)  # type: ignore[arg-type]

@@ -186,3 +186,17 @@ class SignupForm(FlaskForm):
             not_common,
         ],
     )
+
+
+class RecoveryForm(FlaskForm):
+    """The lost-key page: just the address the keys should go to."""
+
+    email = EmailField(
+        "Email",
+        filters=[strip],
+        validators=[
+            DataRequired("Enter your email address."),
+            Length(max=EMAIL_MAX, message=f"Use at most {EMAIL_MAX} characters."),
+            email_address,
+        ],
+    )

@@ -5,6 +5,11 @@ normalised email, the license id chosen up front, the Keygen user id once known,
 Never the password, never the license key. Rows are leased, so that one worker at a time (a
 request, or a reconciler in any process or instance) drives a row forward.
 
+The outbox lives here too, in the same database, so that a signup's state and the email it owes
+are written in one transaction. An outbox row holds what is needed to compose the message again
+(the kind, the recipient, the license, user or signup it is about), never a key or a link's token:
+delivery.py fetches the key from Keygen and signs the link when it sends.
+
 SQLite (WAL) by default; PostgreSQL when DATABASE_URL points at one. One code path serves both.
 """
 
@@ -35,6 +40,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -46,10 +52,21 @@ class State(StrEnum):
     REJECTED = "REJECTED"  # Keygen refused the submission; nothing exists; may be resubmitted
     ABANDONED = "ABANDONED"  # no user was created and the password is gone; may be resubmitted
     COMPENSATED = "COMPENSATED"  # no license could be issued, so the user was deleted again
+    # REQUIRE_EMAIL_VERIFICATION: the user exists and the license waits for the link's click.
+    PENDING_VERIFICATION = "PENDING_VERIFY"
+    EXPIRED = "EXPIRED"  # never verified: the user was deleted again, freeing the address
 
 
 UNFINISHED = (State.NEW, State.USER_CREATED)
-RESUBMITTABLE = (State.REJECTED, State.ABANDONED, State.COMPENSATED)
+RESUBMITTABLE = (State.REJECTED, State.ABANDONED, State.COMPENSATED, State.EXPIRED)
+
+
+class MailState(StrEnum):
+    PENDING = "PENDING"  # to be sent (again) at next_attempt_at
+    SENT = "SENT"  # the server took it (250)
+    FAILED = "FAILED"  # refused for good (5xx) or given up; logged for the operator
+    DROPPED = "DROPPED"  # nothing to send after all (a recovery request for an unknown address)
+
 
 metadata = MetaData()
 signups = Table(
@@ -69,7 +86,63 @@ signups = Table(
     Column("last_error", String(500)),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Added with email delivery: for the greeting, and whether the license waits for a click.
+    Column("first_name", String(255)),
+    Column("last_name", String(255)),
+    Column("verify", Boolean, nullable=False, default=False, server_default=text("false")),
 )
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    # One message per purpose ("license:<signup id>"), however often it is queued.
+    Column("dedupe", String(80), unique=True),
+    Column("email", String(255), nullable=False),
+    Column("first_name", String(255)),
+    Column("last_name", String(255)),
+    Column("ref", String(255)),  # the signup, license or user the message is about
+    Column("state", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),
+    Column("last_error", String(500)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A message to queue: what it is about, and to whom."""
+
+    kind: str  # license | verify | taken | recovery (delivery.py composes each)
+    email: str
+    ref: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    dedupe: str | None = None
+
+
+@dataclass(frozen=True)
+class Mail:
+    id: str
+    kind: str
+    dedupe: str | None
+    email: str
+    first_name: str | None
+    last_name: str | None
+    ref: str | None
+    state: MailState
+    attempts: int
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_until: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
 
 
 @dataclass(frozen=True)
@@ -88,6 +161,9 @@ class Signup:
     last_error: str | None
     created_at: float
     updated_at: float
+    first_name: str | None = None
+    last_name: str | None = None
+    verify: bool = False
 
     @property
     def finished(self) -> bool:
@@ -116,13 +192,8 @@ class Journal:
                     if db.dialect.name == "postgresql":  # one migrator at a time
                         db.execute(text("SELECT pg_advisory_xact_lock(7242017)"))
                     metadata.create_all(db)
-                    present = {c["name"] for c in inspect(db).get_columns("signups")}
-                    for column in signups.columns:  # additive migrations; none removed so far
-                        if column.name not in present:
-                            kind = column.type.compile(self.engine.dialect)
-                            db.execute(
-                                text(f'ALTER TABLE signups ADD COLUMN "{column.name}" {kind}')
-                            )
+                    for table in metadata.sorted_tables:
+                        _add_missing_columns(db, table)
                 return
             except DBAPIError:
                 # SQLite has no advisory lock: another process created the table between our
@@ -131,7 +202,17 @@ class Journal:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
-    def claim(self, nonce: str, email: str, *, owner: str, lease: float) -> Claim:
+    def claim(
+        self,
+        nonce: str,
+        email: str,
+        *,
+        owner: str,
+        lease: float,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        verify: bool = False,
+    ) -> Claim:
         """Record a submission (or find the one with this nonce) and try to lease it.
 
         A nonce whose earlier attempt ended without an account (rejected, abandoned,
@@ -151,6 +232,9 @@ class Journal:
             "lease_until": now + lease,
             "created_at": now,
             "updated_at": now,
+            "first_name": first_name,
+            "last_name": last_name,
+            "verify": verify,
         }
         try:
             with self.engine.begin() as db:
@@ -164,6 +248,9 @@ class Journal:
                 existing.id,
                 _free_or(owner, now),
                 email=email,
+                first_name=first_name,
+                last_name=last_name,
+                verify=verify,
                 state=State.NEW,
                 user_id=None,
                 attempts=0,
@@ -187,9 +274,119 @@ class Journal:
     def release(self, signup_id: str, *, owner: str) -> None:
         self._update(signup_id, signups.c.lease_owner == owner, lease_owner=None, lease_until=None)
 
-    def record(self, signup_id: str, *, owner: str, **changes) -> bool:
-        """Change a row we hold the lease on; False if we lost it (someone else took over)."""
-        return self._update(signup_id, signups.c.lease_owner == owner, **changes)
+    def record(
+        self, signup_id: str, *, owner: str, mail: tuple[Letter, ...] = (), **changes
+    ) -> bool:
+        """Change a row we hold the lease on; False if we lost it (someone else took over).
+        ``mail`` is queued in the same transaction, and only if the change was made."""
+        return self._update(signup_id, signups.c.lease_owner == owner, mail=mail, **changes)
+
+    def start_verified(self, signup_id: str, *, owner: str, lease: float) -> bool:
+        """The click on a verification link: true for exactly one caller, who then holds the
+        row (now USER_CREATED) and issues the license."""
+        now = self.clock()
+        return self._update(
+            signup_id,
+            (signups.c.state == State.PENDING_VERIFICATION) & _free_or(owner, now),
+            state=State.USER_CREATED,
+            next_attempt_at=now,
+            lease_owner=owner,
+            lease_until=now + lease,
+        )
+
+    def unverified_due(self) -> list[Signup]:
+        """Verifications nobody completed in time (next_attempt_at is when their time is up),
+        and that nobody holds."""
+        now = self.clock()
+        query = (
+            select(signups)
+            .where(signups.c.state == State.PENDING_VERIFICATION)
+            .where(signups.c.next_attempt_at <= now)
+            .where(or_(signups.c.lease_until.is_(None), signups.c.lease_until < now))
+            .order_by(signups.c.created_at)
+        )
+        with self.engine.connect() as db:
+            return [_signup(row) for row in db.execute(query)]
+
+    # -- The outbox --
+
+    def queue(self, *letters: Letter) -> None:
+        with self.engine.begin() as db:
+            self._queue(db, letters)
+
+    def due_mail(self, *, limit: int = 50) -> list[Mail]:
+        now = self.clock()
+        query = (
+            select(outbox)
+            .where(outbox.c.state == MailState.PENDING)
+            .where(outbox.c.next_attempt_at <= now)
+            .where(or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now))
+            .order_by(outbox.c.next_attempt_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as db:
+            return [_mail(row) for row in db.execute(query)]
+
+    def lease_mail(self, mail_id: str, *, owner: str, lease: float) -> Mail | None:
+        """The row, now ours until the lease ends, if it is still due and nobody holds it."""
+        now = self.clock()
+        statement = (
+            update(outbox)
+            .where(outbox.c.id == mail_id)
+            .where(outbox.c.state == MailState.PENDING)
+            .where(or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now))
+            .values(lease_owner=owner, lease_until=now + lease, updated_at=now)
+        )
+        with self.engine.begin() as db:
+            if db.execute(statement).rowcount != 1:
+                return None
+            return _mail(db.execute(select(outbox).where(outbox.c.id == mail_id)).one())
+
+    def settle_mail(self, mail_id: str, *, owner: str, **changes) -> bool:
+        """Record how a send we hold the lease on went, and let go of the row."""
+        changes.update(updated_at=self.clock(), lease_owner=None, lease_until=None)
+        statement = (
+            update(outbox)
+            .where(outbox.c.id == mail_id)
+            .where(outbox.c.lease_owner == owner)
+            .values(**changes)
+        )
+        with self.engine.begin() as db:
+            return db.execute(statement).rowcount == 1
+
+    def mail(self) -> list[Mail]:
+        with self.engine.connect() as db:
+            query = select(outbox).order_by(outbox.c.created_at)
+            return [_mail(row) for row in db.execute(query)]
+
+    def mail_backlog(self) -> tuple[int, float | None]:
+        """How many messages wait to be sent, and since when the oldest has waited."""
+        query = select(func.count(), func.min(outbox.c.created_at)).where(
+            outbox.c.state == MailState.PENDING
+        )
+        with self.engine.connect() as db:
+            count, oldest = db.execute(query).one()
+        return count, oldest
+
+    def _queue(self, db, letters) -> None:
+        now = self.clock()
+        for letter in letters:
+            row = {
+                "id": str(uuid.uuid4()),
+                "kind": letter.kind,
+                "dedupe": letter.dedupe,
+                "email": letter.email,
+                "first_name": letter.first_name,
+                "last_name": letter.last_name,
+                "ref": letter.ref,
+                "state": MailState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            }
+            # Queued twice (a request and the reconciler both finishing a signup): sent once.
+            db.execute(_insert_new(db.dialect.name).values(**row).on_conflict_do_nothing())
 
     def mark_key_shown(self, signup_id: str) -> bool:
         """True for exactly one caller: the one that may display the key."""
@@ -199,6 +396,11 @@ class Journal:
         with self.engine.connect() as db:
             row = db.execute(select(signups).where(signups.c.id == signup_id)).one()
         return _signup(row)
+
+    def find(self, signup_id: str) -> Signup | None:
+        with self.engine.connect() as db:
+            row = db.execute(select(signups).where(signups.c.id == signup_id)).one_or_none()
+        return _signup(row) if row is not None else None
 
     def by_nonce(self, nonce: str) -> Signup:
         with self.engine.connect() as db:
@@ -249,11 +451,33 @@ class Journal:
         with self.engine.connect() as db:
             db.execute(text("SELECT 1"))
 
-    def _update(self, signup_id: str, condition, **changes) -> bool:
+    def _update(self, signup_id: str, condition, *, mail: tuple[Letter, ...] = (), **changes):
         changes["updated_at"] = self.clock()
         statement = update(signups).where(signups.c.id == signup_id).where(condition)
         with self.engine.begin() as db:
-            return db.execute(statement.values(**changes)).rowcount == 1
+            if db.execute(statement.values(**changes)).rowcount != 1:
+                return False
+            self._queue(db, mail)
+            return True
+
+
+def _insert_new(dialect: str):
+    if dialect == "postgresql":
+        return postgresql.insert(outbox)
+    return sqlite.insert(outbox)
+
+
+def _add_missing_columns(db, table: Table) -> None:
+    """Additive migrations: a column a newer version added (none was ever removed)."""
+    present = {c["name"] for c in inspect(db).get_columns(table.name)}
+    for column in table.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(db.dialect)
+        default = ""
+        if column.server_default is not None:
+            default = f" NOT NULL DEFAULT {column.server_default.arg.text}"
+        db.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}'))
 
 
 def default_url(instance_path: str) -> str:
@@ -268,6 +492,12 @@ def _free_or(owner: str, now: float):
         signups.c.lease_until < now,
         signups.c.lease_owner == owner,
     )
+
+
+def _mail(row) -> Mail:
+    values = dict(row._mapping)
+    values["state"] = MailState(values["state"])
+    return Mail(**values)
 
 
 def _signup(row) -> Signup:

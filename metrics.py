@@ -5,7 +5,8 @@ Under gunicorn each worker process counts on its own; with PROMETHEUS_MULTIPROC_
 of them. Without it (tests, `flask run`) one in-memory registry per app.
 
 Labels hold only fixed words: outcomes, Keygen routes ("users.create", never a URL with an id or
-an email) and status codes. Not measured yet: an outbox backlog (the portal sends no email yet).
+an email) and status codes. The outbox's backlog is read from the journal at scrape time, like the
+oldest unfinished signup.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prometheus_client.registry import Collector
 from journal import Journal
 from signup import (
     AlreadyIssued,
+    CheckInbox,
     Issued,
     Processing,
     Rejected,
@@ -51,6 +53,7 @@ OUTCOMES: dict[type, str] = {
     TryLater: "try_later",
     SignupUnavailable: "unavailable",
     TooBusy: "busy",
+    CheckInbox: "check_inbox",
 }
 # Seconds; Keygen usually answers in tens of milliseconds, and a read may wait up to 10 s.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
@@ -172,6 +175,22 @@ class _JournalCollector(Collector):
             "portal_oldest_unfinished_signup_seconds",
             "Age of the oldest signup not yet issued or undone (0: none).",
             value=max(age, 0.0),
+        )
+        try:
+            backlog, oldest_mail = self.journal.mail_backlog()
+        except Exception as error:
+            log.warning("metrics: cannot read the outbox: %s", type(error).__name__)
+            return
+        yield GaugeMetricFamily(
+            "portal_outbox_backlog",
+            "Emails waiting in the outbox to be sent (or sent again).",
+            value=backlog,
+        )
+        waited = self.journal.clock() - oldest_mail if oldest_mail is not None else 0.0
+        yield GaugeMetricFamily(
+            "portal_outbox_oldest_seconds",
+            "How long the oldest email in the outbox has waited (0: none).",
+            value=max(waited, 0.0),
         )
 
 

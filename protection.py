@@ -81,7 +81,17 @@ class RateLimits:
     no in-memory fallback: a storage outage becomes LimiterUnavailable.
     """
 
-    def __init__(self, app: Flask, *, storage_uri: str, per_ip: str, per_email: str, max_rps: int):
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        storage_uri: str,
+        per_ip: str,
+        per_email: str,
+        max_rps: int,
+        recovery_per_ip: str = "5/minute,20/hour",
+        recovery_per_email: str = "3/hour",
+    ):
         self.limiter = Limiter(
             lambda: request.remote_addr or "",
             app=app,
@@ -97,6 +107,8 @@ class RateLimits:
         self.per_email = parse_many(per_email)
         self.admission = [parse(f"{max_rps} per 2 seconds")]
         self.email_key = app.config["SECRET_KEY"].encode()
+        self.recovery_per_ip = parse_many(recovery_per_ip)
+        self.recovery_per_email = parse_many(recovery_per_email)
 
     def admit_client(self, address: str | None) -> None:
         """Count one submission from this address, or raise LimitReached."""
@@ -109,6 +121,19 @@ class RateLimits:
         portal is busy does not use up the attempts allowed for their own email."""
         digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
         buckets = [("email", self.per_email, digest), ("admission", self.admission, "all")]
+        for name, limits, key in buckets:
+            if not all(self._call("test", limit, name, key) for limit in limits):
+                raise LimitReached(name)
+        self._hit(buckets)
+
+    def admit_recovery(self, address: str | None, email: str) -> None:
+        """Count one lost-key request from this client and for this email (separate buckets of
+        their own), or raise LimitReached. Both are tested before either is counted."""
+        digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
+        buckets = [
+            ("recovery-ip", self.recovery_per_ip, address or "unknown"),
+            ("recovery-email", self.recovery_per_email, digest),
+        ]
         for name, limits, key in buckets:
             if not all(self._call("test", limit, name, key) for limit in limits):
                 raise LimitReached(name)

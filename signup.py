@@ -6,6 +6,10 @@ row is written first. A user create that got no answer is resolved by looking th
 metadata tells ours from someone else's). The license id is chosen up front, so resending the
 create cannot duplicate it. Whatever a request cannot finish, the reconciler (worker.py) finishes
 or undoes later from the journal.
+
+Email (KEY_DELIVERY, REQUIRE_EMAIL_VERIFICATION, ENUMERATION_SAFE) is decided here too, but only
+queued: the message goes into the journal's outbox in the same transaction as the state it
+belongs to, and delivery.py sends it off the request's path.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from journal import RESUBMITTABLE, Journal, Signup, State
+from journal import RESUBMITTABLE, UNFINISHED, Journal, Letter, Signup, State
 from keygen_api import (
     KeygenCircuitOpen,
     KeygenClient,
@@ -92,7 +96,17 @@ class Processing:
     email: str
 
 
-Outcome = Issued | AlreadyIssued | Processing
+@dataclass(frozen=True)
+class CheckInbox:
+    """The page says "check your inbox" and nothing else: ``about`` is what the email brings
+    ("verify": a link to confirm the address; "key": the license key). With ENUMERATION_SAFE
+    an address that already has an account gets this same outcome (and an email saying so)."""
+
+    email: str
+    about: str
+
+
+Outcome = Issued | AlreadyIssued | Processing | CheckInbox
 
 
 class SignupError(Exception):
@@ -117,6 +131,10 @@ class SignupUnavailable(SignupError):
 
 class TooBusy(SignupError):
     """Every slot for talking to Keygen is taken (Keygen is slow). Nothing was written."""
+
+
+class LinkUsed(SignupError):
+    """A verification link whose signup went on without it: verified before, or expired."""
 
 
 class _Retry(Exception):
@@ -144,7 +162,17 @@ class SignupWorkflow:
         crash_at: str = "",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        key_delivery: str = "page",
+        verify: bool = False,
+        hide_accounts: bool = False,
+        unverified_lifetime: float = 172800.0,
     ):
+        # page: the key is shown once; email: it is only emailed; both.
+        self.key_on_page = key_delivery in ("page", "both")
+        self.key_by_email = key_delivery in ("email", "both")
+        self.verify = verify  # the license waits until the address is confirmed
+        self.hide_accounts = hide_accounts  # a taken address gets the same answer as a new one
+        self.unverified_lifetime = unverified_lifetime
         self.keygen = keygen
         self.journal = journal
         self.policy_id = policy_id
@@ -168,6 +196,16 @@ class SignupWorkflow:
         slow, signups must not take every thread from the pages and /healthz (a bulkhead).
         Waiting for a copy of this submission that someone else drives takes no slot.
         """
+        try:
+            return self._by_email(self._sign_up(applicant, nonce))
+        except Rejected as rejection:
+            if self.hide_accounts and rejection.errors == {"email": EMAIL_TAKEN}:
+                # The run queued an email to the address's owner; the page says what it says
+                # to a new address.
+                return CheckInbox(applicant.email, "verify" if self.verify else "key")
+            raise
+
+    def _sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         ends_at = self._clock() + self.deadline
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
         waited = False
@@ -175,7 +213,13 @@ class SignupWorkflow:
             if self._slots.acquire(blocking=False):
                 try:
                     claim = self.journal.claim(
-                        nonce, applicant.email, owner=owner, lease=self.lease
+                        nonce,
+                        applicant.email,
+                        owner=owner,
+                        lease=self.lease,
+                        first_name=applicant.first_name,
+                        last_name=applicant.last_name,
+                        verify=self.verify,
                     )
                     if claim.leased:
                         return self._drive(claim.signup, applicant, ends_at, owner)
@@ -189,10 +233,60 @@ class SignupWorkflow:
                 signup = found
             if signup.state == State.ISSUED:
                 return self._present(signup, waited_for_it=waited)
+            if signup.state == State.PENDING_VERIFICATION:
+                return CheckInbox(signup.email, "verify")
             if self._clock() + self.POLL >= ends_at:
                 return Processing(signup.email)
             time.sleep(self.POLL)  # a double click or a second tab: the first one is working
             waited = True
+
+    def confirm(self, signup_id: str) -> Outcome:
+        """The click on a verification link (whose signature and age the caller checked):
+        issue the license, exactly once however often the link is used."""
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        if not self._slots.acquire(blocking=False):
+            raise TooBusy("no free slot to issue a verified signup's license")
+        try:
+            if self.journal.start_verified(signup_id, owner=owner, lease=self.lease):
+                signup = self.journal.get(signup_id)
+                ends_at = self._clock() + self.deadline
+                return self._by_email(self._drive(signup, None, ends_at, owner))
+        finally:
+            self._slots.release()
+        signup = self.journal.find(signup_id)
+        if signup is None:
+            raise LinkUsed(f"signup {signup_id} is not in the journal")
+        if signup.state == State.ISSUED:
+            # Issued after an earlier click, by the reconciler, and never shown: show it now.
+            outcome = self._present(signup, waited_for_it=False)
+            if isinstance(outcome, Issued):
+                return outcome
+        elif signup.state in UNFINISHED:
+            return Processing(signup.email)
+        raise LinkUsed(f"signup {signup.id} is {signup.state}")
+
+    def link_open(self, signup_id: str) -> bool:
+        """Whether pressing a verification link's button can still do something."""
+        signup = self.journal.find(signup_id)
+        if signup is None:
+            return False
+        if signup.state == State.ISSUED:
+            return self.key_on_page and not signup.key_shown
+        return signup.state == State.PENDING_VERIFICATION or signup.state in UNFINISHED
+
+    def expire(self, signup: Signup, *, owner: str) -> State:
+        """Delete the user of a verification nobody completed, so the address is free again
+        (the reconciler's step). Only a user this signup created, and only without a license."""
+        run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=0)
+        with contextlib.suppress(SignupError):
+            run.expire()
+        return self.journal.get(signup.id).state
+
+    def _by_email(self, outcome: Outcome) -> Outcome:
+        """With KEY_DELIVERY=email the key is never on the page: it is in the outbox."""
+        if not self.key_on_page and isinstance(outcome, Issued | AlreadyIssued):
+            return CheckInbox(outcome.email, "key")
+        return outcome
 
     def resume(self, signup: Signup, *, owner: str) -> State:
         """Move an unfinished row forward without the password (the reconciler's step)."""
@@ -201,7 +295,9 @@ class SignupWorkflow:
             run.drive(None)
         return self.journal.get(signup.id).state
 
-    def _drive(self, signup: Signup, applicant: Applicant, ends_at: float, owner: str) -> Outcome:
+    def _drive(
+        self, signup: Signup, applicant: Applicant | None, ends_at: float, owner: str
+    ) -> Outcome:
         run = _Run(self, signup, owner=owner, ends_at=ends_at, retries=3, shows_key=True)
         try:
             license = run.drive(applicant)
@@ -210,13 +306,15 @@ class SignupWorkflow:
                 self.journal.release(signup.id, owner=owner)
         if license is None:
             return Processing(signup.email)
+        if license == State.PENDING_VERIFICATION:
+            return CheckInbox(signup.email, "verify")
         return Issued(signup.email, license.key, license.id, signup.id)
 
     def _present(self, signup: Signup, *, waited_for_it: bool) -> Outcome:
         """A finished signup seen again. Its key is shown if it never was, or to a duplicate
         submission that arrived while it was being issued (the browser shows only the last
         response of a double click, so that one must carry the key)."""
-        if signup.key_shown and not waited_for_it:
+        if (signup.key_shown and not waited_for_it) or not self.key_on_page:
             return AlreadyIssued(signup.email)
         try:
             license = self.keygen.get_license(signup.license_id)
@@ -268,33 +366,94 @@ class _Run:
     def id(self) -> str:
         return self.signup.id
 
-    def drive(self, applicant: Applicant | None) -> License | None:
-        """The license, or None if it will be finished later. Raises SignupError otherwise."""
+    def drive(self, applicant: Applicant | None) -> License | State | None:
+        """The license; PENDING_VERIFICATION if it waits for the address to be confirmed; or
+        None if it will be finished later. Raises SignupError otherwise."""
         try:
             user_id = self.signup.user_id
             if self.signup.state == State.NEW:
                 user = self.create_user(applicant) if applicant else self.find_our_user()
                 user_id = user.id
                 self.crash_point("after_user_created")  # Keygen has the user; we don't know
+                if self.signup.verify:
+                    return self.await_verification(user_id)
                 self.record(state=State.USER_CREATED, user_id=user_id)
             license = self.create_license(user_id)
             self.crash_point("after_license_created")  # Keygen has the license; we don't know
+            mail = (self.letter("license", ref=license.id),) if self.workflow.key_by_email else ()
             if self.shows_key:
                 # One statement: issued, shown by us (no duplicate can claim the showing in
-                # between), and released.
+                # between), released, and the key's email queued.
                 self.record(
                     state=State.ISSUED,
                     last_error=None,
                     key_shown=True,
                     lease_owner=None,
                     lease_until=None,
+                    mail=mail,
                 )
                 self.released = True
             else:
-                self.record(state=State.ISSUED, last_error=None)
+                self.record(state=State.ISSUED, last_error=None, mail=mail)
             return license
         except _Retry as pending:
             return self.reschedule(pending, applicant)
+
+    def await_verification(self, user_id: str) -> State:
+        """The user exists; the license waits for the click on the link we email now."""
+        now = self.journal.clock()
+        self.record(
+            state=State.PENDING_VERIFICATION,
+            user_id=user_id,
+            last_error=None,
+            next_attempt_at=now + self.workflow.unverified_lifetime,  # then: expire()
+            lease_owner=None,
+            lease_until=None,
+            mail=(self.letter("verify", ref=self.id, dedupe=f"verify:{self.id}:{user_id}"),),
+        )
+        self.released = True
+        return State.PENDING_VERIFICATION
+
+    def expire(self) -> None:
+        try:
+            self.delete_unverified_user()
+        except _Retry as pending:
+            self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
+            self.record(
+                attempts=self.signup.attempts + 1,
+                next_attempt_at=self.journal.clock() + pending.delay,
+                last_error=str(pending)[:500],
+            )
+            return
+        self.record(state=State.EXPIRED, last_error="the address was never verified")
+        self.log.info("signup %s: never verified; its user was deleted", self.id)
+
+    def delete_unverified_user(self) -> None:
+        user_id = self.signup.user_id
+        if not user_id:
+            return
+        try:
+            user = self.keygen.get_user(user_id, timeout=self.timeout())
+            if not self.is_ours(user):
+                return  # not the user this signup created: never ours to delete
+            if self.keygen.list_licenses(owner=user_id, timeout=self.timeout()):
+                raise _Retry("the unverified user has a license", delay=self.RESCHEDULE_CAP)
+            self.keygen.delete_user(user_id, timeout=self.timeout())
+        except KeygenNotFound:
+            pass  # deleted already
+        except KeygenError as error:
+            delay = self.backoff()
+            raise _Retry(f"cannot remove the unverified user: {error}", delay=delay) from None
+
+    def letter(self, kind: str, *, ref: str, dedupe: str | None = None) -> Letter:
+        return Letter(
+            kind=kind,
+            email=self.signup.email,
+            ref=ref,
+            first_name=self.signup.first_name,
+            last_name=self.signup.last_name,
+            dedupe=dedupe or f"{kind}:{ref}",
+        )
 
     # Step 1: the user.
 
@@ -311,6 +470,11 @@ class _Run:
                     timeout=self.timeout(),
                 )
             except KeygenInvalid as error:
+                only_taken = _is_taken(error) and len(error.problems) == 1
+                if only_taken and self.first_send() and self.workflow.hide_accounts:
+                    # Nothing of ours can exist yet, so no lookup: a taken address costs the
+                    # same one call as a new one, and its response comes as fast.
+                    raise self.taken() from None
                 if _is_taken(error):
                     # Ours if an earlier send of this very submission went through.
                     return self.ours_or_taken(applicant.email)
@@ -345,7 +509,19 @@ class _Run:
         user = user or self.find_user(email)
         if user is not None and self.is_ours(user):
             return user
-        raise self.refused(Rejected({"email": EMAIL_TAKEN}))
+        raise self.taken()
+
+    def first_send(self) -> bool:
+        """Whether no earlier create of this submission can have reached Keygen."""
+        return self.signup.attempts == 0 and self.attempt == 0
+
+    def taken(self) -> SignupError:
+        """Someone else has this address. With ENUMERATION_SAFE the person sees what a new
+        address sees, and the address's owner gets an email on how to recover their key."""
+        mail = ()
+        if self.workflow.hide_accounts:
+            mail = (self.letter("taken", ref=self.id),)
+        return self.refused(Rejected({"email": EMAIL_TAKEN}), mail=mail)
 
     def is_ours(self, user: User) -> bool:
         return user.metadata.get("portalSignupId") == self.id
@@ -491,14 +667,14 @@ class _Run:
             raise TryLater(f"signup {self.id}: {pending}")
         return None
 
-    def record(self, **changes) -> None:
-        if not self.journal.record(self.id, owner=self.owner, **changes):
+    def record(self, *, mail: tuple[Letter, ...] = (), **changes) -> None:
+        if not self.journal.record(self.id, owner=self.owner, mail=mail, **changes):
             raise TryLater(f"signup {self.id}: lost the lease (another worker took over)")
         self.signup = dataclasses.replace(self.signup, **changes)
 
-    def refused(self, error: SignupError) -> SignupError:
+    def refused(self, error: SignupError, *, mail: tuple[Letter, ...] = ()) -> SignupError:
         """Nothing was created and the submission is done: the person may resubmit."""
-        self.record(state=State.REJECTED, last_error=str(error)[:500])
+        self.record(state=State.REJECTED, last_error=str(error)[:500], mail=mail)
         return error
 
     def crash_point(self, name: str) -> None:
@@ -514,6 +690,8 @@ class _Run:
             if known is None:
                 return self.operator_problem("creating a user", error)
             errors.setdefault(*known)
+        if self.workflow.hide_accounts and len(errors) > 1:
+            errors.pop("email", None)  # say nothing about the address; the rest is fixable
         if not errors:
             # A 400 without codes is a request Keygen cannot parse: a bug on our side.
             return self.operator_problem("creating a user", error)

@@ -1,20 +1,26 @@
-"""The portal's one blueprint: the signup form, its outcomes, and the operators' endpoints."""
+"""The portal's one blueprint: the signup form, its outcomes, email verification, lost-key
+recovery, and the operators' endpoints."""
 
 from __future__ import annotations
 
 import logging
 
 from flask import Blueprint, abort, current_app, g, render_template, request
+from flask_wtf import FlaskForm
 
 import doctor
+from delivery import LinkExpired, LinkInvalid
 from errors import error_page
-from forms import SignupForm
+from forms import RecoveryForm, SignupForm
 from health import readiness
+from journal import Letter
 from protection import LimiterUnavailable, LimitReached
 from signup import (
     AlreadyIssued,
     Applicant,
+    CheckInbox,
     Issued,
+    LinkUsed,
     Processing,
     Rejected,
     SignupUnavailable,
@@ -94,6 +100,7 @@ def signup_submit():
         metrics.count_signup(error)
         return error_page(503, kind="busy", retry_after=30)
     metrics.count_signup(outcome)
+    wake_courier()
     return show(outcome, first_name=applicant.first_name)
 
 
@@ -119,8 +126,104 @@ def show(outcome, *, first_name: str):
         return render_template("issued.html", issued=outcome, first_name=first_name)
     if isinstance(outcome, AlreadyIssued):
         return render_template("already.html", email=outcome.email)
+    if isinstance(outcome, CheckInbox):
+        # The same bytes for every address (ENUMERATION_SAFE): the page names none.
+        return render_template("inbox.html", about=outcome.about)
     assert isinstance(outcome, Processing)
     return render_template("processing.html", email=outcome.email), 202
+
+
+def wake_courier() -> None:
+    """Whatever the workflow queued goes out now, not at the courier's next pass."""
+    courier = current_app.extensions.get("courier")
+    if courier is not None:
+        courier.wake()
+
+
+def courier_or_404():
+    courier = current_app.extensions.get("courier")
+    if courier is None:
+        abort(404)  # no email configured: nothing to verify or recover by email
+    return courier
+
+
+# -- Verifying the address (REQUIRE_EMAIL_VERIFICATION) -----------------------------------------
+
+
+@bp.get("/verify/<token>")
+def verify_form(token: str):
+    """Only a page with a button: mail scanners open links, and must not use them up."""
+    signup_id = verified_signup(token)
+    if not isinstance(signup_id, str):
+        return signup_id  # the page saying why the link does not work
+    if not current_app.extensions["signup"].link_open(signup_id):
+        return render_template("link.html", problem="used"), 410
+    return render_template("verify.html", form=FlaskForm(), token=token)
+
+
+@bp.post("/verify/<token>")
+def verify_submit(token: str):
+    signup_id = verified_signup(token)
+    if not isinstance(signup_id, str):
+        return signup_id
+    workflow = current_app.extensions["signup"]
+    metrics = current_app.extensions["metrics"]
+    try:
+        outcome = workflow.confirm(signup_id)
+    except LinkUsed as error:
+        log.info("request %s: %s", g.request_id, error)
+        return render_template("link.html", problem="used"), 410
+    except TryLater as error:
+        metrics.count_signup(error)
+        log.warning("request %s: %s", g.request_id, error)
+        return error_page(503, retry_after=60)
+    except SignupUnavailable as error:
+        metrics.count_signup(error)
+        return error_page(503, kind="unavailable")
+    except TooBusy as error:
+        metrics.count_signup(error)
+        return error_page(503, kind="busy", retry_after=30)
+    metrics.count_signup(outcome)
+    wake_courier()
+    first_name = workflow.journal.get(signup_id).first_name or ""
+    return show(outcome, first_name=first_name)
+
+
+def verified_signup(token: str):
+    """The signup id in the token, or the page to answer with instead."""
+    try:
+        return courier_or_404().links.verified_signup(token)
+    except LinkExpired as error:
+        log.info("request %s: %s", g.request_id, error)
+        return render_template("link.html", problem="expired"), 410
+    except LinkInvalid:
+        log.info("request %s: a verification link that is not ours", g.request_id)
+        return render_template("link.html", problem="invalid"), 404
+
+
+# -- Lost-key recovery ----------------------------------------------------------------------
+
+
+@bp.get("/lost-key")
+def lost_key_form():
+    courier_or_404()
+    return render_template("lost_key.html", form=RecoveryForm())
+
+
+@bp.post("/lost-key")
+def lost_key_submit():
+    """Always the same answer, known address or not; the courier finds out which, later."""
+    courier = courier_or_404()
+    form = RecoveryForm()
+    if not form.validate():
+        return render_template("lost_key.html", form=form), 422
+    try:
+        current_app.extensions["rate_limits"].admit_recovery(request.remote_addr, form.email.data)
+    except (LimitReached, LimiterUnavailable) as error:
+        return turned_away(error)
+    courier.journal.queue(Letter(kind="recovery", email=form.email.data))
+    courier.wake()
+    return render_template("lost_key_sent.html")
 
 
 @bp.get("/healthz")

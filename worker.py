@@ -2,7 +2,8 @@
 
 After a crash, a deploy or a Keygen outage, journal rows are left unfinished. The reconciler
 leases each due row (so that any number of processes and instances can run it side by side) and
-drives it forward with the workflow, or compensates when a license cannot be issued. It runs as a
+drives it forward with the workflow, or compensates when a license cannot be issued. It also
+deletes the Keygen users of email verifications nobody completed in time. It runs as a
 thread in each portal process, and as `flask reconcile` for operators.
 """
 
@@ -68,6 +69,19 @@ class Reconciler:
             try:
                 leased = self.journal.get(signup.id)
                 report.worked[signup.id] = self.workflow.resume(leased, owner=self.owner)
+            except Exception:
+                log.exception("reconciler: signup %s failed unexpectedly", signup.id)
+            finally:
+                self.journal.release(signup.id, owner=self.owner)
+        for signup in [] if dry_run else self.journal.unverified_due():
+            # REQUIRE_EMAIL_VERIFICATION: free the address of a verification never completed.
+            if not self.journal.lease(signup.id, owner=self.owner, lease=self.workflow.lease):
+                report.skipped += 1
+                continue
+            try:
+                leased = self.journal.get(signup.id)
+                if leased.state == State.PENDING_VERIFICATION:  # not clicked meanwhile
+                    report.worked[signup.id] = self.workflow.expire(leased, owner=self.owner)
             except Exception:
                 log.exception("reconciler: signup %s failed unexpectedly", signup.id)
             finally:

@@ -25,6 +25,9 @@ PY
   # The demo's emulator starts empty, so its journal does too.
   rm -f "$demo_dir"/portal.db*
   export DATABASE_URL=${DATABASE_URL:-sqlite:///$(cd "$demo_dir" && pwd)/portal.db}
+  # No MAIL_SERVER in the demo: emails (keys, links, lost-key answers) are printed here instead.
+  export PUBLIC_URL=${PUBLIC_URL:-http://${BIND}}
+  export MAIL_DEFAULT_SENDER=${MAIL_DEFAULT_SENDER:-"Portal demo <portal@example.com>"}
   echo "DEMO MODE: no KEYGEN_* settings, so the portal talks to the built-in Keygen emulator." >&2
   echo "           Keys it shows are not real." >&2
   .venv/bin/python keygen_emulator.py --port "$emulator_port" --account-id "$KEYGEN_ACCOUNT_ID" \

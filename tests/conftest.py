@@ -63,6 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.DEBUG)
+    # aiosmtpd logs every line of DATA at DEBUG: the key emails of the tests would land in
+    # test-logs/. Its INFO lines (commands, envelope addresses) hold no secret.
+    logging.getLogger("mail.log").setLevel(logging.INFO)
     SECRETS.update({PASSWORD, SECRET_KEY})
 
 

@@ -1,0 +1,316 @@
+"""Email off the request's path: the outbox courier, the links in emails, and what each says.
+
+Requests and the reconciler only queue messages in the journal's outbox (journal.py), in the same
+transaction as the state they belong to. The Courier, a thread in each portal process (any number
+of processes and instances, kept apart by leases), sends what is due: it composes each message at
+send time, fetching the license key from Keygen by the license id the row holds, so that no key
+and no link token is ever stored. A temporary failure (connection refused, 4xx, Keygen
+unreachable) is retried with a growing, jittered delay; a permanent one (5xx) is given up with a
+line for the operator. A message is marked sent only after the server took it, so a crash in
+between sends it again: delivery is at least once, and the stable Message-ID lets mail clients
+drop the copy.
+
+Links are built from PUBLIC_URL only, never from a request's Host header.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import Flask, render_template
+from itsdangerous import BadData, URLSafeSerializer
+
+from journal import Journal, Mail, MailState
+from keygen_api import KeygenClient, KeygenError, KeygenNotFound
+from mailer import (
+    MailConfigurationError,
+    Mailer,
+    MailPermanentFailure,
+    MailTemporaryFailure,
+    compose,
+)
+
+log = logging.getLogger(__name__)
+
+# The subject of each kind of message; the bodies are templates/email/<kind>.txt and .html.
+SUBJECTS = {
+    "license": "Your {product}license key",
+    "verify": "Confirm your email address to get your {product}license",
+    "taken": "You already have a {product}account",
+    "recovery": "Your {product}license keys",
+}
+
+
+class LinkInvalid(Exception):
+    """The link was not made by this portal, or was changed."""
+
+
+class LinkExpired(Exception):
+    """The link is genuine but older than VERIFICATION_LINK_LIFETIME."""
+
+
+class Links:
+    """The portal's URLs for emails, and the signed verification link.
+
+    The token is the signup id and the time the link was made, signed with a key derived from
+    SECRET_KEY (itsdangerous, with its own salt): it can be made again from the outbox row, so
+    the database never holds it. Single use comes from the journal: a click moves the signup on
+    from PENDING_VERIFICATION, and a second click finds it moved.
+    """
+
+    def __init__(
+        self,
+        public_url: str,
+        secret_key: str,
+        *,
+        lifetime: float,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.public_url = public_url.rstrip("/")
+        self.serializer = URLSafeSerializer(secret_key, salt="portal.verify-email")
+        self.lifetime = lifetime
+        self.clock = clock
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.public_url).hostname or "localhost"
+
+    def signup_form(self) -> str:
+        return self.public_url + "/"
+
+    def lost_key(self) -> str:
+        return self.public_url + "/lost-key"
+
+    def verification(self, signup_id: str, made_at: float) -> str:
+        return f"{self.public_url}/verify/{self.serializer.dumps([signup_id, round(made_at)])}"
+
+    def verified_signup(self, token: str) -> str:
+        """The signup id in a verification token; LinkInvalid or LinkExpired otherwise."""
+        try:
+            signup_id, made_at = self.serializer.loads(token)
+        except (BadData, TypeError, ValueError):
+            raise LinkInvalid("not a verification link of this portal") from None
+        if not isinstance(signup_id, str) or not isinstance(made_at, int | float):
+            raise LinkInvalid("not a verification link of this portal")
+        if self.clock() - made_at > self.lifetime:
+            raise LinkExpired(f"verification link for signup {signup_id} expired")
+        return signup_id
+
+
+class _Nothing(Exception):
+    """There is nothing to send after all (no licenses for a recovery request)."""
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    text: str
+    html: str
+    to_name: str
+
+
+class Courier:
+    """Sends the outbox's due messages; one pass with run_once(), or as a thread."""
+
+    LEASE = 120.0  # seconds; outlasts one SMTP conversation (each reply is bounded by a timeout)
+
+    def __init__(
+        self,
+        app: Flask,
+        journal: Journal,
+        keygen: KeygenClient,
+        mailer: Mailer,
+        links: Links,
+        *,
+        sender: str,
+        product_name: str = "",
+        interval: float = 5.0,
+        give_up_after: float = 259200.0,
+        backoff_base: float = 30.0,
+        backoff_cap: float = 3600.0,
+    ):
+        self.app = app
+        self.journal = journal
+        self.keygen = keygen
+        self.mailer = mailer
+        self.links = links
+        self.sender = sender
+        self.product_name = product_name
+        self.interval = interval
+        self.give_up_after = give_up_after
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.owner = f"courier:{uuid.uuid4().hex[:12]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- One pass ------------------------------------------------------------------------------
+
+    def run_once(self) -> dict[str, int]:
+        """Send every due message this process can lease; counts by how each one ended."""
+        counts = {"sent": 0, "retry": 0, "failed": 0, "dropped": 0}
+        for due in self.journal.due_mail():
+            mail = self.journal.lease_mail(due.id, owner=self.owner, lease=self.LEASE)
+            if mail is not None:  # else another process took it first
+                counts[self.deliver(mail)] += 1
+        return counts
+
+    def deliver(self, mail: Mail) -> str:
+        try:
+            content = self.content(mail)
+            message = compose(
+                sender=self.sender,
+                to_email=mail.email,
+                to_name=content.to_name,
+                subject=content.subject,
+                text=content.text,
+                html=content.html,
+                message_id=f"{mail.kind}.{mail.id}@{self.links.host}",
+            )
+            self.mailer.send(message)
+        except _Nothing:
+            self.journal.settle_mail(mail.id, owner=self.owner, state=MailState.DROPPED)
+            return "dropped"
+        except KeygenNotFound:
+            return self.give_up(mail, "the license no longer exists in Keygen")
+        except (KeygenError, MailTemporaryFailure) as error:
+            return self.retry(mail, str(error))
+        except MailConfigurationError as error:
+            # Our settings, not the message: every message fails alike until they are fixed,
+            # so keep them all and say so loudly.
+            log.error(
+                "outbox: the mail server refused the portal (%s). Check MAIL_SERVER, MAIL_PORT, "
+                "MAIL_USE_TLS/SSL, MAIL_USERNAME and MAIL_PASSWORD; message %s waits.",
+                error,
+                mail.id,
+            )
+            return self.retry(mail, str(error))
+        except MailPermanentFailure as error:
+            return self.give_up(mail, str(error))
+        except ValueError as error:  # compose() refused a header: it will refuse it again
+            return self.give_up(mail, str(error))
+        self.journal.settle_mail(
+            mail.id, owner=self.owner, state=MailState.SENT, attempts=mail.attempts + 1
+        )
+        log.info("outbox: sent %s email %s", mail.kind, mail.id)
+        return "sent"
+
+    def retry(self, mail: Mail, reason: str) -> str:
+        now = self.journal.clock()
+        if now - mail.created_at > self.give_up_after:
+            return self.give_up(mail, f"still failing after {now - mail.created_at:.0f}s: {reason}")
+        attempts = mail.attempts + 1
+        # Exponential, capped, with jitter ("equal jitter": never less than half the step, so
+        # that retries are really spaced out, and processes started together drift apart).
+        step = min(self.backoff_cap, self.backoff_base * 2 ** (attempts - 1))
+        delay = random.uniform(step / 2, step)
+        self.journal.settle_mail(
+            mail.id,
+            owner=self.owner,
+            attempts=attempts,
+            next_attempt_at=now + delay,
+            last_error=reason[:500],
+        )
+        log.warning(
+            "outbox: %s email %s not sent (%s); attempt %d, next in %.0fs",
+            mail.kind,
+            mail.id,
+            reason,
+            attempts,
+            delay,
+        )
+        return "retry"
+
+    def give_up(self, mail: Mail, reason: str) -> str:
+        self.journal.settle_mail(
+            mail.id,
+            owner=self.owner,
+            state=MailState.FAILED,
+            attempts=mail.attempts + 1,
+            last_error=reason[:500],
+        )
+        # For the operator: which message, about what; never the key or the address.
+        log.error(
+            "outbox: gave up on %s email %s (about %s): %s. The customer can ask for their "
+            "key again on the lost-key page.",
+            mail.kind,
+            mail.id,
+            mail.ref or "-",
+            reason,
+        )
+        return "failed"
+
+    # -- What each message says ------------------------------------------------------------------
+
+    def content(self, mail: Mail) -> Content:
+        values = {
+            "first_name": mail.first_name or "",
+            "email": mail.email,
+            "product_name": self.product_name,
+            "support_email": None,
+            "lost_key_url": self.links.lost_key(),
+            "signup_url": self.links.signup_form(),
+        }
+        to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
+        if mail.kind == "license":
+            values["license_key"] = self.keygen.get_license(mail.ref or "").key
+        elif mail.kind == "verify":
+            values["verify_url"] = self.links.verification(mail.ref or "", mail.created_at)
+            values["link_hours"] = max(1, round(self.links.lifetime / 3600))
+        elif mail.kind == "recovery":
+            user, keys = self.recovered(mail.email)
+            values["first_name"] = user.first_name or ""
+            values["license_keys"] = keys
+            to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
+        elif mail.kind != "taken":
+            raise ValueError(f"unknown kind of message {mail.kind!r}")
+        product = f"{self.product_name} " if self.product_name else ""
+        with self.app.app_context():
+            text = render_template(f"email/{mail.kind}.txt", **values)
+            html = render_template(f"email/{mail.kind}.html", **values)
+        return Content(SUBJECTS[mail.kind].format(product=product), text, html, to_name)
+
+    def recovered(self, email: str):
+        """The Keygen user with this address and the keys of their licenses (the product
+        token sees only this product's). _Nothing if there is no such user or no license."""
+        try:
+            user = self.keygen.get_user(email)
+        except KeygenNotFound:
+            raise _Nothing() from None
+        licenses = self.keygen.list_licenses(owner=user.id)
+        if not licenses:
+            raise _Nothing()
+        return user, [license.key for license in licenses]
+
+    # -- In the background -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="courier", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Something was queued in this process: send it now rather than at the next pass."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("outbox: pass failed; trying again later")
+            self._wake.wait(self.interval * random.uniform(0.8, 1.2))

@@ -1,0 +1,666 @@
+"""Delivering the key (issue #4), end to end through the real form, the Keygen emulator over HTTP
+and a real SMTP server (aiosmtpd) on loopback: each KEY_DELIVERY mode, the outbox when SMTP is
+down, refuses or answers 4xx (reliability.md F10-F12), email verification, enumeration-safe
+answers, and lost-key recovery."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy import select
+from test_mailer import Recorder, text_of
+
+from app import create_app
+from config import ConfigError, load_settings
+from conftest import (
+    Clock,
+    csrf_token_from,
+    form_data,
+    free_port,
+    issued_key,
+    make_settings,
+    secret,
+)
+from journal import Letter, MailState, State, outbox, signups
+
+PUBLIC_URL = "http://127.0.0.1:5999"
+SENDER = "Acme Licensing <licenses@portal.example>"
+PRODUCT = "Acme Pro"
+
+
+@dataclass
+class Flaky(Recorder):
+    """Answers DATA with these replies first, in order, then accepts."""
+
+    refusals: list[str] = field(default_factory=list)
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.refusals:
+            return self.refusals.pop(0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@contextmanager
+def smtp_on(port: int, handler: Recorder) -> Iterator[Recorder]:
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, ready_timeout=5.0, enable_SMTPUTF8=False
+    )
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Portal:
+    app: object
+    client: object
+    handler: Recorder
+    port: int
+    clock: Clock
+
+    @property
+    def journal(self):
+        return self.app.extensions["signup"].journal
+
+    @property
+    def courier(self):
+        return self.app.extensions["courier"]
+
+    def deliver(self) -> dict[str, int]:
+        return self.courier.run_once()
+
+    def mails(self):
+        return [received.parsed() for received in self.handler.received]
+
+    def sign_up(self, **changes):
+        page = self.client.get("/")
+        data = form_data(**changes)
+        data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
+        return self.client.post("/", data=data)
+
+
+@pytest.fixture
+def portal_with(keygen, clock) -> Iterator:
+    """A portal with email on, against a running SMTP server; `portal_with(**settings)`."""
+    servers = []
+
+    def build(*, smtp_running: bool = True, handler: Recorder | None = None, **changes):
+        port = free_port()
+        handler = handler or Recorder()
+        if smtp_running:
+            server = smtp_on(port, handler)
+            server.__enter__()
+            servers.append(server)
+        values = dict(
+            mail_server="127.0.0.1",
+            mail_port=port,
+            mail_use_tls=False,
+            mail_timeout=2.0,
+            mail_default_sender=SENDER,
+            public_url=PUBLIC_URL,
+            product_name=PRODUCT,
+            outbox_interval=0.0,  # the tests run the courier themselves
+        )
+        values.update(changes)
+        app = create_app(make_settings(keygen, **values))
+        portal = Portal(app, app.test_client(), handler, port, clock)
+        portal.journal.clock = clock.wall
+        return portal
+
+    yield build
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def keys_in_keygen(keygen) -> list[str]:
+    return [secret(license["key"]) for license in keygen.licenses()]
+
+
+def link_in(message) -> str:
+    [link] = re.findall(r"http://\S+/verify/[A-Za-z0-9_.-]+", text_of(message, "plain"))
+    return link
+
+
+# -- Each mode delivers what it promises ------------------------------------------------------
+
+
+def test_page_mode_shows_the_key_and_sends_nothing(portal_with, keygen):
+    portal = portal_with(key_delivery="page")
+    response = portal.sign_up()
+    assert response.status_code == 200
+    assert issued_key(response.get_data(as_text=True)) == keys_in_keygen(keygen)[0]
+    assert portal.deliver() == {"sent": 0, "retry": 0, "failed": 0, "dropped": 0}
+    assert portal.handler.received == []
+
+
+def test_email_mode_keeps_the_key_off_the_page_and_emails_it(portal_with, keygen):
+    portal = portal_with(key_delivery="email")
+    response = portal.sign_up(first_name="Clark")
+    html = response.get_data(as_text=True)
+    [key] = keys_in_keygen(keygen)
+    assert response.status_code == 200
+    assert "Check your inbox" in html and key not in html and 'id="license-key"' not in html
+    assert portal.deliver()["sent"] == 1
+    [message] = portal.mails()
+    assert message["To"].addresses[0].addr_spec == "clark@example.com"
+    assert message["From"].addresses[0].addr_spec == "licenses@portal.example"
+    assert message["Subject"] == f"Your {PRODUCT} license key"
+    for part in ("plain", "html"):
+        assert key in text_of(message, part)
+        assert PRODUCT in text_of(message, part)
+    assert re.fullmatch(r"<license\.[0-9a-f-]{36}@127\.0\.0\.1>", message["Message-ID"])
+    assert portal.deliver()["sent"] == 0  # exactly once
+
+
+def test_both_mode_shows_the_key_and_emails_the_same_key(portal_with, keygen):
+    portal = portal_with(key_delivery="both")
+    response = portal.sign_up()
+    shown = issued_key(response.get_data(as_text=True))
+    assert "also emailed" in response.get_data(as_text=True)
+    portal.deliver()
+    [message] = portal.mails()
+    assert shown in text_of(message, "plain") and shown in text_of(message, "html")
+    assert [shown] == keys_in_keygen(keygen)
+
+
+def test_a_repeated_submission_in_email_mode_is_emailed_once(portal_with, keygen):
+    portal = portal_with(key_delivery="email")
+    page = portal.client.get("/")
+    data = form_data(csrf_token=csrf_token_from(page.get_data(as_text=True)))
+    nonce = re.search(r'name="nonce" type="hidden" value="([^"]+)"', page.get_data(as_text=True))
+    data["nonce"] = nonce.group(1)
+    first = portal.client.post("/", data=data)
+    again = portal.client.post("/", data=data)
+    assert first.data == again.data  # "check your inbox", never the key
+    portal.deliver()
+    assert len(portal.handler.received) == 1 and len(keygen.licenses()) == 1
+
+
+@pytest.mark.parametrize(("first", "last"), [("Zoë", "O'Hara"), ("ねこ", "ねこ")])
+def test_names_in_any_script_arrive_intact(portal_with, keygen, first, last):
+    portal = portal_with(key_delivery="email")
+    portal.sign_up(first_name=first, last_name=last)
+    portal.deliver()
+    [message] = portal.mails()
+    assert message["To"].addresses[0].display_name == f"{first} {last}"
+    assert text_of(message, "plain").startswith(f"Hello {first},")
+    assert f"Hello {first}," in text_of(message, "html").replace("&#39;", "'")
+    raw = portal.handler.received[0].content
+    assert raw.isascii()  # encoded words, not raw UTF-8, in the headers
+
+
+def test_a_name_with_a_line_break_never_reaches_a_header(portal_with, keygen):
+    portal = portal_with(key_delivery="email")
+    response = portal.sign_up(first_name="Eve\r\nBcc: victim@example.com")
+    assert response.status_code == 422 and keygen.users() == []
+    # Even a row that got into the outbox some other way is refused before any SMTP command.
+    portal.journal.queue(
+        Letter("taken", "eve@example.com", first_name="Eve\nBcc: victim@example.com")
+    )
+    assert portal.deliver() == {"sent": 0, "retry": 0, "failed": 1, "dropped": 0}
+    assert portal.handler.received == [] and portal.handler.mail_commands == 0
+
+
+def test_links_come_from_public_url_never_from_the_host_header(portal_with, keygen):
+    portal = portal_with(require_email_verification=True)
+    page = portal.client.get("/", headers={"Host": "evil.example"})
+    data = form_data(csrf_token=csrf_token_from(page.get_data(as_text=True)))
+    portal.client.post("/", data=data, headers={"Host": "evil.example"})
+    portal.deliver()
+    [message] = portal.mails()
+    assert link_in(message).startswith(PUBLIC_URL + "/verify/")
+    assert "evil.example" not in text_of(message, "plain") + text_of(message, "html")
+
+
+def test_the_database_never_holds_the_key(portal_with, keygen):
+    portal = portal_with(key_delivery="both")
+    portal.sign_up()
+    portal.deliver()
+    [key] = keys_in_keygen(keygen)
+    with portal.journal.engine.connect() as db:
+        rows = [*db.execute(select(signups)), *db.execute(select(outbox))]
+    assert rows and all(key not in repr(tuple(row)) for row in rows)
+
+
+# -- SMTP down, refusing, or failing for now (F10-F12) -------------------------------------------
+
+
+def test_f10_smtp_down_at_signup_then_the_key_arrives_exactly_once(portal_with, keygen, clock):
+    portal = portal_with(key_delivery="both", smtp_running=False)
+    response = portal.sign_up()
+    assert response.status_code == 200
+    shown = issued_key(response.get_data(as_text=True))
+    assert portal.deliver()["retry"] == 1
+    [row] = portal.journal.mail()
+    assert (row.state, row.attempts) == (MailState.PENDING, 1)
+    assert "Connection refused" in row.last_error or "refused" in row.last_error.lower()
+    with smtp_on(portal.port, portal.handler):
+        assert portal.deliver()["sent"] == 0  # not due yet: backoff
+        clock.offset += 3600
+        assert portal.deliver()["sent"] == 1
+        clock.offset += 3600
+        assert portal.deliver()["sent"] == 0
+    [message] = portal.mails()
+    assert shown in text_of(message, "plain")
+    assert portal.journal.mail()[0].state == MailState.SENT
+
+
+def test_f11_451_twice_then_250_delivers_once_with_backoff(portal_with, keygen, clock):
+    handler = Flaky(refusals=["451 4.3.0 try again later", "451 4.3.0 try again later"])
+    portal = portal_with(key_delivery="email", handler=handler)
+    portal.sign_up()
+    delays = []
+    for _ in range(3):
+        before = clock.wall()
+        portal.deliver()
+        [row] = portal.journal.mail()
+        if row.state == MailState.SENT:
+            break
+        delays.append(row.next_attempt_at - before)
+        clock.offset += delays[-1] + 0.01
+    assert row.state == MailState.SENT and row.attempts == 3
+    assert len(handler.received) == 1
+    base = portal.courier.backoff_base
+    assert base / 2 <= delays[0] <= base  # equal jitter: at least half of each step
+    assert base <= delays[1] <= 2 * base
+
+
+def test_f12_550_is_given_up_at_once_with_an_operator_line_without_the_key(
+    portal_with, keygen, clock, caplog
+):
+    handler = Flaky(refusals=["550 5.1.1 mailbox unavailable"] * 5)
+    portal = portal_with(key_delivery="email", handler=handler)
+    portal.sign_up()
+    assert portal.deliver()["failed"] == 1
+    clock.offset += 10**6
+    assert portal.deliver() == {"sent": 0, "retry": 0, "failed": 0, "dropped": 0}
+    [row] = portal.journal.mail()
+    assert (row.state, row.attempts) == (MailState.FAILED, 1)
+    [line] = [r for r in caplog.records if r.name == "delivery" and r.levelname == "ERROR"]
+    text = line.getMessage()
+    assert "gave up on license email" in text and "550" in text
+    [key] = keys_in_keygen(keygen)
+    assert key not in text and "clark@example.com" not in text
+
+
+def test_two_couriers_never_send_one_message_twice(portal_with, keygen):
+    portal = portal_with(key_delivery="email")
+    portal.sign_up()
+    [due] = portal.journal.due_mail()
+    mine = portal.journal.lease_mail(due.id, owner="a", lease=60)
+    assert mine is not None
+    assert portal.journal.lease_mail(due.id, owner="b", lease=60) is None
+    assert portal.deliver()["sent"] == 0  # leased elsewhere
+    assert portal.handler.received == []
+
+
+def test_the_outbox_backlog_is_a_metric(portal_with, keygen):
+    portal = portal_with(key_delivery="email", smtp_running=False)
+    portal.sign_up()
+    body = portal.client.get("/metrics").get_data(as_text=True)
+    assert "portal_outbox_backlog 1.0" in body
+    assert 'portal_signups_total{outcome="check_inbox"} 1.0' in body
+
+
+# -- Verify the address first ----------------------------------------------------------------
+
+
+def verify_link(portal) -> str:
+    portal.deliver()
+    [message] = [m for m in portal.mails() if "Confirm" in m["Subject"]]
+    assert PRODUCT in text_of(message, "plain") and PRODUCT in text_of(message, "html")
+    return link_in(message).removeprefix(PUBLIC_URL)
+
+
+def press(portal, path: str):
+    page = portal.client.get(path)
+    return portal.client.post(path, data={"csrf_token": csrf_token_from(page.get_data(True))})
+
+
+def test_verification_link_works_once_and_the_license_exists_only_after_the_click(
+    portal_with, keygen
+):
+    portal = portal_with(require_email_verification=True, key_delivery="both")
+    response = portal.sign_up()
+    assert "Open the link in it to confirm your address" in response.get_data(as_text=True)
+    assert len(keygen.users()) == 1 and keygen.licenses() == []
+    path = verify_link(portal)
+    for _ in range(2):  # a mail scanner's prefetch, then the person: neither uses the link up
+        page = portal.client.get(path)
+        assert page.status_code == 200 and "Confirm and get my key" in page.get_data(True)
+    assert keygen.licenses() == []
+    issued = press(portal, path)
+    assert issued.status_code == 200
+    shown = issued_key(issued.get_data(as_text=True))
+    assert "Welcome, Clark" in issued.get_data(as_text=True)
+    assert keys_in_keygen(keygen) == [shown]
+    assert portal.client.get(path).status_code == 410
+    csrf = csrf_token_from(portal.client.get("/").get_data(as_text=True))
+    again = portal.client.post(path, data={"csrf_token": csrf})
+    assert again.status_code == 410 and shown not in again.get_data(as_text=True)
+    assert "already used" in again.get_data(as_text=True)
+    portal.deliver()
+    [key_mail] = [m for m in portal.mails() if "license key" in m["Subject"]]
+    assert shown in text_of(key_mail, "plain")
+    assert len(keygen.licenses()) == 1
+
+
+def test_verification_in_email_mode_emails_the_key_after_the_click(portal_with, keygen):
+    portal = portal_with(require_email_verification=True, key_delivery="email")
+    portal.sign_up()
+    issued = press(portal, verify_link(portal))
+    [key] = keys_in_keygen(keygen)
+    assert "Check your inbox" in issued.get_data(as_text=True)
+    assert key not in issued.get_data(as_text=True)
+    portal.deliver()
+    assert key in text_of(portal.mails()[-1], "plain")
+
+
+def test_an_expired_link_is_refused(portal_with, keygen, clock):
+    portal = portal_with(require_email_verification=True, verification_link_lifetime=600)
+    portal.sign_up()
+    path = verify_link(portal)
+    portal.courier.links.clock = clock.wall
+    clock.offset += 601
+    assert portal.client.get(path).status_code == 410
+    page = portal.client.get("/")  # any page of ours carries a CSRF token for the POST
+    token = csrf_token_from(page.get_data(as_text=True))
+    refused = portal.client.post(path, data={"csrf_token": token})
+    assert refused.status_code == 410 and "expired" in refused.get_data(as_text=True)
+    assert keygen.licenses() == []
+
+
+@pytest.mark.parametrize("change", ["flip", "other-signup"])
+def test_a_tampered_link_is_refused(portal_with, keygen, change):
+    portal = portal_with(require_email_verification=True)
+    portal.sign_up()
+    path = verify_link(portal)
+    token = path.removeprefix("/verify/")
+    if change == "flip":
+        token = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    else:
+        payload, _, signature = token.rpartition(".")
+        token = payload.replace(payload[2], "x" if payload[2] != "x" else "y") + "." + signature
+    page = portal.client.get(f"/verify/{token}")
+    assert page.status_code == 404 and "does not work" in page.get_data(as_text=True)
+    csrf = csrf_token_from(portal.client.get("/").get_data(as_text=True))
+    assert portal.client.post(f"/verify/{token}", data={"csrf_token": csrf}).status_code == 404
+    assert keygen.licenses() == []
+
+
+def test_an_abandoned_verification_frees_the_address_after_the_configured_time(
+    portal_with, keygen, clock
+):
+    portal = portal_with(
+        require_email_verification=True,
+        verification_link_lifetime=600,
+        unverified_user_lifetime=3600,
+    )
+    portal.sign_up()
+    [user] = keygen.users()
+    reconciler = portal.app.extensions["reconciler"]
+    clock.offset += 3000
+    reconciler.run_once()
+    assert keygen.users() == [user]  # not yet
+    clock.offset += 700
+    report = reconciler.run_once()
+    assert list(report.worked.values()) == [State.EXPIRED]
+    assert keygen.users() == [] and keygen.licenses() == []
+    old_path = verify_link(portal)
+    # The address is free: the same person signs up again and gets a new, working link.
+    response = portal.sign_up()
+    assert "Check your inbox" in response.get_data(as_text=True)
+    assert len(keygen.users()) == 1
+    portal.deliver()
+    links = [link_in(m) for m in portal.mails() if "Confirm" in m["Subject"]]
+    new_path = links[-1].removeprefix(PUBLIC_URL)
+    assert portal.client.get(old_path).status_code == 410  # the old signup's link is dead
+    assert issued_key(press(portal, new_path).get_data(as_text=True)) == keys_in_keygen(keygen)[0]
+
+
+def test_a_verified_user_is_never_cleaned_up(portal_with, keygen, clock):
+    portal = portal_with(
+        require_email_verification=True,
+        verification_link_lifetime=600,
+        unverified_user_lifetime=3600,
+    )
+    portal.sign_up()
+    press(portal, verify_link(portal))
+    clock.offset += 10**5
+    portal.app.extensions["reconciler"].run_once()
+    assert len(keygen.users()) == 1 and len(keygen.licenses()) == 1
+
+
+# -- No account enumeration -------------------------------------------------------------------
+
+
+SAME_HEADERS_EXCEPT = {"X-Request-ID", "Date", "Set-Cookie"}
+
+
+def comparable(response) -> tuple:
+    headers = sorted((k, v) for k, v in response.headers if k not in SAME_HEADERS_EXCEPT)
+    return response.status_code, headers, response.data
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(require_email_verification=True), dict(enumeration_safe=True, key_delivery="email")],
+    ids=["verification", "email-only"],
+)
+def test_new_and_existing_addresses_get_identical_responses(portal_with, keygen, settings):
+    portal = portal_with(**settings)
+    portal.sign_up(email="taken@example.com")
+    portal.deliver()
+    portal.handler.received.clear()
+    before = len(keygen.calls())
+    existing = portal.sign_up(email="taken@example.com", first_name="Mallory")
+    calls_existing = [c["route"] for c in keygen.calls()[before:]]
+    before = len(keygen.calls())
+    new = portal.sign_up(email="new@example.com")
+    calls_new = [c["route"] for c in keygen.calls()[before:]]
+    assert comparable(existing) == comparable(new)
+    assert b"taken@example.com" not in existing.data
+    assert calls_existing == ["users.create"]
+    if settings.get("require_email_verification"):
+        assert calls_new == ["users.create"]  # the same single call: similar timing
+    portal.deliver()
+    by_address = {m["To"].addresses[0].addr_spec: m for m in portal.mails()}
+    taken = by_address["taken@example.com"]
+    assert "already has an account" in text_of(taken, "plain")
+    assert f"{PUBLIC_URL}/lost-key" in text_of(taken, "plain")
+    assert f"{PUBLIC_URL}/lost-key" in text_of(taken, "html")
+    assert "new@example.com" in by_address
+    assert len([u for u in keygen.users() if u["email"] == "taken@example.com"]) == 1
+
+
+def test_without_enumeration_safety_a_taken_address_is_named(portal_with, keygen):
+    portal = portal_with(key_delivery="email")
+    portal.sign_up()
+    response = portal.sign_up(first_name="Mallory")
+    assert response.status_code == 422
+    assert "already exists" in response.get_data(as_text=True)
+
+
+# -- Lost-key recovery -----------------------------------------------------------------------
+
+
+def ask_for_keys(portal, email: str):
+    page = portal.client.get("/lost-key")
+    token = csrf_token_from(page.get_data(as_text=True))
+    return portal.client.post("/lost-key", data={"email": email, "csrf_token": token})
+
+
+def test_the_form_and_the_key_page_link_to_recovery(portal_with, keygen):
+    portal = portal_with()
+    assert 'href="/lost-key"' in portal.client.get("/").get_data(as_text=True)
+    assert 'href="/lost-key"' in portal.sign_up().get_data(as_text=True)
+
+
+def test_recovery_emails_the_keys_of_a_known_address(portal_with, keygen):
+    portal = portal_with()
+    shown = issued_key(portal.sign_up(first_name="Zoë").get_data(as_text=True))
+    before = len(keygen.calls())
+    response = ask_for_keys(portal, "  Clark@Example.com ")
+    assert response.status_code == 200
+    assert keygen.calls()[before:] == []  # nothing asked of Keygen while the person waits
+    assert portal.deliver()["sent"] == 1
+    [message] = portal.mails()
+    assert message["To"].addresses[0].addr_spec == "clark@example.com"
+    assert message["To"].addresses[0].display_name == "Zoë Kent"
+    for part in ("plain", "html"):
+        assert shown in text_of(message, part) and PRODUCT in text_of(message, part)
+
+
+def test_recovery_sends_only_this_products_keys(portal_with, keygen):
+    from keygen_api import KeygenClient
+
+    portal = portal_with()
+    shown = issued_key(portal.sign_up().get_data(as_text=True))
+    # Another product of the account (a seeded product and token outlive the emulator's
+    # reset; unlike an admin, they change no list another test reads) sells the same person a
+    # license too.
+    product, token = keygen.emulator.add_product(keygen.account, name="Third App")
+    policy = keygen.emulator.add_policy(keygen.account, product)
+    other = KeygenClient(keygen.url, keygen.account, secret(token))
+    user = other.get_user("clark@example.com")
+    other.create_license(license_id=str(uuid.uuid4()), policy_id=policy, owner_id=user.id)
+    ask_for_keys(portal, "clark@example.com")
+    portal.deliver()
+    [message] = portal.mails()
+    keys = re.findall(r"[0-9A-F]{6}(?:-[0-9A-F]{6}){4}-V3", text_of(message, "plain"))
+    assert keys == [shown]
+    secret_all = [secret(k) for k in keys_in_keygen(keygen)]
+    assert len(secret_all) == 2
+
+
+def test_an_unknown_address_gets_the_same_page_and_no_email(portal_with, keygen):
+    portal = portal_with()
+    portal.sign_up()
+    known = ask_for_keys(portal, "clark@example.com")
+    unknown = ask_for_keys(portal, "nobody@example.com")
+    assert comparable(known) == comparable(unknown)
+    counts = portal.deliver()
+    assert (counts["sent"], counts["dropped"]) == (1, 1)
+    assert [m["To"].addresses[0].addr_spec for m in portal.mails()] == ["clark@example.com"]
+
+
+def test_recovery_is_throttled_per_address_and_per_client(portal_with, keygen):
+    portal = portal_with(
+        ratelimit_recovery_per_email="2/hour", ratelimit_recovery_per_ip="4/minute"
+    )
+    statuses = [ask_for_keys(portal, "clark@example.com").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    statuses = [ask_for_keys(portal, f"p{i}@example.com").status_code for i in range(3)]
+    assert statuses == [200, 200, 429]  # the client's 4 per minute are used up
+    assert len(portal.journal.mail()) == 4
+
+
+def test_recovery_checks_the_address(portal_with):
+    portal = portal_with()
+    response = ask_for_keys(portal, "not an address")
+    assert response.status_code == 422
+    assert "Enter a valid email address" in response.get_data(as_text=True)
+    assert portal.journal.mail() == []
+
+
+def test_without_email_there_is_no_recovery_page(client):
+    assert client.get("/lost-key").status_code == 404
+    assert 'href="/lost-key"' not in client.get("/").get_data(as_text=True)
+
+
+# -- Settings ------------------------------------------------------------------------------------
+
+GOOD = {
+    "KEYGEN_ACCOUNT_ID": "acme",
+    "KEYGEN_PRODUCT_TOKEN": "prod-" + "ab" * 32 + "v3",
+    "KEYGEN_POLICY_ID": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+    "SECRET_KEY": "s" * 40,
+}
+MAIL = {
+    "MAIL_SERVER": "smtp.example.com",
+    "MAIL_DEFAULT_SENDER": "Acme <keys@example.com>",
+    "PUBLIC_URL": "https://licenses.example.com/",
+}
+
+
+def problems(**env) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**GOOD, **env})
+    return caught.value.problems
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"KEY_DELIVERY": "email"},
+        {"KEY_DELIVERY": "both"},
+        {"REQUIRE_EMAIL_VERIFICATION": "true"},
+        {"ENUMERATION_SAFE": "true", "KEY_DELIVERY": "email"},
+    ],
+)
+def test_email_modes_without_mail_settings_refuse_to_start(env):
+    found = problems(**env)
+    assert any("needs MAIL_SERVER" in p for p in found)
+    assert any("needs MAIL_DEFAULT_SENDER" in p for p in found)
+    assert any("needs PUBLIC_URL" in p for p in found)
+
+
+def test_mail_settings_load():
+    settings = load_settings(
+        {**GOOD, **MAIL, "KEY_DELIVERY": "Both", "MAIL_USERNAME": "u", "MAIL_PASSWORD": "pw"}
+    )
+    assert (settings.key_delivery, settings.public_url) == ("both", MAIL["PUBLIC_URL"][:-1])
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"PUBLIC_URL": "http://licenses.example.com"}, "PUBLIC_URL must use https"),
+        ({"PUBLIC_URL": "licenses.example.com"}, "PUBLIC_URL must be the portal's public URL"),
+        ({"MAIL_USE_SSL": "true"}, "MAIL_USE_TLS and MAIL_USE_SSL exclude each other"),
+        ({"MAIL_USERNAME": "portal"}, "MAIL_USERNAME and MAIL_PASSWORD must be set together"),
+        ({"KEY_DELIVERY": "sms"}, "KEY_DELIVERY must be page, email or both"),
+        ({"MAIL_DEFAULT_SENDER": "Acme <keys@example.com"}, "MAIL_DEFAULT_SENDER must be"),
+        ({"ENUMERATION_SAFE": "true"}, "ENUMERATION_SAFE without REQUIRE_EMAIL_VERIFICATION"),
+        (
+            {"REQUIRE_EMAIL_VERIFICATION": "1", "VERIFICATION_LINK_LIFETIME": "999999"},
+            "VERIFICATION_LINK_LIFETIME must not exceed",
+        ),
+    ],
+)
+def test_unsafe_mail_settings_are_named(env, problem):
+    assert any(p.startswith(problem) for p in problems(**{**MAIL, **env}))
+
+
+def test_the_demo_prints_mail_to_the_console(keygen, capsys):
+    app = create_app(
+        make_settings(
+            keygen,
+            demo_mode=True,
+            public_url="http://127.0.0.1:8000",
+            mail_default_sender=SENDER,
+            outbox_interval=0.0,
+        )
+    )
+    client = app.test_client()
+    page = client.get("/lost-key")
+    token = csrf_token_from(page.get_data(as_text=True))
+    client.post("/lost-key", data={"email": "nobody@example.com", "csrf_token": token})
+    app.extensions["courier"].journal.queue(Letter("taken", "zoe@example.com"))
+    assert app.extensions["courier"].run_once() == {
+        "sent": 1,
+        "retry": 0,
+        "failed": 0,
+        "dropped": 1,
+    }
+    printed = capsys.readouterr().out
+    assert "To: zoe@example.com" in printed and "http://127.0.0.1:8000/lost-key" in printed
