@@ -18,6 +18,7 @@ import logs
 from commands import doctor_command, reconcile_command
 from config import Settings, load_settings
 from errors import register_error_pages
+from i18n import init_i18n
 from journal import Journal
 from keygen_api import KeygenClient
 from metrics import Metrics
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     configure(app, settings)
+    init_i18n(app)  # before anything renders: pages, errors and form messages are translated
     logs.configure(settings.log_level, json_lines=settings.log_format == "json")
     app.before_request(assign_request_id)  # first, so that every later step can log it
     csrf.init_app(app)

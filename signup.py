@@ -39,19 +39,25 @@ from keygen_api import (
 
 log = logging.getLogger(__name__)
 
+
+def N_(message: str) -> str:
+    """Marks a message for the catalogues (translations/); views.py shows it translated."""
+    return message
+
+
 # Marks the Keygen users this portal created, and which submission created them.
 CREATED_BY = "keygen-signup-portal"
-EMAIL_TAKEN = "An account with this email already exists."
+EMAIL_TAKEN = N_("An account with this email already exists.")
 
 # (field, kind) from Keygen's 422 -> (form field, what we tell the person).
 _MESSAGES: dict[tuple[str | None, str | None], tuple[str, str]] = {
     ("email", "taken"): ("email", EMAIL_TAKEN),
-    ("email", "invalid"): ("email", "Enter a valid email address, like name@example.com."),
-    ("email", "too_long"): ("email", "This email address is too long."),
-    ("password", "too_short"): ("password", "This password is too short."),
-    ("password", "too_long"): ("password", "This password is too long."),
-    ("first_name", "too_long"): ("first_name", "Use at most 255 characters."),
-    ("last_name", "too_long"): ("last_name", "Use at most 255 characters."),
+    ("email", "invalid"): ("email", N_("Enter a valid email address, like name@example.com.")),
+    ("email", "too_long"): ("email", N_("This email address is too long.")),
+    ("password", "too_short"): ("password", N_("This password is too short.")),
+    ("password", "too_long"): ("password", N_("This password is too long.")),
+    ("first_name", "too_long"): ("first_name", N_("Use at most 255 characters.")),
+    ("last_name", "too_long"): ("last_name", N_("Use at most 255 characters.")),
 }
 
 

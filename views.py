@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, abort, current_app, g, render_template, request
+from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 
 from errors import error_page
 from forms import SignupForm
@@ -74,7 +76,7 @@ def signup_submit():
     except Rejected as rejection:
         metrics.count_signup(rejection)
         for name, message in rejection.errors.items():
-            form[name].errors.append(message)
+            form[name].errors.append(gettext(message))
         return render_template("signup.html", form=form), 422
     except TryLater as error:
         metrics.count_signup(error)
@@ -93,7 +95,7 @@ def signup_submit():
     return show(outcome, first_name=applicant.first_name)
 
 
-TOO_FAST = "That was quicker than we expected. Please check the form and send it again."
+TOO_FAST = _l("That was quicker than we expected. Please check the form and send it again.")
 
 
 def turned_away(error: LimitReached | LimiterUnavailable):
@@ -104,7 +106,7 @@ def turned_away(error: LimitReached | LimiterUnavailable):
     return error_page(503, kind="unavailable")
 
 
-TRY_LATER = (
+TRY_LATER = _l(
     "Our licensing service did not answer in time, so nothing was created. "
     "Please submit the form again in a minute."
 )
