@@ -11,10 +11,11 @@ import re
 import uuid
 from pathlib import Path
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask_wtf.csrf import CSRFProtect
 
 import logs
+from branding import Brand
 from commands import doctor_command, reconcile_command
 from config import Settings, load_settings
 from errors import register_error_pages
@@ -75,6 +76,10 @@ def configure(app: Flask, settings: Settings) -> None:
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,  # another Host: 400
     )
     app.jinja_env.globals.update(product_name=settings.product_name, demo_mode=settings.demo_mode)
+    brand = app.extensions["brand"] = Brand.from_settings(settings)
+    app.jinja_env.globals["brand"] = brand
+    app.config["TERMS_URL"] = settings.terms_url  # forms.py: consent is required with terms
+    app.config["CONTENT_SECURITY_POLICY"] = brand.content_security_policy(CONTENT_SECURITY_POLICY)
 
 
 def protect(app: Flask, settings: Settings) -> None:
@@ -153,7 +158,7 @@ def add_security_headers(response):
     headers = response.headers
     if "request_id" in g:
         headers["X-Request-ID"] = g.request_id
-    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     # same-origin, not no-referrer: Flask-WTF's HTTPS check needs the Referer of our own pages.

@@ -11,7 +11,7 @@ from flask import current_app
 from flask_babel import gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField, StringField
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
 from wtforms.validators import DataRequired, InputRequired, Length, Regexp, ValidationError
 
 NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
@@ -75,6 +75,12 @@ def password_length(form: FlaskForm, field: PasswordField) -> None:
         )
 
 
+def consent_to_terms(form: FlaskForm, field: BooleanField) -> None:
+    """Required only when the operator set TERMS_URL: the consent is then recorded in Keygen."""
+    if current_app.config.get("TERMS_URL") and not field.data:
+        raise ValidationError(gettext("Accept the terms of service to create your account."))
+
+
 def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
@@ -122,3 +128,5 @@ class SignupForm(FlaskForm):
         _l("Password"),
         validators=[InputRequired(_l("Choose a password.")), password_length],
     )
+    # Shown only when TERMS_URL is set; the page writes the label with links to the terms.
+    accept_terms = BooleanField(_l("I accept the terms of service"), validators=[consent_to_terms])

@@ -69,6 +69,7 @@ class Applicant:
     password: str = field(repr=False)
     first_name: str
     last_name: str
+    consent: dict[str, str] = field(default_factory=dict)  # kept in the user's metadata
 
 
 # What a submission can come to, besides the exceptions below.
@@ -303,7 +304,7 @@ class _Run:
     # Step 1: the user.
 
     def create_user(self, applicant: Applicant) -> User:
-        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id}
+        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id, **applicant.consent}
         while True:
             try:
                 return self.keygen.create_user(

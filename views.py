@@ -69,6 +69,7 @@ def signup_submit():
         password=form.password.data,
         first_name=form.first_name.data,
         last_name=form.last_name.data,
+        consent=current_app.extensions["brand"].consent_record(),
     )
     metrics = current_app.extensions["metrics"]
     try:
@@ -119,6 +120,15 @@ def show(outcome, *, first_name: str):
         return render_template("already.html", email=outcome.email)
     assert isinstance(outcome, Processing)
     return render_template("processing.html", email=outcome.email), 202
+
+
+@bp.get("/brand.css")
+def brand_css():
+    """The accent colour (BRAND_ACCENT_COLOR), as a stylesheet: the CSP allows no inline style."""
+    css = current_app.extensions["brand"].stylesheet()
+    if css is None:
+        abort(404)
+    return css, 200, {"Content-Type": "text/css; charset=utf-8", "Cache-Control": "max-age=300"}
 
 
 @bp.get("/healthz")
