@@ -28,11 +28,13 @@ RUN groupadd --gid 10001 portal \
       --shell /usr/sbin/nologin portal
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# .dockerignore lets in only the portal's modules, templates and static files (and the check).
+# .dockerignore lets in only the portal's modules, templates, static files, compiled
+# translations (committed, so the image needs no build step for them) and the check.
 COPY *.py ./
 COPY templates ./templates
 COPY static ./static
 COPY data ./data
+COPY translations ./translations
 COPY deploy/healthcheck.py ./healthcheck.py
 # The code stays root's and read-only to the portal; only the default SQLite journal's folder
 # and the runtime folder are its own.

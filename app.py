@@ -15,11 +15,13 @@ from flask import Flask, abort, current_app, g, request
 from flask_wtf.csrf import CSRFProtect
 
 import logs
+from branding import Brand
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
 from config import Settings, check_mail, load_settings
 from delivery import Courier, Links
 from errors import register_error_pages
+from i18n import init_i18n
 from journal import Journal, default_url
 from keygen_api import KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
@@ -58,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     configure(app, settings)
+    init_i18n(app)  # before anything renders: pages, errors and form messages are translated
     logs.configure(
         settings.log_level,
         json_lines=settings.log_format == "json",
@@ -126,6 +129,12 @@ def configure(app: Flask, settings: Settings) -> None:
         key_delivery=settings.key_delivery,
         mail_enabled=settings.mail_enabled,
         verify_first=settings.require_email_verification,
+    )
+    brand = app.extensions["brand"] = Brand.from_settings(settings)
+    app.jinja_env.globals["brand"] = brand
+    app.config["TERMS_URL"] = settings.terms_url  # forms.py: consent is required with terms
+    app.config["CONTENT_SECURITY_POLICY"] = brand.content_security_policy(
+        app.config["CONTENT_SECURITY_POLICY"]  # with the CAPTCHA's origins, if any
     )
 
 

@@ -98,6 +98,14 @@ class Settings:
     ratelimit_recovery_per_ip: str = "5/minute,20/hour"
     ratelimit_recovery_per_email: str = "3/hour"
 
+    # Branding and consent (README "The page"): "" means none.
+    brand_logo_url: str = ""
+    brand_accent_color: str = ""  # "#rrggbb"
+    support_email: str = ""
+    terms_url: str = ""  # when set, the form asks for consent and Keygen keeps a record of it
+    privacy_url: str = ""
+    terms_version: str = ""
+
     @property
     def mail_enabled(self) -> bool:
         """Whether the portal sends email: through an SMTP server, or the demo's console."""
@@ -419,6 +427,52 @@ def _verify_url(value: str) -> str:
     return value
 
 
+# -- Branding and consent ------------------------------------------------------------------------
+
+
+def _page_url(value: str) -> str:
+    """A link the page shows: an https URL, or a path on this site."""
+    value = value.strip()
+    parts = urlsplit(value)
+    same_site = value.startswith("/") and not value.startswith("//")
+    if not (same_site or (parts.scheme == "https" and parts.hostname)) or _CONTROL.search(value):
+        raise ValueError("must be an https:// URL or a path on this site starting with /")
+    return value
+
+
+def _logo_url(value: str) -> str:
+    value = _page_url(value)
+    if value.startswith("https://") and (urlsplit(value).username or "'" in value):
+        raise ValueError("must be an https:// URL without credentials, or a path starting with /")
+    return value
+
+
+def _hex_color(value: str) -> str:
+    value = value.strip().lower()
+    if re.fullmatch(r"#[0-9a-f]{3}", value):
+        value = "#" + "".join(c * 2 for c in value[1:])
+    if not re.fullmatch(r"#[0-9a-f]{6}", value):
+        raise ValueError("must be a hex colour such as #2251cc")
+    return value
+
+
+def _support_email(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[^@\s<>\"'(),;:]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", value):
+        raise ValueError("must be an email address such as support@example.com")
+    return value
+
+
+def _terms_version(value: str) -> str:
+    value = value.strip()
+    if len(value) > 64 or _CONTROL.search(value):
+        raise ValueError("must be a short label such as 2025-01 (at most 64 characters)")
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\s]")
+
+
 # name -> (Settings field, parser, required). Defaults live on Settings.
 SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "KEYGEN_API_URL": ("keygen_api_url", _api_url, False),
@@ -476,6 +530,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "ENUMERATION_SAFE": ("enumeration_safe", _bool, False),
     "RATELIMIT_RECOVERY_PER_IP": ("ratelimit_recovery_per_ip", _rates, False),
     "RATELIMIT_RECOVERY_PER_EMAIL": ("ratelimit_recovery_per_email", _rates, False),
+    "BRAND_LOGO_URL": ("brand_logo_url", _logo_url, False),
+    "BRAND_ACCENT_COLOR": ("brand_accent_color", _hex_color, False),
+    "SUPPORT_EMAIL": ("support_email", _support_email, False),
+    "TERMS_URL": ("terms_url", _page_url, False),
+    "PRIVACY_URL": ("privacy_url", _page_url, False),
+    "TERMS_VERSION": ("terms_version", _terms_version, False),
 }
 
 
@@ -490,6 +550,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for name in ("CAPTCHA_SITE_KEY", "CAPTCHA_SECRET_KEY"):
             if not values.get(SETTINGS[name][0]):
                 problems.append(f"{name} is required when CAPTCHA_PROVIDER is set")
+    if values.get("terms_url") and not values.get("terms_version"):
+        problems.append("TERMS_VERSION is required when TERMS_URL is set (each consent names it)")
     if not problems:
         problems.extend(_mail_problems(values))
     if problems:

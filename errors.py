@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, current_app, g, render_template, request
+from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, SecurityError
 
@@ -12,34 +13,40 @@ log = logging.getLogger(__name__)
 
 ERRORS = {
     400: (
-        "Something went wrong with that request",
-        "Please go back, reload the page and try again.",
+        _l("Something went wrong with that request"),
+        _l("Please go back, reload the page and try again."),
     ),
-    403: ("Not allowed", "This form can only be sent from its own page."),
-    404: ("Page not found", "There is nothing at this address."),
-    405: ("Not allowed", "This page does not accept that kind of request."),
-    413: ("Too much data", "That submission was larger than a signup can be."),
-    429: ("Too many attempts", "Please wait a minute before trying again."),
-    500: ("Something went wrong on our side", "Please try again in a minute."),
+    403: (_l("Not allowed"), _l("This form can only be sent from its own page.")),
+    404: (_l("Page not found"), _l("There is nothing at this address.")),
+    405: (_l("Not allowed"), _l("This page does not accept that kind of request.")),
+    413: (_l("Too much data"), _l("That submission was larger than a signup can be.")),
+    429: (_l("Too many attempts"), _l("Please wait a minute before trying again.")),
+    500: (_l("Something went wrong on our side"), _l("Please try again in a minute.")),
     503: (
-        "We could not finish your signup",
-        "Our licensing service did not respond in time. Nothing was created; "
-        "please try again in a minute.",
+        _l("We could not finish your signup"),
+        _l(
+            "Our licensing service did not respond in time. Nothing was created; "
+            "please try again in a minute."
+        ),
     ),
 }
 UNAVAILABLE = (
-    "Signup is unavailable right now",
-    "We could not create your license because of a problem on our side. "
-    "We have been notified; please try again later.",
+    _l("Signup is unavailable right now"),
+    _l(
+        "We could not create your license because of a problem on our side. "
+        "We have been notified; please try again later."
+    ),
 )
 BUSY = (
-    "We are very busy right now",
-    "Too many signups are in progress. Nothing was created; please try again in a minute.",
+    _l("We are very busy right now"),
+    _l("Too many signups are in progress. Nothing was created; please try again in a minute."),
 )
 EXPIRED_FORM = (
-    "This form has expired",
-    "For your security, the signup form is only valid for a limited time. "
-    "Please go back, reload the page and submit it again.",
+    _l("This form has expired"),
+    _l(
+        "For your security, the signup form is only valid for a limited time. "
+        "Please go back, reload the page and submit it again."
+    ),
 )
 
 

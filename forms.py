@@ -11,8 +11,10 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
+from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField, StringField
+from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
 from wtforms.validators import (
     DataRequired,
     InputRequired,
@@ -50,7 +52,7 @@ def printable_name(form: FlaskForm, field: StringField) -> None:
     attacker add headers or forge lines."""
     for char in field.data or "":
         if char in _INVISIBLE or unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cs", "Co"):
-            raise ValidationError("Use letters, spaces and punctuation only.")
+            raise ValidationError(gettext("Use letters, spaces and punctuation only."))
 
 
 def email_address(form: FlaskForm, field: EmailField) -> None:
@@ -59,9 +61,11 @@ def email_address(form: FlaskForm, field: EmailField) -> None:
     try:
         result = validate_email(field.data or "", check_deliverability=False)
     except EmailNotValidError:
-        raise ValidationError("Enter a valid email address, like name@example.com.") from None
+        raise ValidationError(
+            gettext("Enter a valid email address, like name@example.com.")
+        ) from None
     if len(result.local_part.encode("utf-8")) > LOCAL_PART_MAX:
-        raise ValidationError("The part before the @ is too long (at most 64 characters).")
+        raise ValidationError(gettext("The part before the @ is too long (at most 64 characters)."))
     field.data = (result.ascii_email or result.normalized).lower()
 
 
@@ -72,11 +76,13 @@ def password_length(form: FlaskForm, field: PasswordField) -> None:
     password = field.data or ""
     minimum = current_app.config["PASSWORD_MIN_LENGTH"]
     if len(password) < minimum:
-        raise StopValidation(f"Use at least {minimum} characters.")
+        raise StopValidation(gettext("Use at least %(num)d characters.", num=minimum))
     if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
         raise StopValidation(
-            "This password is too long: at most 72 bytes are allowed. "
-            "Letters with accents and other scripts take 2–4 bytes each."
+            gettext(
+                "This password is too long: at most 72 bytes are allowed. "
+                "Letters with accents and other scripts take 2–4 bytes each."
+            )
         )
 
 
@@ -95,7 +101,7 @@ _RUNS = (
     "1qaz2wsx3edc4rfv5tgb6yhn7ujm8ik9ol0p",
 )
 _PADDING = string.digits + string.punctuation + " "
-COMMON = (
+COMMON = _l(
     "This password is one of the most commonly used, so it is easy to guess. "
     "Please choose another: a few unrelated words make a strong one."
 )
@@ -131,7 +137,13 @@ def not_the_email(form: FlaskForm, field: PasswordField) -> None:
     email = (form.email.data or "").casefold()
     password = (field.data or "").casefold()
     if email and password in (email, email.partition("@")[0]):
-        raise ValidationError("Please don't use your email address as your password.")
+        raise ValidationError(gettext("Please don't use your email address as your password."))
+
+
+def consent_to_terms(form: FlaskForm, field: BooleanField) -> None:
+    """Required only when the operator set TERMS_URL: the consent is then recorded in Keygen."""
+    if current_app.config.get("TERMS_URL") and not field.data:
+        raise ValidationError(gettext("Accept the terms of service to create your account."))
 
 
 def new_nonce() -> str:
@@ -143,60 +155,62 @@ class SignupForm(FlaskForm):
     # two tabs of one page) is recognised as the same signup and never creates a second one.
     nonce = HiddenField(
         default=new_nonce,
-        validators=[Regexp(r"^[A-Za-z0-9_-]{16,64}$", message="This form is out of date.")],
+        validators=[Regexp(r"^[A-Za-z0-9_-]{16,64}$", message=_l("This form is out of date."))],
     )
     # Signed by protection.FillTimer when the form is served: how long it took to fill in.
     served = HiddenField()
     # The honeypot: hidden from people by CSS, named so that form-filling bots fill it in.
-    website = StringField("Leave this field empty")
+    website = StringField(_l("Leave this field empty"))
     first_name = StringField(
-        "First name",
+        _l("First name"),
         filters=[strip, nfc],
         validators=[
-            DataRequired("Enter your first name."),
-            Length(max=NAME_MAX, message=f"Use at most {NAME_MAX} characters."),
+            DataRequired(_l("Enter your first name.")),
+            Length(max=NAME_MAX, message=_l("Use at most %(max)d characters.")),
             printable_name,
         ],
     )
     last_name = StringField(
-        "Last name",
+        _l("Last name"),
         filters=[strip, nfc],
         validators=[
-            DataRequired("Enter your last name."),
-            Length(max=NAME_MAX, message=f"Use at most {NAME_MAX} characters."),
+            DataRequired(_l("Enter your last name.")),
+            Length(max=NAME_MAX, message=_l("Use at most %(max)d characters.")),
             printable_name,
         ],
     )
     email = EmailField(
-        "Email",
+        _l("Email"),
         filters=[strip],
         validators=[
-            DataRequired("Enter your email address."),
-            Length(max=EMAIL_MAX, message=f"Use at most {EMAIL_MAX} characters."),
+            DataRequired(_l("Enter your email address.")),
+            Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
             email_address,
         ],
     )
     # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
     password = PasswordField(
-        "Password",
+        _l("Password"),
         validators=[
-            InputRequired("Choose a password."),
+            InputRequired(_l("Choose a password.")),
             password_length,
             not_the_email,
             not_common,
         ],
     )
+    # Shown only when TERMS_URL is set; the page writes the label with links to the terms.
+    accept_terms = BooleanField(_l("I accept the terms of service"), validators=[consent_to_terms])
 
 
 class RecoveryForm(FlaskForm):
     """The lost-key page: just the address the keys should go to."""
 
     email = EmailField(
-        "Email",
+        _l("Email"),
         filters=[strip],
         validators=[
-            DataRequired("Enter your email address."),
-            Length(max=EMAIL_MAX, message=f"Use at most {EMAIL_MAX} characters."),
+            DataRequired(_l("Enter your email address.")),
+            Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
             email_address,
         ],
     )

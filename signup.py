@@ -43,19 +43,25 @@ from keygen_api import (
 
 log = logging.getLogger(__name__)
 
+
+def N_(message: str) -> str:
+    """Marks a message for the catalogues (translations/); views.py shows it translated."""
+    return message
+
+
 # Marks the Keygen users this portal created, and which submission created them.
 CREATED_BY = "keygen-signup-portal"
-EMAIL_TAKEN = "An account with this email already exists."
+EMAIL_TAKEN = N_("An account with this email already exists.")
 
 # (field, kind) from Keygen's 422 -> (form field, what we tell the person).
 _MESSAGES: dict[tuple[str | None, str | None], tuple[str, str]] = {
     ("email", "taken"): ("email", EMAIL_TAKEN),
-    ("email", "invalid"): ("email", "Enter a valid email address, like name@example.com."),
-    ("email", "too_long"): ("email", "This email address is too long."),
-    ("password", "too_short"): ("password", "This password is too short."),
-    ("password", "too_long"): ("password", "This password is too long."),
-    ("first_name", "too_long"): ("first_name", "Use at most 255 characters."),
-    ("last_name", "too_long"): ("last_name", "Use at most 255 characters."),
+    ("email", "invalid"): ("email", N_("Enter a valid email address, like name@example.com.")),
+    ("email", "too_long"): ("email", N_("This email address is too long.")),
+    ("password", "too_short"): ("password", N_("This password is too short.")),
+    ("password", "too_long"): ("password", N_("This password is too long.")),
+    ("first_name", "too_long"): ("first_name", N_("Use at most 255 characters.")),
+    ("last_name", "too_long"): ("last_name", N_("Use at most 255 characters.")),
 }
 
 
@@ -67,6 +73,7 @@ class Applicant:
     password: str = field(repr=False)
     first_name: str
     last_name: str
+    consent: dict[str, str] = field(default_factory=dict)  # kept in the user's metadata
 
 
 # What a submission can come to, besides the exceptions below.
@@ -458,7 +465,7 @@ class _Run:
     # Step 1: the user.
 
     def create_user(self, applicant: Applicant) -> User:
-        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id}
+        metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id, **applicant.consent}
         while True:
             try:
                 return self.keygen.create_user(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, abort, current_app, g, render_template, request
+from flask_babel import gettext
+from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 
 import doctor
@@ -77,6 +79,7 @@ def signup_submit():
         password=form.password.data,
         first_name=form.first_name.data,
         last_name=form.last_name.data,
+        consent=current_app.extensions["brand"].consent_record(),
     )
     metrics = current_app.extensions["metrics"]
     try:
@@ -84,7 +87,7 @@ def signup_submit():
     except Rejected as rejection:
         metrics.count_signup(rejection)
         for name, message in rejection.errors.items():
-            form[name].errors.append(message)
+            form[name].errors.append(gettext(message))
         return render_template("signup.html", form=form), 422
     except TryLater as error:
         metrics.count_signup(error)
@@ -104,7 +107,7 @@ def signup_submit():
     return show(outcome, first_name=applicant.first_name)
 
 
-TOO_FAST = "That was quicker than we expected. Please check the form and send it again."
+TOO_FAST = _l("That was quicker than we expected. Please check the form and send it again.")
 
 
 def turned_away(error: LimitReached | LimiterUnavailable):
@@ -115,7 +118,7 @@ def turned_away(error: LimitReached | LimiterUnavailable):
     return error_page(503, kind="unavailable")
 
 
-TRY_LATER = (
+TRY_LATER = _l(
     "Our licensing service did not answer in time, so nothing was created. "
     "Please submit the form again in a minute."
 )
@@ -224,6 +227,15 @@ def lost_key_submit():
     courier.journal.queue(Letter(kind="recovery", email=form.email.data))
     courier.wake()
     return render_template("lost_key_sent.html")
+
+
+@bp.get("/brand.css")
+def brand_css():
+    """The accent colour (BRAND_ACCENT_COLOR), as a stylesheet: the CSP allows no inline style."""
+    css = current_app.extensions["brand"].stylesheet()
+    if css is None:
+        abort(404)
+    return css, 200, {"Content-Type": "text/css; charset=utf-8", "Cache-Control": "max-age=300"}
 
 
 @bp.get("/healthz")

@@ -27,7 +27,9 @@ from flask_wtf.csrf import CSRFProtect
 PORTAL_DIR = Path(os.environ.get("PORTAL_DIR") or Path(__file__).resolve().parent.parent)
 sys.path.insert(0, str(PORTAL_DIR))
 
+from branding import Brand  # noqa: E402
 from forms import SignupForm  # noqa: E402  (the portal's own form, from PORTAL_DIR)
+from i18n import init_i18n  # noqa: E402  (the templates are translated)
 
 KEYGEN_API_URL = os.environ.get("KEYGEN_API_URL", "https://api.keygen.sh").rstrip("/")
 KEYGEN_ACCOUNT_ID = os.environ["KEYGEN_ACCOUNT_ID"]
@@ -57,7 +59,8 @@ app.config.update(
     SESSION_COOKIE_SECURE=os.environ.get("COOKIE_SECURE", "true").lower() == "true",
     PASSWORD_MIN_LENGTH=int(os.environ.get("PASSWORD_MIN_LENGTH", "8")),
 )
-app.jinja_env.globals.update(product_name="", demo_mode=False)
+app.jinja_env.globals.update(product_name="", demo_mode=False, brand=Brand())
+init_i18n(app)
 CSRFProtect(app)
 bp = Blueprint("portal", __name__)  # the templates link to portal.signup_form and friends
 

@@ -40,6 +40,9 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+AXE_VERSION=4.14.1
+AXE=.tools/node_modules/axe-core/axe.min.js
+
 # System packages the tests drive for real: name of the package -> a file that shows it is there.
 if [ "${2:-}" = "--system" ]; then
   missing=()
@@ -54,6 +57,15 @@ if [ "${2:-}" = "--system" ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing system packages: ${missing[*]}"
     apt_install "${missing[@]}" || say "tests needing them will be skipped (or fail under CI)"
+  fi
+  # axe-core, which the browser tests inject into pages to check accessibility (from npm).
+  if [ ! -f "$AXE" ]; then
+    have /usr/bin/npm || apt_install nodejs npm || say "no npm: the accessibility tests will be skipped (or fail under CI)"
+    if command -v npm >/dev/null; then
+      say "installing axe-core $AXE_VERSION into .tools/"
+      npm install --prefix .tools --no-save --no-audit --no-fund --no-package-lock \
+        "axe-core@$AXE_VERSION" >/dev/null || say "could not install axe-core"
+    fi
   fi
   # podman with its recommended helpers (conmon, network plugins), as the container test uses it.
   if ! have /usr/bin/podman || ! have /usr/sbin/runc; then

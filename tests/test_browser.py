@@ -194,3 +194,178 @@ def test_f16_back_forward_and_reload_never_show_the_key_again(demo, browser):
         )
     finally:
         context.close()
+
+
+# -- Errors, the key's buttons, phones and languages ----------------------------------------------
+
+
+def csp_violations(page) -> list[str]:
+    """Collects the console's CSP refusals: every script and style must be a static file."""
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    return refused
+
+
+@pytest.mark.parametrize(
+    ("field", "changes", "message"),
+    [
+        ("first_name", {"First name": ""}, "Enter your first name."),
+        ("last_name", {"Last name": ""}, "Enter your last name."),
+        ("email", {"Email": "lois@"}, "Enter a valid email address, like name@example.com."),
+        ("password", {"Password": "short"}, "Use at least 8 characters."),
+    ],
+)
+def test_each_field_error_is_shown_beside_its_field(demo, browser, field, changes, message):
+    page = browser.new_page()
+    refused = csp_violations(page)
+    try:
+        page.goto(demo["url"] + "/")
+        values = {"First name": "Lois", "Last name": "Lane", "Email": "lois-err@example.com"}
+        values["Password"] = PASSWORD
+        values.update(changes)
+        for label, value in values.items():
+            page.get_by_label(label, exact=True).fill(value)
+        page.get_by_role("button", name="Create account and get my key").click()
+        page.wait_for_load_state("load")
+        assert page.locator(f"#{field}-error").inner_text() == message
+        assert page.locator(".errors").count() == 1
+        assert page.locator(f"#{field}").get_attribute("aria-invalid") == "true"
+        page.locator(".error-summary:focus").wait_for(timeout=5000)
+        page.locator(f".error-summary a[href='#{field}']").click()
+        assert page.evaluate("document.activeElement.id") == field
+        assert refused == []
+    finally:
+        page.close()
+
+
+def test_a_taken_email_is_shown_under_the_email_field(demo, browser):
+    page = browser.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        fill_and_submit(page, "lois-twice@example.com")
+        secret(page.locator("#license-key").inner_text().strip())
+        page.goto(demo["url"] + "/")
+        fill_and_submit(page, "Lois-Twice@Example.com")
+        assert page.locator("#email-error").inner_text() == (
+            "An account with this email already exists."
+        )
+        assert page.locator("#license-key").count() == 0
+    finally:
+        page.close()
+
+
+def test_copy_and_download_the_key(demo, browser, tmp_path):
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=demo["url"])
+    page = context.new_page()
+    refused = csp_violations(page)
+    try:
+        page.goto(demo["url"] + "/")
+        fill_and_submit(page, "lois-copy@example.com")
+        key = secret(page.locator("#license-key").inner_text().strip())
+        status = page.locator(".copy-status")
+        assert status.get_attribute("role") == "status"
+        assert page.locator("#license-key").get_attribute("aria-live") == "polite"
+        page.get_by_role("button", name="Copy key").click()
+        status.filter(has_text="Copied to the clipboard.").wait_for(timeout=5000)
+        assert page.evaluate("navigator.clipboard.readText()") == key
+
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download as .txt").click()
+        assert download.value.suggested_filename == "license-key.txt"
+        assert not download.value.url.startswith("data:")  # a blob: URL keeps it out of history
+        saved = tmp_path / "key.txt"
+        download.value.save_as(saved)
+        assert saved.read_text() == key + "\n"
+        assert refused == []
+    finally:
+        context.close()
+
+
+def test_without_javascript_the_key_has_no_dead_buttons(demo, browser):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        assert not page.get_by_role("button", name="Show password").is_visible()
+        fill_and_submit(page, "lois-nojs-buttons@example.com")
+        secret(page.locator("#license-key").inner_text().strip())
+        assert not page.get_by_role("button", name="Copy key").is_visible()
+        assert not page.get_by_role("button", name="Download as .txt").is_visible()
+    finally:
+        context.close()
+
+
+def test_leaving_the_key_page_clears_the_key(demo, browser):
+    """The page may survive in the back/forward cache: it must not keep the key there."""
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        fill_and_submit(page, "lois-leave@example.com")
+        key = secret(page.locator("#license-key").inner_text().strip())
+        page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
+        assert page.locator("#license-key").inner_text() == ""
+        assert key not in page.content()
+    finally:
+        context.close()
+
+
+def test_a_phone_sized_screen_has_no_sideways_scrolling(demo, browser):
+    context = browser.new_context(
+        viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        first = page.get_by_label("First name").bounding_box()
+        last = page.get_by_label("Last name").bounding_box()
+        assert last["y"] > first["y"] + first["height"]  # stacked, not side by side
+        assert first["width"] > 280
+        button = page.get_by_role("button", name="Create account and get my key").bounding_box()
+        assert button["height"] >= 44  # a target a thumb can hit
+        fill_and_submit(page, "lois-phone@example.com")
+        key = secret(page.locator("#license-key").inner_text().strip())
+        assert KEY_PATTERN.match(key)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    finally:
+        context.close()
+
+
+HEADINGS = {
+    "en": "Get your license key",
+    "de": "Ihren Lizenzschlüssel erhalten",
+    "fr": "Obtenez votre clé de licence",
+    "es": "Obtenga su clave de licencia",
+}
+
+
+@pytest.mark.parametrize("language", sorted(HEADINGS))
+def test_each_language_renders(demo, browser, language):
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        page.get_by_role("navigation").get_by_role("link", name=LANGUAGE_NAMES[language]).click()
+        page.wait_for_load_state("load")
+        assert page.locator("html").get_attribute("lang") == language
+        assert page.get_by_role("heading", level=1).inner_text() == HEADINGS[language]
+        page.goto(demo["url"] + "/")  # remembered
+        assert page.locator("html").get_attribute("lang") == language
+    finally:
+        context.close()
+
+
+def test_the_browser_language_is_used_without_a_choice(demo, browser):
+    context = browser.new_context(locale="de-DE")
+    page = context.new_page()
+    try:
+        page.goto(demo["url"] + "/")
+        assert page.locator("html").get_attribute("lang") == "de"
+        assert page.get_by_label("Vorname").is_visible()
+    finally:
+        context.close()
+
+
+LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español"}

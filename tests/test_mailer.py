@@ -30,6 +30,7 @@ from flask import Flask, render_template
 from markupsafe import escape
 
 from conftest import ROOT, free_port, secret
+from i18n import init_i18n
 from mailer import (
     ConsoleMailer,
     MailConfigurationError,
@@ -617,6 +618,7 @@ def render_license_email(**changes) -> tuple[str, str]:
     )
     values.update(changes)
     app = Flask(__name__, template_folder=str(ROOT / "templates"))
+    init_i18n(app)  # the templates are translated
     with app.app_context():
         return (
             render_template("email/license.txt", **values),

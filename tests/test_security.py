@@ -649,9 +649,11 @@ def test_s20_markup_in_a_name_is_shown_as_text_on_every_page(stack, chromium):
 def test_s20_markup_in_a_name_is_shown_as_text_in_the_key_email(chromium):
     from flask import Flask, render_template
 
+    from i18n import init_i18n
     from mailer import compose
 
     app = Flask(__name__, template_folder=str(ROOT / "templates"))
+    init_i18n(app)  # the templates are translated
     key = "ABCDEF-123456-ABCDEF-123456-ABCDEF-V3"
     with app.app_context():
         values = dict(
