@@ -21,6 +21,7 @@ from commands import doctor_command, reconcile_command
 from config import Settings, check_mail, load_settings
 from delivery import Courier, Links
 from errors import register_error_pages
+from health import MailProbe
 from i18n import init_i18n
 from journal import Journal, default_url
 from keygen_api import KeygenClient
@@ -240,6 +241,7 @@ def start_courier(
     )
     if settings.outbox_interval > 0:
         courier.start()
+    app.extensions["mail_probe"] = MailProbe(mailer)  # /readyz
     return courier
 
 

@@ -37,6 +37,7 @@ def doctor_command(url: str | None) -> None:
         workflow.keygen,
         workflow.journal,
         current_app.extensions["rate_limits"],
+        mailer=getattr(current_app.extensions.get("courier"), "mailer", None),
         url=url,
     )
     for finding in findings:

@@ -28,6 +28,7 @@ from keygen_api import (
     KeygenError,
     KeygenNotFound,
 )
+from mailer import MailConfigurationError, Mailer, MailError
 from protection import RateLimits
 
 TIMEOUT = (3.05, 10.0)
@@ -64,6 +65,7 @@ def examine(
     journal: Journal,
     limits: RateLimits,
     *,
+    mailer: Mailer | None = None,
     url: str | None = None,
 ) -> list[Finding]:
     return [
@@ -71,6 +73,7 @@ def examine(
         secret_key_finding(settings.secret_key),
         database_finding(journal),
         ratelimit_finding(settings, limits),
+        mail_finding(settings, mailer),
         proxy_finding(settings, url),
     ]
 
@@ -203,6 +206,31 @@ def ratelimit_finding(settings: Settings, limits: RateLimits) -> Finding:
             "redis://, or WEB_CONCURRENCY=1 and one instance.",
         )
     return Finding(OK, "Rate limits are kept in memory, which is right for one process.")
+
+
+def mail_finding(settings: Settings, mailer: Mailer | None) -> Finding:
+    if mailer is None:
+        return Finding(SKIP, "Email is off (no MAIL_SERVER): keys are shown on the page only.")
+    if not settings.mail_server:
+        return Finding(OK, "Email goes to the console: right for the demo, not for customers.")
+    where = f"{settings.mail_server}:{settings.mail_port}"
+    try:
+        mailer.check()
+    except MailConfigurationError as error:
+        return Finding(
+            ERROR,
+            f"The mail server {where} refused us ({error}): check MAIL_USERNAME and "
+            "MAIL_PASSWORD, and that MAIL_USE_TLS / MAIL_USE_SSL and MAIL_PORT match the server. "
+            "Emails wait in the outbox until it accepts them.",
+        )
+    except MailError as error:
+        return Finding(
+            ERROR,
+            f"Could not reach the mail server {where} ({error}): check MAIL_SERVER, MAIL_PORT "
+            "and that this machine may connect to it. Emails wait in the outbox meanwhile.",
+        )
+    login = " and accepts the login" if settings.mail_username else ""
+    return Finding(OK, f"The mail server {where} answers{login}.")
 
 
 # -- The proxy, as a request sees it -------------------------------------------------------------

@@ -2,15 +2,20 @@
 
 /healthz says only that the process is alive; /readyz (this module) asks the world: Keygen and
 the token, the policy, the journal's database and the rate-limit storage (signups are refused
-while it is down, so an instance without it is not ready).
+while it is down, so an instance without it is not ready). The mail server is checked too when
+email is on, but it is not required: emails wait in the outbox while it is down, and signups go on.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from journal import Journal
 from keygen_api import KeygenAccessDenied, KeygenClient, KeygenError, KeygenNotFound
+from mailer import Mailer, MailError
 from protection import RateLimits
 
 TIMEOUT = (2.0, 3.0)  # a probe must answer well within a load balancer's patience
@@ -21,10 +26,42 @@ class Check:
     name: str
     ok: bool
     detail: str
+    required: bool = True  # False: reported, but the instance can still sign people up
+
+
+class MailProbe:
+    """Logs in to the mail server at most once a minute: load balancers ask /readyz every few
+    seconds, and relays throttle (or block) clients that log in that often."""
+
+    EVERY = 60.0
+
+    def __init__(self, mailer: Mailer, *, clock: Callable[[], float] = time.monotonic):
+        self.mailer = mailer
+        self.clock = clock
+        self._last: tuple[float, Check] | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> Check:
+        with self._lock:
+            if self._last is None or self.clock() - self._last[0] >= self.EVERY:
+                self._last = (self.clock(), self._ask())
+            return self._last[1]
+
+    def _ask(self) -> Check:
+        try:
+            self.mailer.check()
+        except MailError as error:  # its text names the server, never the password
+            detail = f"the mail server fails ({error}); emails wait in the outbox"
+            return Check("mail", False, detail, required=False)
+        return Check("mail", True, "the mail server answers and accepts our login", required=False)
 
 
 def readiness(
-    keygen: KeygenClient, policy_id: str, journal: Journal, limits: RateLimits
+    keygen: KeygenClient,
+    policy_id: str,
+    journal: Journal,
+    limits: RateLimits,
+    mail: MailProbe | None = None,
 ) -> list[Check]:
     checks = keygen_checks(keygen, policy_id)
     try:
@@ -37,6 +74,8 @@ def readiness(
     else:
         detail = "the rate-limit storage does not answer; signups are refused until it does"
         checks.append(Check("rate_limits", False, detail))
+    if mail is not None:
+        checks.append(mail.check())
     return checks
 
 

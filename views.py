@@ -246,17 +246,22 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Whether this instance can sign people up now, with every check named."""
+    """Whether this instance can sign people up now, with every check named. A failing check
+    that is not required (the mail server) makes it "degraded", still 200."""
     workflow = current_app.extensions["signup"]
     limits = current_app.extensions["rate_limits"]
-    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits)
-    ready = all(check.ok for check in checks)
+    mail = current_app.extensions.get("mail_probe")
+    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits, mail)
+    ready = all(check.ok for check in checks if check.required)
+    failing = [check for check in checks if not check.ok]
     body = {
-        "status": "ready" if ready else "not ready",
-        "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+        "status": ("degraded" if failing else "ready") if ready else "not ready",
+        "checks": {
+            c.name: {"ok": c.ok, "detail": c.detail, "required": c.required} for c in checks
+        },
     }
-    if not ready:
-        log.warning("not ready: %s", "; ".join(c.detail for c in checks if not c.ok))
+    if failing:
+        log.warning("%s: %s", body["status"], "; ".join(c.detail for c in failing))
     return body, 200 if ready else 503
 
 

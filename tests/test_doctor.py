@@ -3,12 +3,15 @@
 import contextlib
 import secrets
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import requests
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine
 
 from app import create_app
@@ -81,7 +84,7 @@ def line_with(lines: list[str], text: str) -> str:
 def test_a_good_configuration_passes(protected):
     code, lines = doctor(protected)
     assert code == 0
-    assert levels(lines) == ["OK"] * 6 + ["SKIP"]
+    assert levels(lines) == ["OK"] * 6 + ["SKIP", "SKIP"]
     assert "the token is product" in lines[0]
     assert line_with(lines, "belongs to the token's product")
     assert line_with(lines, "account is protected")
@@ -117,8 +120,8 @@ def test_a_wrong_token_is_an_error_without_showing_it(protected):
     token = secret("prod-" + "5" * 64 + "v3")
     code, lines = doctor(protected, keygen_product_token=token)
     assert code == 1
-    # Keygen, then the secret, the database, the rate limits, and the proxy (not asked to)
-    assert levels(lines) == ["ERROR", "OK", "OK", "OK", "SKIP"]
+    # Keygen, then the secret, the database, the rate limits, mail (off) and the proxy (not asked)
+    assert levels(lines) == ["ERROR", "OK", "OK", "OK", "SKIP", "SKIP"]
     assert "Keygen refused KEYGEN_PRODUCT_TOKEN" in lines[0]
     assert "401" in lines[0]
     assert token not in "\n".join(lines)
@@ -294,3 +297,80 @@ def test_gunicorn_believes_x_forwarded_proto_only_when_the_portal_does(protected
         headers = {PROBE_HEADER: sign_probe(STRONG_KEY), "X-Forwarded-Proto": "https"}
         seen = requests.get(gunicorn.url + "/_doctor", headers=headers, timeout=10).json()
     assert seen["scheme"] == scheme
+
+
+# -- Mail ----------------------------------------------------------------------------------------
+
+MAIL_USER, MAIL_PASSWORD = "portal", secret("Smtp-" + secrets.token_urlsafe(12))
+
+
+def mail_settings(port: int, password: str = MAIL_PASSWORD) -> dict:
+    return dict(
+        mail_server="127.0.0.1",
+        mail_port=port,
+        mail_use_tls=False,  # the test server offers AUTH without TLS
+        mail_username=MAIL_USER,
+        mail_password=password,
+        mail_default_sender="Acme <keys@example.com>",
+        public_url="http://127.0.0.1:5000",
+        key_delivery="both",
+    )
+
+
+def check_login(server, session, envelope, mechanism, auth_data) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        MAIL_USER.encode(),
+        MAIL_PASSWORD.encode(),
+    )
+    return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
+
+
+@contextmanager
+def login_server() -> Iterator[int]:
+    warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")  # a test server
+    controller = Controller(
+        Sink(),
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=check_login,
+        auth_required=True,
+        auth_require_tls=False,
+        # PLAIN alone: a refused LOGIN exchange leaves smtplib waiting for the timeout.
+        auth_exclude_mechanism=["LOGIN"],
+    )
+    controller.start()
+    try:
+        yield controller.port
+    finally:
+        controller.stop()
+
+
+class Sink:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+
+
+def test_a_mail_server_that_accepts_the_login_passes(protected):
+    with login_server() as port:
+        code, lines = doctor(protected, **mail_settings(port))
+    assert code == 0
+    assert line_with(lines, "mail server").startswith("OK ")
+    assert "accepts the login" in line_with(lines, "mail server")
+
+
+def test_a_refused_login_is_an_error_without_showing_the_password(protected):
+    wrong = secret("Wrong-" + secrets.token_urlsafe(12))
+    with login_server() as port:
+        code, lines = doctor(protected, **mail_settings(port, password=wrong))
+    assert code == 1
+    line = line_with(lines, "mail server")
+    assert line.startswith("ERROR ")
+    assert "refused us" in line and "MAIL_PASSWORD" in line
+    assert wrong not in "\n".join(lines)
+
+
+def test_an_unreachable_mail_server_is_an_error(protected):
+    code, lines = doctor(protected, **mail_settings(free_port()))
+    assert code == 1
+    line = line_with(lines, "mail server")
+    assert line.startswith("ERROR ") and "Could not reach" in line

@@ -90,3 +90,23 @@ def test_the_rate_limit_storage_down_is_named(keygen):
     assert failing(body) == ["rate_limits"]
     assert "does not answer" in body["checks"]["rate_limits"]["detail"]
     assert app.test_client().get("/healthz").status_code == 200
+
+
+def test_the_mail_server_down_is_named_but_the_instance_stays_ready(keygen):
+    """Emails wait in the outbox while SMTP is down (F10): no reason to take the instance out."""
+    settings = make_settings(
+        keygen,
+        mail_server="127.0.0.1",
+        mail_port=free_port(),
+        mail_use_tls=False,
+        mail_default_sender="keys@example.com",
+        public_url="http://127.0.0.1:5000",
+        key_delivery="both",
+        outbox_interval=0,
+    )
+    status, body = readyz(create_app(settings))
+    assert status == 200
+    assert body["status"] == "degraded"
+    assert failing(body) == ["mail"]
+    assert body["checks"]["mail"]["required"] is False
+    assert "emails wait in the outbox" in body["checks"]["mail"]["detail"]
