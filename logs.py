@@ -123,6 +123,8 @@ _PATTERNS = [
     ),
     # A password in a database or Redis URL: scheme://user:PASSWORD@host.
     re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(?=@)", re.IGNORECASE),
+    # A verification link's token (delivery.py): whoever has it may confirm that signup.
+    re.compile(r"(/verify/)[^\s\"'?#/]+"),
 ]
 _BARE = [
     # Keygen tokens: prod-, admin-, user-, activ-, env-, dev-, sales-, spprt-, read- + hex + v3.

@@ -407,6 +407,17 @@ def test_the_clients_request_id_reaches_the_portal(proxy, portal):
         assert re.search(r"request_id=[0-9a-f-]{32,36} ", line), line
 
 
+def test_a_verification_token_never_reaches_the_proxys_log(proxy):
+    token = "WyJ" + uuid.uuid4().hex + ".Sig" + uuid.uuid4().hex[:20]
+    proxy.get(f"/verify/{token}?from=mail")  # the portal answers 404: no email is configured
+    deadline = time.monotonic() + 5
+    while "/verify/[redacted]" not in proxy.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = proxy.log.read_text()
+    assert "/verify/[redacted]" in log
+    assert token not in log
+
+
 def test_the_forwarded_headers_arrive(proxy, portal):
     """Which hop the portal trusts is its own business (TRUSTED_PROXY_HOPS); the proxy's part is
     to append the peer it saw and to say https."""

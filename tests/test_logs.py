@@ -95,6 +95,7 @@ CSRF = "ImQ3ZjFlNzVhYjQ2MWQ5NjQ2ZjM1NTk4NTNmMmUwZTc3YTY0YjUzMTMi.ZoQx1w.Q2hVx3kX
         ('body {"password": "kent<3lois", "email": "a@b.c"}', "kent<3lois"),
         ("redis://portal:r3d1s-pass@cache:6379/0 is down", "r3d1s-pass"),
         ("postgresql://portal:pg-pass-123@db/portal refused", "pg-pass-123"),
+        ('127.0.0.1 "GET /verify/WyJjNzhjMDFh.NOzEue6a5b--Nju HTTP/1.1" 200', "WyJjNzhjMDFh"),
     ],
 )
 def test_redaction_masks_what_looks_secret(line, hidden):
