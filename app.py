@@ -15,6 +15,7 @@ from flask import Flask, g, request
 from flask_wtf.csrf import CSRFProtect
 
 import logs
+from admission import KeygenBudget, budget_for
 from commands import doctor_command, reconcile_command
 from config import Settings, load_settings
 from errors import register_error_pages
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     csrf.init_app(app)
     protect(app, settings)
     journal = open_journal(app, settings)
-    workflow = build_workflow(settings, journal)
+    budget = budget_for(app.extensions["rate_limits"].limiter.storage, settings.keygen_max_rps)
+    workflow = build_workflow(settings, journal, budget)
     app.extensions["signup"] = workflow
     app.extensions["metrics"] = watch(settings, journal, workflow)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
@@ -85,7 +87,6 @@ def protect(app: Flask, settings: Settings) -> None:
         storage_uri=settings.ratelimit_storage_uri,
         per_ip=settings.ratelimit_per_ip,
         per_email=settings.ratelimit_per_email,
-        max_rps=settings.keygen_max_rps,
     )
     app.extensions["fill_timer"] = FillTimer(settings.secret_key, settings.min_submit_seconds)
 
@@ -97,13 +98,14 @@ def open_journal(app: Flask, settings: Settings) -> Journal:
     return journal
 
 
-def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
+def build_workflow(settings: Settings, journal: Journal, budget: KeygenBudget) -> SignupWorkflow:
     keygen = KeygenClient(
         settings.keygen_api_url,
         settings.keygen_account_id,
         settings.keygen_product_token,
         connect_timeout=settings.keygen_connect_timeout,
         read_timeout=settings.keygen_read_timeout,
+        on_quota_used_up=budget.hold_until,
     )
     return SignupWorkflow(
         keygen,
@@ -113,6 +115,9 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
         give_up_after=settings.reconcile_give_up_after,
         concurrency=settings.signup_concurrency,
         crash_at=settings.test_crash_at,
+        budget=budget,
+        queue_wait=settings.admission_wait,
+        backlog=settings.admission_backlog,
     )
 
 

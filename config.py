@@ -70,6 +70,8 @@ class Settings:
     ratelimit_per_email: str = "5/hour"
     keygen_max_rps: int = 4
     min_submit_seconds: float = 0.0
+    admission_wait: float = 2.0
+    admission_backlog: float = 60.0
 
 
 def _text(value: str) -> str:
@@ -296,6 +298,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "RATELIMIT_PER_EMAIL": ("ratelimit_per_email", _rates, False),
     "KEYGEN_MAX_RPS": ("keygen_max_rps", _positive_int, False),
     "MIN_SUBMIT_SECONDS": ("min_submit_seconds", _seconds_or_off, False),
+    "ADMISSION_WAIT": ("admission_wait", _seconds_or_off, False),
+    "ADMISSION_BACKLOG": ("admission_backlog", _seconds_or_off, False),
 }
 
 
@@ -322,6 +326,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     read_timeout = values.get("keygen_read_timeout", Settings.keygen_read_timeout)
     if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
         problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
+    wait = values.get("admission_wait", Settings.admission_wait)
+    if isinstance(deadline, float) and isinstance(wait, float) and wait > deadline / 2:
+        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
+        problems.append("ADMISSION_WAIT must be at most half of SIGNUP_DEADLINE")
     if problems:
         raise ConfigError(problems)
     return Settings(**values)  # type: ignore[arg-type]

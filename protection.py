@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from flask import Flask, request
 from flask_limiter import Limiter
 from itsdangerous import BadData, URLSafeSerializer
-from limits import RateLimitItem, parse, parse_many
+from limits import RateLimitItem, parse_many
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # -- The client's address ----------------------------------------------------------------------
@@ -69,19 +69,20 @@ _STORAGE_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
 
 class RateLimits:
-    """Three separate buckets, checked with Flask-Limiter's storage and moving-window strategy.
+    """Two separate buckets, checked with Flask-Limiter's storage and moving-window strategy.
 
     * per client address, for every POST that passed the CSRF check;
-    * per email address, once the form is valid (a keyed hash, so the store holds no emails);
-    * all signups together ("admission"), at KEYGEN_MAX_RPS / 2 signups a second, because every
-      signup makes two Keygen calls and all of them share the account's one Keygen quota.
+    * per email address, once the form is valid (a keyed hash, so the store holds no emails).
+
+    All signups together are not refused here but queued for their turn at Keygen
+    (admission.py), in the same storage.
 
     The limiter is built with no limits of its own, so nothing else (GET /, /healthz, /readyz,
     /metrics) is counted or touches the storage. Storage errors are never swallowed and there is
     no in-memory fallback: a storage outage becomes LimiterUnavailable.
     """
 
-    def __init__(self, app: Flask, *, storage_uri: str, per_ip: str, per_email: str, max_rps: int):
+    def __init__(self, app: Flask, *, storage_uri: str, per_ip: str, per_email: str):
         self.limiter = Limiter(
             lambda: request.remote_addr or "",
             app=app,
@@ -95,7 +96,6 @@ class RateLimits:
         )
         self.per_ip = parse_many(per_ip)
         self.per_email = parse_many(per_email)
-        self.admission = [parse(f"{max_rps} per 2 seconds")]
         self.email_key = app.config["SECRET_KEY"].encode()
 
     def admit_client(self, address: str | None) -> None:
@@ -103,16 +103,9 @@ class RateLimits:
         self._hit([("ip", self.per_ip, address or "unknown")])
 
     def admit_signup(self, email: str) -> None:
-        """Count one valid signup for this email and for everyone, or raise LimitReached.
-
-        Both buckets are tested before either is counted, so a person turned away because the
-        portal is busy does not use up the attempts allowed for their own email."""
+        """Count one valid signup for this email, or raise LimitReached."""
         digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
-        buckets = [("email", self.per_email, digest), ("admission", self.admission, "all")]
-        for name, limits, key in buckets:
-            if not all(self._call("test", limit, name, key) for limit in limits):
-                raise LimitReached(name)
-        self._hit(buckets)
+        self._hit([("email", self.per_email, digest)])
 
     def _hit(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
         for name, limits, key in buckets:

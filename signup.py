@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from admission import CALLS_PER_SIGNUP, Backlog, BudgetUnavailable, KeygenBudget
 from journal import RESUBMITTABLE, Journal, Signup, State
 from keygen_api import (
     KeygenCircuitOpen,
@@ -142,6 +143,9 @@ class SignupWorkflow:
         give_up_after: float = 86400.0,
         concurrency: int = 6,
         crash_at: str = "",
+        budget: KeygenBudget | None = None,
+        queue_wait: float = 2.0,
+        backlog: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -158,9 +162,18 @@ class SignupWorkflow:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
         self._sleep = sleep
+        self.budget = budget
+        self.queue_wait = queue_wait
+        self.backlog = backlog
+        self._backlog = Backlog(concurrency)
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         """Drive this submission to its end, or wait for whoever is driving it already.
+
+        First the signup's turn at Keygen (admission.py): a turn within ``queue_wait`` seconds
+        is waited for here; a later one, up to ``backlog`` seconds away, is queued and finished
+        in the background while the person sees "we are finishing your signup"; beyond that
+        the portal is too busy, and nothing is written.
 
         Driving takes one of ``concurrency`` slots, and never waits for one: while Keygen is
         slow, signups must not take every thread from the pages and /healthz (a bulkhead).
@@ -168,6 +181,17 @@ class SignupWorkflow:
         """
         ends_at = self._clock() + self.deadline
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
+        turn = self._turn()
+        if turn > self.queue_wait:
+            claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=turn + self.lease)
+            if claim.leased:
+                starts_at = time.monotonic() + turn
+                self._backlog.submit(
+                    lambda: self._finish_later(claim.signup, applicant, owner, starts_at)
+                )
+                return Processing(applicant.email)
+        elif turn > 0:
+            self._sleep(turn)
         waited = False
         while True:
             if self._slots.acquire(blocking=False):
@@ -186,11 +210,63 @@ class SignupWorkflow:
                     raise TooBusy("no free slot for a new signup")
                 signup = found
             if signup.state == State.ISSUED:
-                return self._present(signup, waited_for_it=waited)
+                return self._present(signup, waited_for_it=waited, ends_at=ends_at)
             if self._clock() + self.POLL >= ends_at:
                 return Processing(signup.email)
             time.sleep(self.POLL)  # a double click or a second tab: the first one is working
             waited = True
+
+    def _read_back(self, signup: Signup, ends_at: float) -> License | None:
+        """The issued license, to show its key: one more Keygen call, which waits for its turn
+        within the deadline like any other (None: no turn in time)."""
+        if self.budget is not None:
+            try:
+                turn = self.budget.reserve(1, within=max(0.0, ends_at - self._clock() - 1.0))
+            except BudgetUnavailable as error:
+                raise SignupUnavailable(str(error)) from None
+            if turn is None:
+                return None
+            self._sleep(turn)
+        while True:
+            try:
+                return self.keygen.get_license(signup.license_id)
+            except KeygenRateLimited as error:
+                if self._clock() + error.retry_after < ends_at:
+                    self._sleep(error.retry_after)
+                    continue
+                problem = error
+            except KeygenError as error:
+                problem = error
+            raise TryLater(f"signup {signup.id}: cannot read the issued license: {problem}")
+
+    def _turn(self) -> float:
+        """Seconds until this signup may call Keygen; TooBusy if beyond the backlog."""
+        if self.budget is None:
+            return 0.0
+        try:
+            turn = self.budget.reserve(CALLS_PER_SIGNUP, within=self.backlog)
+        except BudgetUnavailable as error:
+            raise SignupUnavailable(str(error)) from None
+        if turn is None:
+            raise TooBusy(f"no turn at Keygen within {self.backlog:g} s")
+        return turn
+
+    def _finish_later(self, signup: Signup, applicant: Applicant, owner: str, starts_at: float):
+        """A queued signup, at its turn (in a Backlog thread). The key is not shown here: the
+        person's reload resends the form, and that request shows it (key_shown stays false)."""
+        time.sleep(max(0.0, starts_at - time.monotonic()))
+        if not self.journal.lease(signup.id, owner=owner, lease=self.lease):
+            return  # the person's reload is driving it already
+        signup = self.journal.get(signup.id)
+        if signup.finished:
+            self.journal.release(signup.id, owner=owner)
+            return
+        run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=3)
+        try:
+            with contextlib.suppress(SignupError):  # the run recorded what happened
+                run.drive(applicant)
+        finally:
+            self.journal.release(signup.id, owner=owner)
 
     def resume(self, signup: Signup, *, owner: str) -> State:
         """Move an unfinished row forward without the password (the reconciler's step)."""
@@ -210,16 +286,15 @@ class SignupWorkflow:
             return Processing(signup.email)
         return Issued(signup.email, license.key, license.id, signup.id)
 
-    def _present(self, signup: Signup, *, waited_for_it: bool) -> Outcome:
+    def _present(self, signup: Signup, *, waited_for_it: bool, ends_at: float) -> Outcome:
         """A finished signup seen again. Its key is shown if it never was, or to a duplicate
         submission that arrived while it was being issued (the browser shows only the last
         response of a double click, so that one must carry the key)."""
         if signup.key_shown and not waited_for_it:
             return AlreadyIssued(signup.email)
-        try:
-            license = self.keygen.get_license(signup.license_id)
-        except KeygenError as error:
-            raise TryLater(f"signup {signup.id}: cannot read the issued license: {error}") from None
+        license = self._read_back(signup, ends_at)
+        if license is None:
+            return Processing(signup.email)  # Keygen's quota is taken: the next reload shows it
         if self.journal.mark_key_shown(signup.id) or waited_for_it:
             return Issued(signup.email, license.key, license.id, signup.id)
         return AlreadyIssued(signup.email)
