@@ -11,10 +11,11 @@ import ipaddress
 import time
 from collections.abc import Iterable
 
-from flask import Flask, request
-from flask_limiter import Limiter
+from flask import Flask
 from itsdangerous import BadData, URLSafeSerializer
 from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # -- The client's address ----------------------------------------------------------------------
@@ -69,7 +70,8 @@ _STORAGE_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
 
 class RateLimits:
-    """Two separate buckets, checked with Flask-Limiter's storage and moving-window strategy.
+    """Two separate buckets, in the storage and with the moving-window strategy of `limits`
+    (the library under Flask-Limiter):
 
     * per client address, for every POST that passed the CSRF check;
     * per email address, once the form is valid (a keyed hash, so the store holds no emails).
@@ -77,23 +79,17 @@ class RateLimits:
     All signups together are not refused here but queued for their turn at Keygen
     (admission.py), in the same storage.
 
-    The limiter is built with no limits of its own, so nothing else (GET /, /healthz, /readyz,
-    /metrics) is counted or touches the storage. Storage errors are never swallowed and there is
-    no in-memory fallback: a storage outage becomes LimiterUnavailable.
+    No Flask-Limiter extension: it would run its hooks on every request (a third of a GET's
+    cost) to find the per-view limits the portal does not have. So nothing else (GET /,
+    /healthz, /readyz, /metrics) is counted or touches the storage. Storage errors are never
+    swallowed and there is no in-memory fallback: a storage outage becomes LimiterUnavailable.
     """
 
     def __init__(self, app: Flask, *, storage_uri: str, per_ip: str, per_email: str):
-        self.limiter = Limiter(
-            lambda: request.remote_addr or "",
-            app=app,
-            storage_uri=storage_uri,
-            strategy="moving-window",  # OWASP: fixed windows allow bursts at their edges
-            headers_enabled=False,  # no precise Retry-After to schedule retries against
-            swallow_errors=False,
-            in_memory_fallback_enabled=False,
-            key_prefix="portal",
-            storage_options=_STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {},
-        )
+        options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
+        self.storage = storage_from_string(storage_uri, **options)
+        # OWASP: fixed windows allow bursts at their edges.
+        self.strategy = MovingWindowRateLimiter(self.storage)
         self.per_ip = parse_many(per_ip)
         self.per_email = parse_many(per_email)
         self.email_key = app.config["SECRET_KEY"].encode()
@@ -114,7 +110,7 @@ class RateLimits:
 
     def _call(self, method: str, limit: RateLimitItem, name: str, key: str) -> bool:
         try:
-            return getattr(self.limiter.limiter, method)(limit, name, key)
+            return getattr(self.strategy, method)(limit, name, key)
         except Exception as error:  # redis, memcached: each storage raises its own errors
             raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
 
