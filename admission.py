@@ -140,11 +140,17 @@ class Backlog:
     the signup itself. Nothing here is ever written anywhere, so the password stays in memory.
     """
 
+    LIMIT = 500  # queued signups per process; the turns bound them too, but not when unmetered
+
     def __init__(self, threads: int):
         self.threads = threads
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._started = 0
         self._lock = threading.Lock()
+
+    @property
+    def full(self) -> bool:
+        return self._queue.qsize() >= self.LIMIT
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:

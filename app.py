@@ -118,7 +118,8 @@ def build_workflow(settings: Settings, journal: Journal, budget: KeygenBudget) -
         concurrency=settings.signup_concurrency,
         crash_at=settings.test_crash_at,
         budget=budget,
-        queue_wait=settings.admission_wait,
+        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
+        queue_wait=min(settings.admission_wait, settings.signup_deadline / 2),
         backlog=settings.admission_backlog,
     )
 

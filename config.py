@@ -326,10 +326,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     read_timeout = values.get("keygen_read_timeout", Settings.keygen_read_timeout)
     if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
         problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
-    wait = values.get("admission_wait", Settings.admission_wait)
-    if isinstance(deadline, float) and isinstance(wait, float) and wait > deadline / 2:
-        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
-        problems.append("ADMISSION_WAIT must be at most half of SIGNUP_DEADLINE")
     if problems:
         raise ConfigError(problems)
     return Settings(**values)  # type: ignore[arg-type]

@@ -166,6 +166,8 @@ class SignupWorkflow:
         self.queue_wait = queue_wait
         self.backlog = backlog
         self._backlog = Backlog(concurrency)
+        self._waiting = 0  # slot holders waiting for their turn at Keygen
+        self._lock = threading.Lock()
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         """Drive this submission to its end, or wait for whoever is driving it already.
@@ -183,19 +185,18 @@ class SignupWorkflow:
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
         turn = self._turn()
         if turn > self.queue_wait:
-            claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=turn + self.lease)
-            if claim.leased:
-                starts_at = time.monotonic() + turn
-                self._backlog.submit(
-                    lambda: self._finish_later(claim.signup, applicant, owner, starts_at)
-                )
-                return Processing(applicant.email)
-        elif turn > 0:
-            self._sleep(turn)
+            queued = self._queue(applicant, nonce, owner, turn)
+            if queued is not None:
+                return queued
         waited = False
         while True:
             if self._slots.acquire(blocking=False):
                 try:
+                    # The wait for the turn holds the slot too: waiting signups must not take
+                    # every thread from the pages either.
+                    if turn > 0:
+                        self._wait_for_turn(turn)
+                        turn = 0.0
                     claim = self.journal.claim(
                         nonce, applicant.email, owner=owner, lease=self.lease
                     )
@@ -207,6 +208,12 @@ class SignupWorkflow:
             else:
                 found = self.journal.find_nonce(nonce)
                 if found is None or found.state in RESUBMITTABLE:
+                    # When signups waiting for their turn hold slots, Keygen's quota (not its
+                    # speed) is what keeps them busy: finish this one in the background.
+                    waiting = turn > 0 and self._waiting > 0
+                    queued = self._queue(applicant, nonce, owner, turn) if waiting else None
+                    if queued is not None:
+                        return queued
                     raise TooBusy("no free slot for a new signup")
                 signup = found
             if signup.state == State.ISSUED:
@@ -215,6 +222,27 @@ class SignupWorkflow:
                 return Processing(signup.email)
             time.sleep(self.POLL)  # a double click or a second tab: the first one is working
             waited = True
+
+    def _wait_for_turn(self, turn: float) -> None:
+        with self._lock:
+            self._waiting += 1
+        try:
+            self._sleep(turn)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _queue(self, applicant: Applicant, nonce: str, owner: str, turn: float) -> Outcome | None:
+        """Leave the signup to a Backlog thread for its turn: Processing, or None if this
+        nonce is someone else's already or the backlog is full."""
+        if self._backlog.full:
+            return None
+        claim = self.journal.claim(nonce, applicant.email, owner=owner, lease=turn + self.lease)
+        if not claim.leased:
+            return None
+        starts_at = time.monotonic() + turn
+        self._backlog.submit(lambda: self._finish_later(claim.signup, applicant, owner, starts_at))
+        return Processing(applicant.email)
 
     def _read_back(self, signup: Signup, ends_at: float) -> License | None:
         """The issued license, to show its key: one more Keygen call, which waits for its turn
