@@ -185,9 +185,12 @@ class SignupWorkflow:
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
         turn = self._turn()
         if turn > self.queue_wait:
+            if self._backlog.full:
+                raise TooBusy("the queue of signups waiting for Keygen is full")
             queued = self._queue(applicant, nonce, owner, turn)
             if queued is not None:
                 return queued
+            turn = 0.0  # a copy of a submission someone else drives needs no turn of its own
         waited = False
         while True:
             if self._slots.acquire(blocking=False):

@@ -100,6 +100,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 FLOW_TIMEOUT = 35.0  # one signup, GET to answer: more than SIGNUP_DEADLINE (20 s) + a margin
 PHASE_LIMIT = 60.0  # no phase may take longer, drain included
+BACKGROUND_LIMIT = 80.0  # and the quota phases' signups finished in the background, at most
 PROBE_RATE = 20.0  # /healthz probes per second during the stall
 PROBE_TIMEOUT = 5.0
 NAIVE_WORKERS = 5  # gunicorn's (2 x cores) + 1 on a 2-core machine, sync worker class
@@ -356,8 +357,10 @@ class Bench:
     def record(self, scenario: str, variant: str, data: dict) -> None:
         self.results.setdefault(scenario, {}).setdefault(variant, []).append(data)
 
-    async def guarded(self, scenario: str, variant: str, coroutine) -> None:
-        """Run one phase within PHASE_LIMIT; a failure is recorded, never fatal."""
+    async def guarded(
+        self, scenario: str, variant: str, coroutine, limit: float = PHASE_LIMIT
+    ) -> None:
+        """Run one phase within ``limit``; a failure is recorded, never fatal."""
         if not self.alive(variant):
             coroutine.close()
             error = self.servers[variant].error or "not running"
@@ -367,7 +370,7 @@ class Bench:
         started = time.monotonic()
         busy0, mine0 = self.server_core_sample()
         try:
-            data = await asyncio.wait_for(coroutine, PHASE_LIMIT + 10)
+            data = await asyncio.wait_for(coroutine, limit + 10)
         except Exception as problem:  # a broken portal must not stop the benchmark
             data = {"error": f"{type(problem).__name__}: {problem}"}
         wall = time.monotonic() - started
@@ -550,10 +553,14 @@ class Bench:
                 sample("end", seconds),
             )
         # Signups answered "we are finishing your signup" (202) are finished in the background,
-        # still within Keygen's quota: wait until Keygen stops seeing calls, then count.
-        stats = await self.settled(limit=self.drain(PHASE_LIMIT), quiet=self.drain(2.0) / 2)
-        self.standin.config(quota_limit=None)
+        # still within Keygen's quota: wait for them (or until Keygen sees no calls), then count.
         outcomes = result.outcomes()
+        stats = await self.settled(
+            issued_before + outcomes["key"] + outcomes["processing"],
+            limit=self.drain(BACKGROUND_LIMIT),
+            quiet=self.drain(3.0),
+        )
+        self.standin.config(quota_limit=None)
         (t0, stats0), (t1, stats1) = marks["start"], marks["end"]
         admitted = outcomes["key"] + outcomes["processing"]
         errors = sum(n for name, n in outcomes.items() if name not in loadgen.SUCCESS)
@@ -571,11 +578,16 @@ class Bench:
             "keygen_requests": stats["requests"],
         }
 
-    async def settled(self, *, limit: float, quiet: float) -> dict:
-        """The stand-in's stats once it has seen no request for ``quiet`` seconds."""
+    async def settled(self, licenses: int, *, limit: float, quiet: float) -> dict:
+        """The stand-in's stats once it has issued ``licenses`` licenses, or has seen no
+        request for ``quiet`` seconds, or after ``limit`` seconds."""
         stats = await asyncio.to_thread(self.standin.stats)
         ends, still_since = time.monotonic() + limit, time.monotonic()
-        while time.monotonic() < ends and time.monotonic() - still_since < quiet:
+        while (
+            time.monotonic() < ends
+            and time.monotonic() - still_since < quiet
+            and stats["licenses"] < licenses
+        ):
             await asyncio.sleep(0.25)
             now = await asyncio.to_thread(self.standin.stats)
             if now["requests"] != stats["requests"]:
@@ -1219,11 +1231,15 @@ async def run(args: argparse.Namespace) -> int:
             "saturation",
             "portal",
             bench.quota_phase("portal", 1.5 * bound, profile["saturation_seconds"]),
+            limit=PHASE_LIMIT + BACKGROUND_LIMIT,
         )
         at_quota = variants if profile["naive_at_quota"] else ("portal",)
         for variant in at_quota:
             await bench.guarded(
-                "quota", variant, bench.quota_phase(variant, 3 * qrps / 2, profile["quota_seconds"])
+                "quota",
+                variant,
+                bench.quota_phase(variant, 3 * qrps / 2, profile["quota_seconds"]),
+                limit=PHASE_LIMIT + BACKGROUND_LIMIT,
             )
         for variant in variants if profile["stall_naive"] else ("portal",):
             await bench.guarded("stall", variant, bench.stall(variant))
