@@ -12,9 +12,11 @@ import re
 import uuid
 
 from flask import Flask, abort, current_app, g, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
 import logs
+from admission import KeygenBudget, budget_for
 from branding import Brand
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
@@ -60,6 +62,7 @@ MAX_BODY_BYTES = 16 * 1024  # the form is a few hundred bytes; anything bigger i
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.session_interface = SessionCookies()
     configure(app, settings)
     init_i18n(app)  # before anything renders: pages, errors and form messages are translated
     logs.configure(
@@ -79,7 +82,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     protect(app, settings)
     app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY_BYTES)
     journal = open_journal(app, settings)
-    workflow = build_workflow(settings, journal)
+    budget = budget_for(app.extensions["rate_limits"].storage, settings.keygen_max_rps)
+    workflow = build_workflow(settings, journal, budget)
     app.extensions["signup"] = workflow
     app.extensions["metrics"] = watch(settings, journal, workflow)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
@@ -137,6 +141,7 @@ def configure(app: Flask, settings: Settings) -> None:
     app.config["CONTENT_SECURITY_POLICY"] = brand.content_security_policy(
         app.config["CONTENT_SECURITY_POLICY"]  # with the CAPTCHA's origins, if any
     )
+    app.config["SECURITY_HEADERS"] = security_headers(app.config["CONTENT_SECURITY_POLICY"])
 
 
 def protect(app: Flask, settings: Settings) -> None:
@@ -149,7 +154,6 @@ def protect(app: Flask, settings: Settings) -> None:
         storage_uri=settings.ratelimit_storage_uri,
         per_ip=settings.ratelimit_per_ip,
         per_email=settings.ratelimit_per_email,
-        max_rps=settings.keygen_max_rps,
         recovery_per_ip=settings.ratelimit_recovery_per_ip,
         recovery_per_email=settings.ratelimit_recovery_per_email,
     )
@@ -162,13 +166,14 @@ def open_journal(app: Flask, settings: Settings) -> Journal:
     return journal
 
 
-def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
+def build_workflow(settings: Settings, journal: Journal, budget: KeygenBudget) -> SignupWorkflow:
     keygen = KeygenClient(
         settings.keygen_api_url,
         settings.keygen_account_id,
         settings.keygen_product_token,
         connect_timeout=settings.keygen_connect_timeout,
         read_timeout=settings.keygen_read_timeout,
+        on_quota_used_up=budget.hold_until,
     )
     return SignupWorkflow(
         keygen,
@@ -182,6 +187,10 @@ def build_workflow(settings: Settings, journal: Journal) -> SignupWorkflow:
         verify=settings.require_email_verification,
         hide_accounts=settings.hides_accounts,
         unverified_lifetime=settings.unverified_user_lifetime,
+        budget=budget,
+        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
+        queue_wait=min(settings.admission_wait, settings.signup_deadline / 2),
+        backlog=settings.admission_backlog,
     )
 
 
@@ -301,23 +310,45 @@ def refuse_cross_site_posts() -> None:
         abort(403)
 
 
+def security_headers(content_security_policy: str) -> tuple[tuple[str, str], ...]:
+    return (
+        ("Content-Security-Policy", content_security_policy),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        # same-origin, not no-referrer: Flask-WTF's HTTPS check needs the Referer of our pages.
+        ("Referrer-Policy", "same-origin"),
+    )
+
+
 def add_security_headers(response):
     headers = response.headers
     if "request_id" in g:
         headers["X-Request-ID"] = g.request_id
-    headers.setdefault("Content-Security-Policy", current_app.config["CONTENT_SECURITY_POLICY"])
+    config = current_app.config
+    present = {name.lower() for name, _ in headers}  # one pass: werkzeug's lookups are costly
+    headers.extend((n, v) for n, v in config["SECURITY_HEADERS"] if n.lower() not in present)
     # HTTPS only (after TrustedProxies): over http the header means nothing and would only
     # confuse a demo on localhost.
-    if request.is_secure and current_app.config["HSTS_SECONDS"]:
-        headers.setdefault(
-            "Strict-Transport-Security", f"max-age={current_app.config['HSTS_SECONDS']}"
-        )
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    # same-origin, not no-referrer: Flask-WTF's HTTPS check needs the Referer of our own pages.
-    headers.setdefault("Referrer-Policy", "same-origin")
+    if request.is_secure and config["HSTS_SECONDS"] and "strict-transport-security" not in present:
+        headers["Strict-Transport-Security"] = f"max-age={config['HSTS_SECONDS']}"
     if response.mimetype == "text/html":
         # The form holds a CSRF token and the result page a license key: never store either.
         headers["Cache-Control"] = "no-store"
-        response.vary.add("Cookie")
+        vary = headers.get("Vary")
+        if not vary:
+            headers["Vary"] = "Cookie"
+        elif "cookie" not in vary.lower():
+            headers["Vary"] = f"{vary}, Cookie"
     return response
+
+
+class SessionCookies(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its signing serializer built once per app instead
+    of twice per request (to open and to save the session): a tenth of a GET's cost."""
+
+    def get_signing_serializer(self, app: Flask):
+        serializer = app.extensions.get("session_serializer")
+        if serializer is None:
+            serializer = super().get_signing_serializer(app)
+            app.extensions["session_serializer"] = serializer
+        return serializer

@@ -106,6 +106,9 @@ class Settings:
     privacy_url: str = ""
     terms_version: str = ""
 
+    admission_wait: float = 2.0
+    admission_backlog: float = 60.0
+
     @property
     def mail_enabled(self) -> bool:
         """Whether the portal sends email: through an SMTP server, or the demo's console."""
@@ -284,7 +287,7 @@ def _storage_uri(value: str) -> str:
     return value
 
 
-# What Flask-Limiter (the limits library) reads: "10/minute", "50 per hour", "3 per 2 seconds".
+# What the limits library reads: "10/minute", "50 per hour", "3 per 2 seconds".
 _RATE = re.compile(r"\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?", re.IGNORECASE)
 
 
@@ -536,6 +539,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "TERMS_URL": ("terms_url", _page_url, False),
     "PRIVACY_URL": ("privacy_url", _page_url, False),
     "TERMS_VERSION": ("terms_version", _terms_version, False),
+    "ADMISSION_WAIT": ("admission_wait", _seconds_or_off, False),
+    "ADMISSION_BACKLOG": ("admission_backlog", _seconds_or_off, False),
 }
 
 

@@ -299,6 +299,23 @@ def _json_or_none(response: requests.Response) -> Any:
 
 # -- Protecting Keygen and ourselves -----------------------------------------------------------
 
+MAX_QUOTA_WAIT = 60.0  # a Reset further out than this is a clock problem, not Keygen's window
+
+
+def quota_used_up_until(response: requests.Response) -> float | None:
+    """When Keygen's rate-limit window resets (epoch seconds), if this answer says it is used
+    up: a 429, or X-RateLimit-Remaining 0. None while calls remain (or Keygen sends no limit
+    headers, as self-hosted Keygen does by default)."""
+    headers = response.headers
+    try:
+        if response.status_code == 429 and "Retry-After" in headers:
+            return time.time() + float(headers["Retry-After"])
+        if int(headers.get("X-RateLimit-Remaining", "1")) > 0:
+            return None
+        return float(headers["X-RateLimit-Reset"])
+    except (KeyError, ValueError):
+        return None
+
 
 class CircuitBreaker:
     """Stops calling Keygen after ``threshold`` failures in a row, for ``cooldown`` seconds.
@@ -412,6 +429,7 @@ class KeygenClient:
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        on_quota_used_up: Callable[[float], None] | None = None,
     ):
         self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
         self._token = token
@@ -421,6 +439,9 @@ class KeygenClient:
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.gate = RetryAfterGate(clock=clock)
         self.observer = observer
+        # Told the epoch second at which Keygen's rate-limit window resets, whenever an answer
+        # says the window is used up (admission.py holds every signup's turn until then).
+        self.on_quota_used_up = on_quota_used_up
 
     def __repr__(self) -> str:
         return f"KeygenClient({self.base_url!r})"
@@ -616,6 +637,19 @@ class KeygenClient:
         self.breaker.succeeded()
         return document
 
+    def _note_quota(self, response: requests.Response) -> None:
+        """Keygen's X-RateLimit-Remaining 0 means the next call in this window is a 429: wait
+        for X-RateLimit-Reset instead of sending it (keygen-contract.md §7)."""
+        resets_at = quota_used_up_until(response)
+        if resets_at is None:
+            return
+        self.gate.rate_limited(min(MAX_QUOTA_WAIT, max(0.0, resets_at - time.time())))
+        if self.on_quota_used_up is not None:
+            try:
+                self.on_quota_used_up(resets_at)
+            except Exception:  # the shared budget may be down; this call itself went fine
+                log.exception("could not tell the Keygen budget that the quota is used up")
+
     def _send(self, method, path, json, params, expect, timeout, anonymous=False) -> dict:
         headers = {} if anonymous else {"Authorization": f"Bearer {self._token}"}
         if json is not None:
@@ -635,6 +669,7 @@ class KeygenClient:
             raise KeygenUnavailable(
                 f"{method} {path.split('/')[0]}: {type(error).__name__}"
             ) from None
+        self._note_quota(response)
         if response.status_code != expect:
             raise error_for(response)
         if expect == 204:

@@ -1,7 +1,7 @@
 """Abuse protection for the signup form: who the client is (trusting only our own proxies), how
-often it may submit (per address, per email, and all signups together), and two bot traps (a
-honeypot field and a minimum time between serving the form and submitting it). No Keygen here:
-everything in this module runs before the workflow and decides whether it runs at all."""
+often it may submit (per address and per email; admission.py queues all signups together), and
+two bot traps (a honeypot field and a minimum time between serving the form and submitting it).
+No Keygen here: everything in this module runs before the workflow and decides whether it runs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import ipaddress
 import time
 from collections.abc import Iterable
 
-from flask import Flask, request
-from flask_limiter import Limiter
+from flask import Flask
 from itsdangerous import BadData, URLSafeSerializer
-from limits import RateLimitItem, parse, parse_many
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # -- The client's address ----------------------------------------------------------------------
@@ -69,16 +70,20 @@ _STORAGE_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
 
 class RateLimits:
-    """Three separate buckets, checked with Flask-Limiter's storage and moving-window strategy.
+    """Separate buckets, in the storage and with the moving-window strategy of `limits`
+    (the library under Flask-Limiter):
 
     * per client address, for every POST that passed the CSRF check;
     * per email address, once the form is valid (a keyed hash, so the store holds no emails);
-    * all signups together ("admission"), at KEYGEN_MAX_RPS / 2 signups a second, because every
-      signup makes two Keygen calls and all of them share the account's one Keygen quota.
+    * per client address and per email address for lost-key requests, buckets of their own.
 
-    The limiter is built with no limits of its own, so nothing else (GET /, /healthz, /readyz,
-    /metrics) is counted or touches the storage. Storage errors are never swallowed and there is
-    no in-memory fallback: a storage outage becomes LimiterUnavailable.
+    All signups together are not refused here but queued for their turn at Keygen
+    (admission.py), in the same storage.
+
+    No Flask-Limiter extension: it would run its hooks on every request (a third of a GET's
+    cost) to find the per-view limits the portal does not have. So nothing else (GET /,
+    /healthz, /readyz, /metrics) is counted or touches the storage. Storage errors are never
+    swallowed and there is no in-memory fallback: a storage outage becomes LimiterUnavailable.
     """
 
     def __init__(
@@ -88,24 +93,15 @@ class RateLimits:
         storage_uri: str,
         per_ip: str,
         per_email: str,
-        max_rps: int,
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
     ):
-        self.limiter = Limiter(
-            lambda: request.remote_addr or "",
-            app=app,
-            storage_uri=storage_uri,
-            strategy="moving-window",  # OWASP: fixed windows allow bursts at their edges
-            headers_enabled=False,  # no precise Retry-After to schedule retries against
-            swallow_errors=False,
-            in_memory_fallback_enabled=False,
-            key_prefix="portal",
-            storage_options=_STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {},
-        )
+        options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
+        self.storage = storage_from_string(storage_uri, **options)
+        # OWASP: fixed windows allow bursts at their edges.
+        self.strategy = MovingWindowRateLimiter(self.storage)
         self.per_ip = parse_many(per_ip)
         self.per_email = parse_many(per_email)
-        self.admission = [parse(f"{max_rps} per 2 seconds")]
         self.email_key = app.config["SECRET_KEY"].encode()
         self.recovery_per_ip = parse_many(recovery_per_ip)
         self.recovery_per_email = parse_many(recovery_per_email)
@@ -115,16 +111,9 @@ class RateLimits:
         self._hit([("ip", self.per_ip, address or "unknown")])
 
     def admit_signup(self, email: str) -> None:
-        """Count one valid signup for this email and for everyone, or raise LimitReached.
-
-        Both buckets are tested before either is counted, so a person turned away because the
-        portal is busy does not use up the attempts allowed for their own email."""
+        """Count one valid signup for this email, or raise LimitReached."""
         digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
-        buckets = [("email", self.per_email, digest), ("admission", self.admission, "all")]
-        for name, limits, key in buckets:
-            if not all(self._call("test", limit, name, key) for limit in limits):
-                raise LimitReached(name)
-        self._hit(buckets)
+        self._hit([("email", self.per_email, digest)])
 
     def admit_recovery(self, address: str | None, email: str) -> None:
         """Count one lost-key request from this client and for this email (separate buckets of
@@ -146,11 +135,11 @@ class RateLimits:
 
     def reachable(self) -> bool:
         """Whether the limit storage answers now (memory:// always does)."""
-        return bool(self.limiter.limiter.storage.check())
+        return bool(self.storage.check())
 
     def _call(self, method: str, limit: RateLimitItem, name: str, key: str) -> bool:
         try:
-            return getattr(self.limiter.limiter, method)(limit, name, key)
+            return getattr(self.strategy, method)(limit, name, key)
         except Exception as error:  # redis, memcached: each storage raises its own errors
             raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
 

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from admission import CALLS_PER_SIGNUP, Backlog, BudgetUnavailable, KeygenBudget
 from journal import RESUBMITTABLE, UNFINISHED, Journal, Letter, Signup, State
 from keygen_api import (
     KeygenCircuitOpen,
@@ -167,6 +168,9 @@ class SignupWorkflow:
         give_up_after: float = 86400.0,
         concurrency: int = 6,
         crash_at: str = "",
+        budget: KeygenBudget | None = None,
+        queue_wait: float = 2.0,
+        backlog: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         key_delivery: str = "page",
@@ -195,9 +199,20 @@ class SignupWorkflow:
         self._sleep = sleep
         # Told of each step tried again: "now" (within the request) or "later" (the reconciler).
         self.on_retry: Callable[[str], None] = lambda when: None
+        self.budget = budget
+        self.queue_wait = queue_wait
+        self.backlog = backlog
+        self._backlog = Backlog(concurrency)
+        self._waiting = 0  # slot holders waiting for their turn at Keygen
+        self._lock = threading.Lock()
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         """Drive this submission to its end, or wait for whoever is driving it already.
+
+        First the signup's turn at Keygen (admission.py): a turn within ``queue_wait`` seconds
+        is waited for here; a later one, up to ``backlog`` seconds away, is queued and finished
+        in the background while the person sees "we are finishing your signup"; beyond that
+        the portal is too busy, and nothing is written.
 
         Driving takes one of ``concurrency`` slots, and never waits for one: while Keygen is
         slow, signups must not take every thread from the pages and /healthz (a bulkhead).
@@ -215,19 +230,24 @@ class SignupWorkflow:
     def _sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         ends_at = self._clock() + self.deadline
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
+        turn = self._turn()
+        if turn > self.queue_wait:
+            if self._backlog.full:
+                raise TooBusy("the queue of signups waiting for Keygen is full")
+            queued = self._queue(applicant, nonce, owner, turn)
+            if queued is not None:
+                return queued
+            turn = 0.0  # a copy of a submission someone else drives needs no turn of its own
         waited = False
         while True:
             if self._slots.acquire(blocking=False):
                 try:
-                    claim = self.journal.claim(
-                        nonce,
-                        applicant.email,
-                        owner=owner,
-                        lease=self.lease,
-                        first_name=applicant.first_name,
-                        last_name=applicant.last_name,
-                        verify=self.verify,
-                    )
+                    # The wait for the turn holds the slot too: waiting signups must not take
+                    # every thread from the pages either.
+                    if turn > 0:
+                        self._wait_for_turn(turn)
+                        turn = 0.0
+                    claim = self._claim(applicant, nonce, owner, lease=self.lease)
                     if claim.leased:
                         return self._drive(claim.signup, applicant, ends_at, owner)
                 finally:
@@ -236,10 +256,16 @@ class SignupWorkflow:
             else:
                 found = self.journal.find_nonce(nonce)
                 if found is None or found.state in RESUBMITTABLE:
+                    # When signups waiting for their turn hold slots, Keygen's quota (not its
+                    # speed) is what keeps them busy: finish this one in the background.
+                    waiting = turn > 0 and self._waiting > 0
+                    queued = self._queue(applicant, nonce, owner, turn) if waiting else None
+                    if queued is not None:
+                        return queued
                     raise TooBusy("no free slot for a new signup")
                 signup = found
             if signup.state == State.ISSUED:
-                return self._present(signup, waited_for_it=waited)
+                return self._present(signup, waited_for_it=waited, ends_at=ends_at)
             if signup.state == State.PENDING_VERIFICATION:
                 return CheckInbox(signup.email, "verify")
             if self._clock() + self.POLL >= ends_at:
@@ -265,7 +291,9 @@ class SignupWorkflow:
             raise LinkUsed(f"signup {signup_id} is not in the journal")
         if signup.state == State.ISSUED:
             # Issued after an earlier click, by the reconciler, and never shown: show it now.
-            outcome = self._present(signup, waited_for_it=False)
+            outcome = self._present(
+                signup, waited_for_it=False, ends_at=self._clock() + self.deadline
+            )
             if isinstance(outcome, Issued):
                 return outcome
         elif signup.state in UNFINISHED:
@@ -295,6 +323,91 @@ class SignupWorkflow:
             return CheckInbox(outcome.email, "key")
         return outcome
 
+    def _claim(self, applicant: Applicant, nonce: str, owner: str, *, lease: float):
+        """The journal row of this submission: new and leased to us, or someone else's."""
+        return self.journal.claim(
+            nonce,
+            applicant.email,
+            owner=owner,
+            lease=lease,
+            first_name=applicant.first_name,
+            last_name=applicant.last_name,
+            verify=self.verify,
+        )
+
+    def _wait_for_turn(self, turn: float) -> None:
+        with self._lock:
+            self._waiting += 1
+        try:
+            self._sleep(turn)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _queue(self, applicant: Applicant, nonce: str, owner: str, turn: float) -> Outcome | None:
+        """Leave the signup to a Backlog thread for its turn: Processing, or None if this
+        nonce is someone else's already or the backlog is full."""
+        if self._backlog.full:
+            return None
+        claim = self._claim(applicant, nonce, owner, lease=turn + self.lease)
+        if not claim.leased:
+            return None
+        starts_at = time.monotonic() + turn
+        self._backlog.submit(lambda: self._finish_later(claim.signup, applicant, owner, starts_at))
+        return Processing(applicant.email)
+
+    def _read_back(self, signup: Signup, ends_at: float) -> License | None:
+        """The issued license, to show its key: one more Keygen call, which waits for its turn
+        within the deadline like any other (None: no turn in time)."""
+        if self.budget is not None:
+            try:
+                turn = self.budget.reserve(1, within=max(0.0, ends_at - self._clock() - 1.0))
+            except BudgetUnavailable as error:
+                raise SignupUnavailable(str(error)) from None
+            if turn is None:
+                return None
+            self._sleep(turn)
+        while True:
+            try:
+                return self.keygen.get_license(signup.license_id)
+            except KeygenRateLimited as error:
+                if self._clock() + error.retry_after < ends_at:
+                    self._sleep(error.retry_after)
+                    continue
+                problem = error
+            except KeygenError as error:
+                problem = error
+            raise TryLater(f"signup {signup.id}: cannot read the issued license: {problem}")
+
+    def _turn(self) -> float:
+        """Seconds until this signup may call Keygen; TooBusy if beyond the backlog."""
+        if self.budget is None:
+            return 0.0
+        try:
+            turn = self.budget.reserve(CALLS_PER_SIGNUP, within=self.backlog)
+        except BudgetUnavailable as error:
+            raise SignupUnavailable(str(error)) from None
+        if turn is None:
+            raise TooBusy(f"no turn at Keygen within {self.backlog:g} s")
+        return turn
+
+    def _finish_later(self, signup: Signup, applicant: Applicant, owner: str, starts_at: float):
+        """A queued signup, at its turn (in a Backlog thread). The key is not shown here: the
+        person's reload resends the form, and that request shows it (key_shown stays false)."""
+        time.sleep(max(0.0, starts_at - time.monotonic()))
+        if not self.journal.lease(signup.id, owner=owner, lease=self.lease):
+            return  # the person's reload is driving it already
+        signup = self.journal.get(signup.id)
+        if signup.finished:
+            self.journal.release(signup.id, owner=owner)
+            return
+        run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=3)
+        try:
+            with contextlib.suppress(SignupError):  # the run recorded what happened
+                run.drive(applicant)
+        finally:
+            self.journal.release(signup.id, owner=owner)
+
     def resume(self, signup: Signup, *, owner: str) -> State:
         """Move an unfinished row forward without the password (the reconciler's step)."""
         run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=0)
@@ -317,16 +430,15 @@ class SignupWorkflow:
             return CheckInbox(signup.email, "verify")
         return Issued(signup.email, license.key, license.id, signup.id)
 
-    def _present(self, signup: Signup, *, waited_for_it: bool) -> Outcome:
+    def _present(self, signup: Signup, *, waited_for_it: bool, ends_at: float) -> Outcome:
         """A finished signup seen again. Its key is shown if it never was, or to a duplicate
         submission that arrived while it was being issued (the browser shows only the last
         response of a double click, so that one must carry the key)."""
         if (signup.key_shown and not waited_for_it) or not self.key_on_page:
             return AlreadyIssued(signup.email)
-        try:
-            license = self.keygen.get_license(signup.license_id)
-        except KeygenError as error:
-            raise TryLater(f"signup {signup.id}: cannot read the issued license: {error}") from None
+        license = self._read_back(signup, ends_at)
+        if license is None:
+            return Processing(signup.email)  # Keygen's quota is taken: the next reload shows it
         if self.journal.mark_key_shown(signup.id) or waited_for_it:
             return Issued(signup.email, license.key, license.id, signup.id)
         return AlreadyIssued(signup.email)

@@ -4,16 +4,20 @@ recovery, and the operators' endpoints."""
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from flask import Blueprint, abort, current_app, g, render_template, request
-from flask_babel import gettext
+from flask_babel import get_locale, gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
+from flask_wtf.csrf import generate_csrf
+from markupsafe import escape
 
 import doctor
 from delivery import LinkExpired, LinkInvalid
 from errors import error_page
-from forms import RecoveryForm, SignupForm
+from forms import RecoveryForm, SignupForm, new_nonce
 from health import readiness
 from journal import Letter
 from protection import LimiterUnavailable, LimitReached
@@ -39,9 +43,50 @@ bp = Blueprint("portal", __name__)
 
 @bp.get("/")
 def signup_form():
-    form = SignupForm()
-    form.served.data = current_app.extensions["fill_timer"].stamp(form.nonce.data)
-    return render_template("signup.html", form=form)
+    nonce = new_nonce()
+    # One per language: everything else on the page is the same for every visitor.
+    pages = current_app.extensions.setdefault("blank_forms", {})
+    page = pages.setdefault(str(get_locale()), BlankForm())
+    return page.fill(
+        csrf_token=generate_csrf(),  # also puts the raw token in the session cookie
+        nonce=nonce,
+        served=current_app.extensions["fill_timer"].stamp(nonce),
+    )
+
+
+class BlankForm:
+    """The signup page as every visitor first sees it.
+
+    Rendering it through Jinja and WTForms was most of a GET's cost, yet only three values
+    differ from one visitor to the next: the CSRF token, the nonce and its signed serve time.
+    So it is rendered once per process, with a marker where each of those goes, and every GET
+    fills in the markers (escaped, as Jinja would)."""
+
+    def __init__(self):
+        self._parts: list[str] | None = None
+
+    def fill(self, **values: str) -> str:
+        parts = self._parts or self._render()
+        filled = [parts[0]]
+        for index in range(1, len(parts), 2):
+            filled += [escape(values[parts[index]]), parts[index + 1]]
+        return "".join(filled)
+
+    def _render(self) -> list[str]:
+        """Literal text and field names, alternating: [text, name, text, ..., text]."""
+        markers = {
+            name: f"blank-{name}-{uuid.uuid4().hex}" for name in ("csrf_token", "nonce", "served")
+        }
+        form = SignupForm()
+        form.csrf_token.current_token = markers["csrf_token"]
+        form.nonce.data, form.served.data = markers["nonce"], markers["served"]
+        page = render_template("signup.html", form=form)
+        names = {marker: name for name, marker in markers.items()}
+        parts = re.split("(" + "|".join(names) + ")", page)
+        parts[1::2] = [names[marker] for marker in parts[1::2]]
+        assert sorted(parts[1::2]) == sorted(markers), "each value appears once in the form"
+        self._parts = parts
+        return parts
 
 
 @bp.post("/")

@@ -1,0 +1,237 @@
+"""Admission to Keygen (admission.py): one budget of Keygen calls, turns instead of refusals,
+the background queue, and Keygen's rate-limit answers correcting the budget. The last test is
+issue #8's acceptance: at three times Keygen's quota no person sees an error caused by a 429,
+and everyone gets their key."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import redis
+import requests
+from test_protection import hidden, redis_server, settings_for
+
+from admission import KeygenBudget, RedisKeygenBudget
+from app import create_app
+from conftest import csrf_token_from, form_data, make_settings, secret
+from keygen_api import KeygenClient, KeygenRateLimited
+from test_e2e import emulator, keygen_state, portal
+
+KEY = re.compile(r'id="license-key"[^>]*>([^<]+)<')
+FINISHING = "We are finishing your signup"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- The budget --------------------------------------------------------------------------------
+
+
+def test_the_budget_spaces_signups_at_half_the_call_rate():
+    clock = Clock()
+    budget = KeygenBudget(4, clock=clock)  # 4 calls a second: a signup every 0.5 s
+    assert budget.reserve(within=10) == 0.0
+    assert budget.reserve(within=10) == pytest.approx(0.5)
+    assert budget.reserve(within=10) == pytest.approx(1.0)
+    clock.now += 5  # idle time is not saved up beyond one signup's burst
+    assert budget.reserve(within=10) == 0.0
+    assert budget.reserve(within=10) == pytest.approx(0.5)
+
+
+def test_a_turn_beyond_the_bound_reserves_nothing():
+    clock = Clock()
+    budget = KeygenBudget(2, clock=clock)  # a signup a second
+    assert budget.reserve(within=1.5) == 0.0
+    assert budget.reserve(within=1.5) == pytest.approx(1.0)
+    assert budget.reserve(within=1.5) is None  # would be 2.0
+    assert budget.reserve(within=1.5) is None
+    clock.now += 1.0
+    assert budget.reserve(within=1.5) == pytest.approx(1.0)  # the refusals took no turn
+
+
+def test_a_used_up_keygen_window_holds_every_turn_until_it_resets():
+    clock = Clock()
+    budget = KeygenBudget(10, clock=clock)
+    assert budget.reserve(within=30) == 0.0
+    budget.hold_until(clock.now + 7.0)  # Keygen: X-RateLimit-Remaining 0, Reset in 7 s
+    assert budget.reserve(within=30) == pytest.approx(7.0)
+    assert budget.reserve(within=30) == pytest.approx(7.2)
+    budget.hold_until(clock.now + 3600)  # a wild Reset (a clock problem) is capped
+    assert budget.reserve(within=120) == pytest.approx(60.0)
+
+
+def test_the_redis_budget_is_one_schedule_for_every_process():
+    with redis_server() as url:
+        first, second = (RedisKeygenBudget(redis.Redis.from_url(url), 2) for _ in range(2))
+        turns = [first.reserve(within=10), second.reserve(within=10), first.reserve(within=10)]
+        assert turns[0] == pytest.approx(0.0, abs=0.05)
+        assert turns[1] == pytest.approx(1.0, abs=0.05)
+        assert turns[2] == pytest.approx(2.0, abs=0.05)
+        assert second.reserve(within=1.0) is None
+        second.hold_until(time.time() + 10)
+        assert first.reserve(within=30) == pytest.approx(10.0, abs=0.1)
+
+
+# -- Keygen's answers --------------------------------------------------------------------------
+
+
+def test_keygen_saying_its_window_is_used_up_stops_the_next_call_before_it_is_sent(keygen):
+    keygen.emulator.set_rate_limit(2, period=30)
+    told: list[float] = []
+    client = KeygenClient(keygen.url, keygen.account, keygen.token, on_quota_used_up=told.append)
+    try:
+        client.me()
+        assert told == []
+        client.me()  # X-RateLimit-Remaining: 0
+        [resets_at] = told
+        assert time.time() < resets_at <= time.time() + 30
+        with pytest.raises(KeygenRateLimited) as raised:
+            client.me()
+    finally:
+        keygen.emulator.set_rate_limit(None)  # the emulator outlives the test
+    assert 0 < raised.value.retry_after <= 30
+    assert [call["status"] for call in keygen.calls()] == [200, 200]  # Keygen saw no third
+
+
+# -- In the portal -----------------------------------------------------------------------------
+
+
+@dataclass
+class Browser:
+    """One person's form, kept so that they can send it again (a reload of the result page)."""
+
+    client: object
+    data: dict
+
+    @classmethod
+    def open(cls, app, email: str) -> Browser:
+        client = app.test_client()
+        page = client.get("/").get_data(as_text=True)
+        data = form_data(email=email)
+        data.update(csrf_token=csrf_token_from(page), nonce=hidden(page, "nonce"))
+        data["served"] = hidden(page, "served")
+        return cls(client, data)
+
+    def send(self):
+        response = self.client.post("/", data=self.data)
+        match = KEY.search(response.get_data(as_text=True))
+        if match:
+            secret(match.group(1).strip())
+        return response
+
+
+def emails(n: int) -> list[str]:
+    return [f"queued{i}-{uuid.uuid4().hex[:6]}@example.com" for i in range(n)]
+
+
+def test_a_signup_waits_for_its_turn_and_shows_its_key(keygen):
+    app = create_app(make_settings(keygen, keygen_max_rps=2, admission_wait=1.5))
+    first, second = (Browser.open(app, email) for email in emails(2))
+    assert first.send().status_code == 200
+    started = time.monotonic()
+    answer = second.send()
+    assert answer.status_code == 200
+    assert KEY.search(answer.get_data(as_text=True))
+    assert time.monotonic() - started >= 0.8  # it waited for its turn (1 s after the first)
+    assert len(keygen.licenses()) == 2
+
+
+def test_a_later_turn_is_finished_in_the_background_and_the_reload_shows_the_key(keygen):
+    app = create_app(make_settings(keygen, keygen_max_rps=2, admission_wait=0.5))
+    first, second = (Browser.open(app, email) for email in emails(2))
+    assert first.send().status_code == 200
+    queued = second.send()
+    assert queued.status_code == 202
+    assert FINISHING in queued.get_data(as_text=True)
+    deadline = time.monotonic() + 10
+    while len(keygen.licenses()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(keygen.licenses()) == 2  # finished without the person doing anything
+    reload = second.send()
+    assert reload.status_code == 200
+    [license] = [lic for lic in keygen.licenses() if lic["key"] in reload.get_data(as_text=True)]
+    assert len(keygen.users()) == 2
+    assert second.send().status_code == 200  # a second reload: "already issued", no key
+    assert license["key"] not in second.send().get_data(as_text=True)
+
+
+def test_beyond_the_backlog_the_busy_page_and_nothing_is_created(keygen):
+    settings = make_settings(keygen, keygen_max_rps=1, admission_wait=0.5, admission_backlog=1.0)
+    app = create_app(settings)
+    first, second = (Browser.open(app, email) for email in emails(2))
+    assert first.send().status_code == 200
+    busy = second.send()
+    assert busy.status_code == 503
+    assert "very busy" in busy.get_data(as_text=True)
+    time.sleep(0.5)
+    assert len(keygen.users()) == 1
+
+
+# -- Issue #8: three times Keygen's quota --------------------------------------------------------
+
+
+def sign_up_and_reload(url: str, email: str, outcome: dict, reload_after: float) -> None:
+    """A person: GET the form, send it; on "finishing your signup", reload later (send again)."""
+    with requests.Session() as browser:
+        page = browser.get(url + "/", timeout=30).text
+        data = form_data(email=email)
+        data.update(csrf_token=csrf_token_from(page), nonce=hidden(page, "nonce"))
+        data["served"] = hidden(page, "served")
+        answer = browser.post(url + "/", data=data, timeout=30)
+        outcome["first"] = answer.status_code
+        if answer.status_code == 202:
+            time.sleep(reload_after)
+            answer = browser.post(url + "/", data=data, timeout=30)
+        match = KEY.search(answer.text)
+        outcome["last"] = answer.status_code
+        outcome["key"] = secret(match.group(1).strip()) if match else None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_at_three_times_keygens_quota_no_one_sees_an_error_and_everyone_gets_a_key():
+    quota, period = 6, 1  # Keygen: 6 calls a second, so at most 3 signups a second
+    people, rate = 24, 9.0  # arriving at 9 a second: three times what the quota allows
+    with redis_server() as storage, emulator() as keygen:
+        requests.post(
+            keygen["url"] + "/_emulator/rate-limit",
+            json={"limit": quota, "period": period},
+            timeout=5,
+        ).raise_for_status()
+        env = settings_for(
+            keygen,
+            RATELIMIT_STORAGE_URI=storage,  # two workers, one budget
+            RATELIMIT_PER_IP="1000/minute",
+            KEYGEN_MAX_RPS=str(quota // period),
+            ADMISSION_WAIT="1",
+        )
+        with portal(env) as url:
+            outcomes = [{} for _ in range(people)]
+            threads = [
+                threading.Thread(target=sign_up_and_reload, args=(url, email, outcome, 15.0))
+                for email, outcome in zip(emails(people), outcomes, strict=True)
+            ]
+            started = time.monotonic()
+            for index, thread in enumerate(threads):  # open loop: a fixed arrival rate
+                time.sleep(max(0.0, started + index / rate - time.monotonic()))
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            calls = keygen_state(keygen["url"])["requests"]
+    firsts = sorted(outcome.get("first") for outcome in outcomes)
+    assert set(firsts) <= {200, 202}, firsts  # a key, or "we are finishing your signup"
+    assert firsts.count(202) >= 1, "the test did not reach the quota"
+    assert all(outcome.get("key") for outcome in outcomes), outcomes
+    assert [c for c in calls if c["status"] == 429] == []  # the budget kept Keygen's quota
+    creates = [c for c in calls if c["route"] in ("users.create", "licenses.create")]
+    assert len(creates) == 2 * people  # exactly two calls per signup, none resent

@@ -1,0 +1,62 @@
+"""The signup form page, rendered once per process and filled in per visitor (views.BlankForm):
+every visitor gets their own CSRF token, nonce and serve time, in a page that is otherwise the
+one the template renders."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import csrf_token_from, form_data
+from test_protection import hidden
+
+
+def test_each_visitor_gets_their_own_token_nonce_and_serve_time(app):
+    pages = [app.test_client().get("/") for _ in range(3)]
+    assert all(page.status_code == 200 for page in pages)
+    texts = [page.get_data(as_text=True) for page in pages]
+    for name in ("nonce", "served"):
+        assert len({hidden(text, name) for text in texts}) == 3, name
+    assert len({csrf_token_from(text) for text in texts}) == 3
+    # Apart from those three values, every visitor sees the very same page.
+    blanked = {
+        re.sub(r'value="[^"]*" type="hidden"|type="hidden" value="[^"]*"', "", t) for t in texts
+    }
+    assert len(blanked) == 1
+    assert all(page.headers["Cache-Control"] == "no-store" for page in pages)
+    assert all("Cookie" in page.headers["Vary"] for page in pages)
+
+
+def test_the_filled_in_page_is_the_one_the_template_renders(app):
+    from flask import render_template
+
+    from forms import SignupForm
+
+    client = app.test_client()
+    served = client.get("/").get_data(as_text=True)
+    with app.test_request_context("/"):
+        form = SignupForm()
+        form.csrf_token.current_token = csrf_token_from(served)
+        form.nonce.data, form.served.data = hidden(served, "nonce"), hidden(served, "served")
+        assert render_template("signup.html", form=form) == served
+
+
+def test_every_visitors_form_is_accepted(app, keygen):
+    browsers = [app.test_client() for _ in range(2)]
+    pages = [browser.get("/").get_data(as_text=True) for browser in browsers]
+    for index, (browser, page) in enumerate(zip(browsers, pages, strict=True)):
+        data = form_data(email=f"visitor{index}@example.com")
+        data.update(csrf_token=csrf_token_from(page), nonce=hidden(page, "nonce"))
+        data["served"] = hidden(page, "served")
+        assert browser.post("/", data=data).status_code == 200
+    assert len(keygen.licenses()) == 2
+
+
+def test_each_language_gets_its_own_page_whoever_came_first(app):
+    client = app.test_client()
+    english = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    german = client.get("/", headers={"Accept-Language": "de"}).get_data(as_text=True)
+    again = client.get("/", headers={"Accept-Language": "en"}).get_data(as_text=True)
+    assert '<html lang="en">' in english and '<html lang="en">' in again
+    assert '<html lang="de">' in german
+    assert "Create account and get my key" in english
+    assert "Create account and get my key" not in german
