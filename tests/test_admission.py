@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import pytest
 import redis
 import requests
-from test_protection import hidden, redis_server, settings_for
 
 from admission import KeygenBudget, RedisKeygenBudget
 from app import create_app
 from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
 from test_e2e import emulator, keygen_state, portal
+from test_protection import hidden, redis_server, settings_for
 
 KEY = re.compile(r'id="license-key"[^>]*>([^<]+)<')
 FINISHING = "We are finishing your signup"
