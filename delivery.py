@@ -51,7 +51,10 @@ SUBJECTS = {
         _l("Confirm your email address to get your %(product_name)s license"),
         _l("Confirm your email address to get your license"),
     ),
-    "taken": (_l("You already have a %(product_name)s account"), _l("You already have an account")),
+    "taken": (
+        _l("You already have an account for %(product_name)s"),
+        _l("You already have an account"),
+    ),
     "recovery": (_l("Your %(product_name)s license keys"), _l("Your license keys")),
 }
 
