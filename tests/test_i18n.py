@@ -17,6 +17,7 @@ from flask import render_template
 from flask_babel import force_locale
 from flask_wtf import FlaskForm
 from sqlalchemy import Column, MetaData, Table, create_engine, inspect
+from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
 from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
 from test_mailer import text_of
 from wtforms import StringField
@@ -497,3 +498,35 @@ def test_the_outbox_and_journal_keep_a_language_and_older_databases_get_the_colu
         ("zoe@example.com", "de"),
     ]
     journal.engine.dispose()
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+@pytest.mark.parametrize("mode", ["refuse", "error"])
+def test_the_captchas_messages_are_translated(keygen, verify, language, mode):
+    verify.mode = mode  # refused (422), or the provider unreachable (503)
+    client = captcha_app(keygen, verify)
+    client.get(f"/?lang={language}")
+    response = submit(client, **{"cf-turnstile-response": "an-answer"})
+    assert response.status_code == {"refuse": 422, "error": 503}[mode]
+    page = response.get_data(as_text=True)
+    assert 'class="error-summary"' in page
+    assert_page_in(response, language, f"CAPTCHA {mode} state")
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("Password123!", "This password is one of the most commonly used"),
+        # An address of its own: as a password it counts as a secret, never to be logged.
+        ("lois-i18n@example.com", "Please don't use your email address as your password."),
+    ],
+    ids=["common", "the-email"],
+)
+def test_the_password_checks_are_translated(client, keygen, language, password, message):
+    client.get(f"/?lang={language}")
+    response = submit(client, email="lois-i18n@example.com", password=password)
+    assert response.status_code == 422
+    [msgid] = [m for m in MESSAGES if m.startswith(message)]
+    assert htmllib.escape(catalogue(language)[msgid].string) in response.get_data(as_text=True)
+    assert_page_in(response, language, "password error state")
