@@ -63,8 +63,14 @@ PROVIDERS = {
     ),
 }
 
-FAILED = "Please complete the check that you are not a robot, then send the form again."
-UNAVAILABLE = (
+
+def N_(message: str) -> str:
+    """Marks a message for the catalogues (translations/); views.py shows it translated."""
+    return message
+
+
+FAILED = N_("Please complete the check that you are not a robot, then send the form again.")
+UNAVAILABLE = N_(
     "We could not check that you are not a robot right now, so nothing was created. "
     "Please send the form again in a minute."
 )

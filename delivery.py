@@ -4,11 +4,12 @@ Requests and the reconciler only queue messages in the journal's outbox (journal
 transaction as the state they belong to. The Courier, a thread in each portal process (any number
 of processes and instances, kept apart by leases), sends what is due: it composes each message at
 send time, fetching the license key from Keygen by the license id the row holds, so that no key
-and no link token is ever stored. A temporary failure (connection refused, 4xx, Keygen
-unreachable) is retried with a growing, jittered delay; a permanent one (5xx) is given up with a
-line for the operator. A message is marked sent only after the server took it, so a crash in
-between sends it again: delivery is at least once, and the stable Message-ID lets mail clients
-drop the copy.
+and no link token is ever stored, and in the language the row holds: the one of the page the
+person used (flask_babel's force_locale, as there is no request here). A temporary failure
+(connection refused, 4xx, Keygen unreachable) is retried with a growing, jittered delay; a
+permanent one (5xx) is given up with a line for the operator. A message is marked sent only
+after the server took it, so a crash in between sends it again: delivery is at least once, and
+the stable Message-ID lets mail clients drop the copy.
 
 Links are built from PUBLIC_URL only, never from a request's Host header.
 """
@@ -25,8 +26,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import Flask, render_template
+from flask_babel import force_locale
+from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 
+from i18n import default_language, known_language
 from journal import Journal, Mail, MailState
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
 from mailer import (
@@ -39,12 +43,19 @@ from mailer import (
 
 log = logging.getLogger(__name__)
 
-# The subject of each kind of message; the bodies are templates/email/<kind>.txt and .html.
+# The subject of each kind of message, with PRODUCT_NAME and without; the bodies are
+# templates/email/<kind>.txt and .html.
 SUBJECTS = {
-    "license": "Your {product}license key",
-    "verify": "Confirm your email address to get your {product}license",
-    "taken": "You already have a {product}account",
-    "recovery": "Your {product}license keys",
+    "license": (_l("Your %(product_name)s license key"), _l("Your license key")),
+    "verify": (
+        _l("Confirm your email address to get your %(product_name)s license"),
+        _l("Confirm your email address to get your license"),
+    ),
+    "taken": (
+        _l("You already have an account for %(product_name)s"),
+        _l("You already have an account"),
+    ),
+    "recovery": (_l("Your %(product_name)s license keys"), _l("Your license keys")),
 }
 
 
@@ -272,11 +283,14 @@ class Courier:
             to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
         elif mail.kind != "taken":
             raise ValueError(f"unknown kind of message {mail.kind!r}")
-        product = f"{self.product_name} " if self.product_name else ""
-        with self.app.app_context():
+        # In the language of the page the person used when it was queued (the outbox keeps it).
+        language = mail.locale if known_language(mail.locale) else default_language(self.app)
+        with self.app.app_context(), force_locale(language):
+            with_product, without = SUBJECTS[mail.kind]
+            subject = with_product % values if self.product_name else str(without)
             text = render_template(f"email/{mail.kind}.txt", **values)
             html = render_template(f"email/{mail.kind}.html", **values)
-        return Content(SUBJECTS[mail.kind].format(product=product), text, html, to_name)
+        return Content(subject, text, html, to_name)
 
     def recovered(self, email: str):
         """The Keygen user with this address and the keys of their licenses (the product

@@ -34,15 +34,26 @@ def chosen_language() -> str | None:
 
 
 def select_language() -> str:
-    if not has_request_context():  # e.g. an email rendered by the reconciler: flask_babel's
-        return "en"  # force_locale() chooses another
+    if not has_request_context():  # e.g. an email rendered by the courier: flask_babel's
+        return default_language(current_app)  # force_locale() chooses the person's language
     remembered = request.cookies.get(COOKIE, "")
     return (
         chosen_language()
         or (remembered if remembered in LANGUAGES else None)
         or request.accept_languages.best_match(LANGUAGES)
-        or "en"
+        or default_language(current_app)
     )
+
+
+def default_language(app: Flask) -> str:
+    """Flask-Babel's BABEL_DEFAULT_LOCALE if it is one of ours, else English."""
+    language = app.config.get("BABEL_DEFAULT_LOCALE", "en")
+    return language if language in LANGUAGES else "en"
+
+
+def known_language(language: str | None) -> bool:
+    """Whether a stored language code (an outbox row's) is one the catalogues complete."""
+    return language in LANGUAGES
 
 
 def page_language() -> str:

@@ -90,6 +90,8 @@ signups = Table(
     Column("first_name", String(255)),
     Column("last_name", String(255)),
     Column("verify", Boolean, nullable=False, default=False, server_default=text("false")),
+    # Added with translated emails: the language of the page, for the emails this signup owes.
+    Column("locale", String(16)),
 )
 
 outbox = Table(
@@ -111,6 +113,7 @@ outbox = Table(
     Column("last_error", String(500)),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("locale", String(16)),  # the language to write in (i18n.py); none: the default
 )
 
 
@@ -124,6 +127,7 @@ class Letter:
     first_name: str | None = None
     last_name: str | None = None
     dedupe: str | None = None
+    locale: str | None = None  # the language of the page the person used
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class Mail:
     last_error: str | None
     created_at: float
     updated_at: float
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class Signup:
     first_name: str | None = None
     last_name: str | None = None
     verify: bool = False
+    locale: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -212,6 +218,7 @@ class Journal:
         first_name: str | None = None,
         last_name: str | None = None,
         verify: bool = False,
+        locale: str | None = None,
     ) -> Claim:
         """Record a submission (or find the one with this nonce) and try to lease it.
 
@@ -235,6 +242,7 @@ class Journal:
             "first_name": first_name,
             "last_name": last_name,
             "verify": verify,
+            "locale": locale,
         }
         try:
             with self.engine.begin() as db:
@@ -251,6 +259,7 @@ class Journal:
                 first_name=first_name,
                 last_name=last_name,
                 verify=verify,
+                locale=locale,
                 state=State.NEW,
                 user_id=None,
                 attempts=0,
@@ -379,6 +388,7 @@ class Journal:
                 "first_name": letter.first_name,
                 "last_name": letter.last_name,
                 "ref": letter.ref,
+                "locale": letter.locale,
                 "state": MailState.PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,

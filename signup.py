@@ -75,6 +75,7 @@ class Applicant:
     first_name: str
     last_name: str
     consent: dict[str, str] = field(default_factory=dict)  # kept in the user's metadata
+    locale: str | None = None  # the page's language: the emails this signup owes are in it
 
 
 # What a submission can come to, besides the exceptions below.
@@ -333,6 +334,7 @@ class SignupWorkflow:
             first_name=applicant.first_name,
             last_name=applicant.last_name,
             verify=self.verify,
+            locale=applicant.locale,
         )
 
     def _wait_for_turn(self, turn: float) -> None:
@@ -572,6 +574,7 @@ class _Run:
             first_name=self.signup.first_name,
             last_name=self.signup.last_name,
             dedupe=dedupe or f"{kind}:{ref}",
+            locale=self.signup.locale,
         )
 
     # Step 1: the user.

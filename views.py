@@ -19,6 +19,7 @@ from delivery import LinkExpired, LinkInvalid
 from errors import error_page
 from forms import RecoveryForm, SignupForm, new_nonce
 from health import readiness
+from i18n import page_language
 from journal import Letter
 from protection import LimiterUnavailable, LimitReached
 from signup import (
@@ -102,7 +103,7 @@ def signup_submit():
         log.info("request %s: honeypot field filled; nothing was created", g.request_id)
         return render_template("processing.html", email=form.email.data), 202
     if problem := current_app.extensions["captcha"].problem(request.form, request.remote_addr):
-        form.form_errors.append(problem.message)  # before anything reaches Keygen
+        form.form_errors.append(gettext(problem.message))  # before anything reaches Keygen
         return render_template("signup.html", form=form), problem.status
     timer = current_app.extensions["fill_timer"]
     age = timer.age(form.served.data, form.nonce.data)
@@ -125,6 +126,7 @@ def signup_submit():
         first_name=form.first_name.data,
         last_name=form.last_name.data,
         consent=current_app.extensions["brand"].consent_record(),
+        locale=page_language(),
     )
     metrics = current_app.extensions["metrics"]
     try:
@@ -269,7 +271,7 @@ def lost_key_submit():
         current_app.extensions["rate_limits"].admit_recovery(request.remote_addr, form.email.data)
     except (LimitReached, LimiterUnavailable) as error:
         return turned_away(error)
-    courier.journal.queue(Letter(kind="recovery", email=form.email.data))
+    courier.journal.queue(Letter(kind="recovery", email=form.email.data, locale=page_language()))
     courier.wake()
     return render_template("lost_key_sent.html")
 
