@@ -11,7 +11,7 @@ from flask import Blueprint, abort, current_app, g, render_template, request
 from flask_babel import get_locale, gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import generate_csrf
+from flask_wtf.csrf import CSRFError, generate_csrf
 from markupsafe import escape
 
 import doctor
@@ -140,7 +140,8 @@ def signup_submit():
         metrics.count_signup(error)
         log.warning("request %s: %s", g.request_id, error)
         form.form_errors.append(TRY_LATER)
-        response = current_app.make_response((render_template("signup.html", form=form), 503))
+        page = render_template("signup.html", form=form, reference=g.request_id)
+        response = current_app.make_response((page, 503))
         response.headers["Retry-After"] = "60"
         return response
     except SignupUnavailable as error:
@@ -163,6 +164,24 @@ def turned_away(error: LimitReached | LimiterUnavailable):
         return error_page(429)
     log.error("request %s: signups refused: %s", g.request_id, error)
     return error_page(503, kind="unavailable")
+
+
+FORM_EXPIRED = _l(
+    "This form had expired, so nothing was sent. Please check your details and submit it again."
+)
+
+
+@bp.errorhandler(CSRFError)
+def form_expired(error: CSRFError):
+    """A signup form kept open past its token's lifetime (WTF_CSRF_TIME_LIMIT) comes back as it
+    was typed, with a fresh token and without the password; nothing went further. Any other CSRF
+    failure (no session, a token not ours) gets the error page: no values of unknown origin."""
+    log.warning("request %s: CSRF check failed: %s", g.request_id, error.description)
+    if request.endpoint != "portal.signup_submit" or "expired" not in (error.description or ""):
+        return error_page(400, kind="csrf")
+    form = SignupForm()
+    form.form_errors.append(FORM_EXPIRED)
+    return render_template("signup.html", form=form), 400
 
 
 TRY_LATER = _l(
