@@ -144,12 +144,9 @@ def signup_submit():
         response = current_app.make_response((page, 503))
         response.headers["Retry-After"] = "60"
         return response
-    except SignupUnavailable as error:
+    except (SignupUnavailable, TooBusy) as error:
         metrics.count_signup(error)
-        return error_page(503, kind="unavailable")
-    except TooBusy as error:
-        metrics.count_signup(error)
-        return error_page(503, kind="busy", retry_after=30)
+        return not_now(error)
     metrics.count_signup(outcome)
     wake_courier()
     return show(outcome, first_name=applicant.first_name)
@@ -188,6 +185,13 @@ TRY_LATER = _l(
     "Our licensing service did not answer in time, so nothing was created. "
     "Please submit the form again in a minute."
 )
+
+
+def not_now(error: SignupUnavailable | TooBusy):
+    """An operator must act (SignupUnavailable), or too many signups are running (TooBusy)."""
+    if isinstance(error, TooBusy):
+        return error_page(503, kind="busy", retry_after=30)
+    return error_page(503, kind="unavailable")
 
 
 def show(outcome, *, first_name: str):
@@ -246,12 +250,9 @@ def verify_submit(token: str):
         metrics.count_signup(error)
         log.warning("request %s: %s", g.request_id, error)
         return error_page(503, retry_after=60)
-    except SignupUnavailable as error:
+    except (SignupUnavailable, TooBusy) as error:
         metrics.count_signup(error)
-        return error_page(503, kind="unavailable")
-    except TooBusy as error:
-        metrics.count_signup(error)
-        return error_page(503, kind="busy", retry_after=30)
+        return not_now(error)
     metrics.count_signup(outcome)
     wake_courier()
     first_name = workflow.journal.get(signup_id).first_name or ""

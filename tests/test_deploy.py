@@ -173,24 +173,30 @@ def wait_for_https(proxy: Proxy, proc: subprocess.Popen, timeout: float = 20) ->
 
 
 @contextmanager
-def nginx(portal: Portal, cert: Path, key: Path) -> Iterator[Proxy]:
+def nginx(
+    portal: Portal, cert: Path, key: Path, *, form_rate: str | None = None
+) -> Iterator[Proxy]:
+    """deploy/nginx.conf as shipped, in front of ``portal``; ``form_rate`` replaces its limit of
+    form submissions per address (10r/m) for tests that send many from 127.0.0.1."""
     require(NGINX is not None, "nginx")
     https_port, http_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="portal-nginx-") as prefix:
-        conf = Path(prefix) / "nginx.conf"
-        conf.write_text(
-            render_nginx_conf(
-                {
-                    "PORTAL_SERVER_NAME": HOST,
-                    "PORTAL_PUBLIC_URL": f"https://{HOST}:{https_port}",
-                    "PORTAL_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-                    "PORTAL_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
-                    "PORTAL_TLS_CERTIFICATE": str(cert),
-                    "PORTAL_TLS_CERTIFICATE_KEY": str(key),
-                    "PORTAL_UPSTREAM": portal.upstream,
-                }
-            )
+        text = render_nginx_conf(
+            {
+                "PORTAL_SERVER_NAME": HOST,
+                "PORTAL_PUBLIC_URL": f"https://{HOST}:{https_port}",
+                "PORTAL_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+                "PORTAL_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
+                "PORTAL_TLS_CERTIFICATE": str(cert),
+                "PORTAL_TLS_CERTIFICATE_KEY": str(key),
+                "PORTAL_UPSTREAM": portal.upstream,
+            }
         )
+        if form_rate:
+            assert "rate=10r/m" in text
+            text = text.replace("rate=10r/m", f"rate={form_rate}")
+        conf = Path(prefix) / "nginx.conf"
+        conf.write_text(text)
         args = [str(NGINX), "-p", prefix, "-c", str(conf)]
         args += ["-g", f"daemon off; pid {prefix}/nginx.pid;"]
         with process("nginx", args, dict(os.environ)) as proc:

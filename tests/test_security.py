@@ -13,7 +13,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import threading
 import unicodedata
 import uuid
@@ -33,13 +32,12 @@ from conftest import (
     ROOT,
     SECRET_KEY,
     csrf_token_from,
-    free_port,
     issued_key,
     require,
     secret,
 )
-from test_deploy import HOST, NGINX, Portal, Proxy, render_nginx_conf, wait_for_https
-from test_e2e import emulator, keygen_state, process
+from test_deploy import HOST, Portal, Proxy, nginx
+from test_e2e import emulator, keygen_state
 from test_protection import redis_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -105,39 +103,8 @@ def nginx_for_checks(portal: Portal, cert: Path, key: Path) -> Iterator[Proxy]:
     """deploy/nginx.conf as shipped, except its per-address limit of 10 POSTs a minute: every
     check here comes from 127.0.0.1, and the portal's own limits are what S2 and S37 look at.
     (test_deploy.py tests nginx's limit as shipped.)"""
-    require(NGINX is not None, "nginx")
-    https_port, http_port = free_port(), free_port()
-    prefix = Path(portal.log).parent / f"nginx-{uuid.uuid4().hex[:8]}"
-    prefix.mkdir()
-    text = render_nginx_conf(
-        {
-            "PORTAL_SERVER_NAME": HOST,
-            "PORTAL_PUBLIC_URL": f"https://{HOST}:{https_port}",
-            "PORTAL_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-            "PORTAL_HTTPS_LISTEN": f"127.0.0.1:{https_port}",
-            "PORTAL_TLS_CERTIFICATE": str(cert),
-            "PORTAL_TLS_CERTIFICATE_KEY": str(key),
-            "PORTAL_UPSTREAM": portal.upstream,
-        }
-    )
-    assert "rate=10r/m" in text
-    conf = prefix / "nginx.conf"
-    conf.write_text(text.replace("rate=10r/m", "rate=6000r/m"))
-    args = [str(NGINX), "-p", str(prefix), "-c", str(conf)]
-    args += ["-g", f"daemon off; pid {prefix}/nginx.pid;"]
-    try:
-        with process("nginx-security", args, dict(os.environ)) as proc:
-            proxy = Proxy(
-                "nginx",
-                f"https://{HOST}:{https_port}",
-                f"http://{HOST}:{http_port}",
-                cert,
-                proc.log_path,
-            )
-            wait_for_https(proxy, proc)
-            yield proxy
-    finally:
-        shutil.rmtree(prefix, ignore_errors=True)
+    with nginx(portal, cert, key, form_rate="6000r/m") as proxy:
+        yield proxy
 
 
 @dataclass
