@@ -212,7 +212,9 @@ def test_at_three_times_keygens_quota_no_one_sees_an_error_and_everyone_gets_a_k
             keygen,
             RATELIMIT_STORAGE_URI=storage,  # two workers, one budget
             RATELIMIT_PER_IP="1000/minute",
-            KEYGEN_MAX_RPS=str(quota // period),
+            # A little under the quota, as the README says: calls timed exactly at the quota
+            # can straddle the edge of Keygen's fixed window by a few milliseconds.
+            KEYGEN_MAX_RPS=str(quota // period - 1),
             ADMISSION_WAIT="1",
         )
         with portal(env) as url:

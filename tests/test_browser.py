@@ -30,7 +30,12 @@ def demo(tmp_path_factory):
     port, emulator_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
     env.update(
-        BIND=f"127.0.0.1:{port}", DEMO_KEYGEN_PORT=str(emulator_port), DEMO_DIR=str(demo_dir)
+        BIND=f"127.0.0.1:{port}",
+        DEMO_KEYGEN_PORT=str(emulator_port),
+        DEMO_DIR=str(demo_dir),
+        # Every test here posts from 127.0.0.1, sooner or later more than the default 10 a
+        # minute: that limit is tested in test_protection.py, not here.
+        RATELIMIT_PER_IP="1000/minute",
     )
     log = open(LOG_DIR / "run-sh.log", "ab")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
