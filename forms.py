@@ -150,6 +150,19 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
+def email_field() -> EmailField:
+    """The email field of every form: shaped here, looked up in Keygen by the workflow."""
+    return EmailField(
+        _l("Email"),
+        filters=[strip],
+        validators=[
+            DataRequired(_l("Enter your email address.")),
+            Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
+            email_address,
+        ],
+    )
+
+
 class SignupForm(FlaskForm):
     # One per served form: resubmitting the same form (double click, refresh, back button,
     # two tabs of one page) is recognised as the same signup and never creates a second one.
@@ -179,15 +192,7 @@ class SignupForm(FlaskForm):
             printable_name,
         ],
     )
-    email = EmailField(
-        _l("Email"),
-        filters=[strip],
-        validators=[
-            DataRequired(_l("Enter your email address.")),
-            Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
-            email_address,
-        ],
-    )
+    email = email_field()
     # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
     password = PasswordField(
         _l("Password"),
@@ -205,12 +210,4 @@ class SignupForm(FlaskForm):
 class RecoveryForm(FlaskForm):
     """The lost-key page: just the address the keys should go to."""
 
-    email = EmailField(
-        _l("Email"),
-        filters=[strip],
-        validators=[
-            DataRequired(_l("Enter your email address.")),
-            Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
-            email_address,
-        ],
-    )
+    email = email_field()

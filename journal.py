@@ -403,24 +403,23 @@ class Journal:
         return self._update(signup_id, signups.c.key_shown.is_(False), key_shown=True)
 
     def get(self, signup_id: str) -> Signup:
-        with self.engine.connect() as db:
-            row = db.execute(select(signups).where(signups.c.id == signup_id)).one()
-        return _signup(row)
+        return self._one(signups.c.id == signup_id)
 
     def find(self, signup_id: str) -> Signup | None:
-        with self.engine.connect() as db:
-            row = db.execute(select(signups).where(signups.c.id == signup_id)).one_or_none()
-        return _signup(row) if row is not None else None
+        return self._one(signups.c.id == signup_id, missing_ok=True)
 
     def by_nonce(self, nonce: str) -> Signup:
-        with self.engine.connect() as db:
-            row = db.execute(select(signups).where(signups.c.nonce == nonce)).one()
-        return _signup(row)
+        return self._one(signups.c.nonce == nonce)
 
     def find_nonce(self, nonce: str) -> Signup | None:
         """The submission with this nonce, if there is one."""
+        return self._one(signups.c.nonce == nonce, missing_ok=True)
+
+    def _one(self, condition, *, missing_ok: bool = False) -> Signup | None:
+        """The one row that matches; None (or NoResultFound) when there is none."""
         with self.engine.connect() as db:
-            row = db.execute(select(signups).where(signups.c.nonce == nonce)).one_or_none()
+            result = db.execute(select(signups).where(condition))
+            row = result.one_or_none() if missing_ok else result.one()
         return _signup(row) if row is not None else None
 
     def due(self, *, limit: int = 100) -> list[Signup]:
