@@ -30,6 +30,7 @@ from flask_babel import force_locale
 from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 
+import logs
 from i18n import default_language, known_language
 from journal import Journal, Mail, MailState
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
@@ -324,7 +325,8 @@ class Courier:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self.run_once()
+                with logs.scope("outbox"):  # one id for the lines of one pass (logs.py)
+                    self.run_once()
             except Exception:
                 log.exception("outbox: pass failed; trying again later")
             self._wake.wait(self.interval * random.uniform(0.8, 1.2))
