@@ -309,6 +309,8 @@ def test_leaving_the_key_page_clears_the_key(demo, browser):
         page.goto(demo["url"] + "/")
         fill_and_submit(page, "lois-leave@example.com")
         key = secret(page.locator("#license-key").inner_text().strip())
+        # The key is in the HTML before the deferred script listens: a person leaves later.
+        page.wait_for_load_state("load")
         page.evaluate("window.dispatchEvent(new PageTransitionEvent('pagehide'))")
         assert page.locator("#license-key").inner_text() == ""
         assert key not in page.content()
