@@ -167,3 +167,39 @@ class Backlog:
                 job()
             except Exception:  # one signup's failure must not stop the others
                 log.exception("a queued signup failed")
+
+
+class Bulkhead:
+    """At most ``size`` signups of this process at work at once, so that a Keygen that stops
+    answering cannot take every thread from the pages and /healthz.
+
+    A signup that finds every slot taken waits for one only while signups are flowing, that is
+    while some slot was given back in the last ``FLOWING`` seconds: a slot then frees up within
+    a fraction of a second, and a burst is served instead of being told "busy". While Keygen is
+    stuck nobody gives a slot back, so a newcomer is answered at once.
+    """
+
+    FLOWING = 0.5  # seconds; also the longest a newcomer waits
+
+    def __init__(self, size: int):
+        self._free = size
+        self._given_back_at = -float("inf")
+        self._changed = threading.Condition()
+
+    def acquire(self) -> bool:
+        """A slot (True), or False if none is free and none is coming soon."""
+        with self._changed:
+            give_up_at = time.monotonic() + self.FLOWING
+            while self._free == 0:
+                left = min(give_up_at, self._given_back_at + self.FLOWING) - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._free += 1
+            self._given_back_at = time.monotonic()
+            self._changed.notify()

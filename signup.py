@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from admission import CALLS_PER_SIGNUP, Backlog, BudgetUnavailable, KeygenBudget
+from admission import CALLS_PER_SIGNUP, Backlog, BudgetUnavailable, Bulkhead, KeygenBudget
 from journal import RESUBMITTABLE, UNFINISHED, Journal, Letter, Signup, State
 from keygen_api import (
     KeygenCircuitOpen,
@@ -193,7 +193,7 @@ class SignupWorkflow:
         # one takes a row we are still driving.
         self.lease = deadline + keygen.timeout[0] + 3.0
         self.give_up_after = give_up_after
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._slots = Bulkhead(concurrency)
         self.crash_at = crash_at
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock
@@ -215,8 +215,9 @@ class SignupWorkflow:
         in the background while the person sees "we are finishing your signup"; beyond that
         the portal is too busy, and nothing is written.
 
-        Driving takes one of ``concurrency`` slots, and never waits for one: while Keygen is
-        slow, signups must not take every thread from the pages and /healthz (a bulkhead).
+        Driving takes one of ``concurrency`` slots (a Bulkhead), waiting for one only while
+        signups are flowing: while Keygen is slow, signups must not take every thread from the
+        pages and /healthz.
         Waiting for a copy of this submission that someone else drives takes no slot.
         """
         try:
@@ -241,7 +242,7 @@ class SignupWorkflow:
             turn = 0.0  # a copy of a submission someone else drives needs no turn of its own
         waited = False
         while True:
-            if self._slots.acquire(blocking=False):
+            if self._slots.acquire():
                 try:
                     # The wait for the turn holds the slot too: waiting signups must not take
                     # every thread from the pages either.
@@ -278,7 +279,7 @@ class SignupWorkflow:
         """The click on a verification link (whose signature and age the caller checked):
         issue the license, exactly once however often the link is used."""
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire():
             raise TooBusy("no free slot to issue a verified signup's license")
         try:
             if self.journal.start_verified(signup_id, owner=owner, lease=self.lease):

@@ -15,7 +15,7 @@ import pytest
 import redis
 import requests
 
-from admission import KeygenBudget, RedisKeygenBudget
+from admission import Bulkhead, KeygenBudget, RedisKeygenBudget
 from app import create_app
 from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
@@ -237,3 +237,35 @@ def test_at_three_times_keygens_quota_no_one_sees_an_error_and_everyone_gets_a_k
     assert [c for c in calls if c["status"] == 429] == []  # the budget kept Keygen's quota
     creates = [c for c in calls if c["route"] in ("users.create", "licenses.create")]
     assert len(creates) == 2 * people  # exactly two calls per signup, none resent
+
+
+# -- The bulkhead --------------------------------------------------------------------------
+
+
+def test_the_bulkhead_refuses_at_once_while_no_slot_comes_back():
+    bulkhead = Bulkhead(1)
+    assert bulkhead.acquire()
+    started = time.monotonic()
+    assert not bulkhead.acquire()  # the holder is stuck (nothing ever came back)
+    assert time.monotonic() - started < 0.1
+
+
+def test_the_bulkhead_lets_a_newcomer_wait_while_slots_come_back():
+    bulkhead = Bulkhead(1)
+    assert bulkhead.acquire()
+    bulkhead.release()  # signups flow
+    assert bulkhead.acquire()
+    threading.Timer(0.1, bulkhead.release).start()
+    started = time.monotonic()
+    assert bulkhead.acquire()  # waited for the slot given back
+    assert 0.05 < time.monotonic() - started < Bulkhead.FLOWING
+
+
+def test_the_bulkhead_waits_no_longer_than_slots_flowed_recently():
+    bulkhead = Bulkhead(1)
+    assert bulkhead.acquire()
+    bulkhead.release()
+    assert bulkhead.acquire()  # and then stuck: the last slot came back just now
+    started = time.monotonic()
+    assert not bulkhead.acquire()
+    assert Bulkhead.FLOWING * 0.8 < time.monotonic() - started < Bulkhead.FLOWING + 0.2

@@ -415,6 +415,26 @@ def test_the_bulkhead_refuses_new_signups_at_once_but_lets_duplicates_wait(
     only_user_and_license(keygen)
 
 
+def test_while_signups_flow_a_burst_waits_for_a_slot_instead_of_being_refused(
+    keygen, journal, pauses, clock
+):
+    """More signups than slots while Keygen answers quickly: the newcomer waits a moment for
+    the slot the one before it is about to give back, and is not told "busy"."""
+    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1)
+    assert isinstance(submit(workflow), Issued)  # a slot was just given back: signups flow
+    keygen.emulator.inject("users.create", delay=0.1, times=1)
+    results: list = []
+    lois = Applicant("lois@example.com", PASSWORD, "Lois", "Lane")
+    first = threading.Thread(target=lambda: results.append(submit(workflow, lois)))
+    first.start()
+    wait_for_call(keygen, "users.create", count=2)  # Lois holds the only slot, briefly
+    jimmy = submit(workflow, Applicant("jimmy@example.com", PASSWORD, "Jimmy", "Olsen"))
+    first.join(timeout=10)
+    assert isinstance(jimmy, Issued)
+    assert [type(r) for r in results] == [Issued]
+    assert len(keygen.licenses()) == 3
+
+
 def test_a_signup_costs_three_journal_statements(workflow, keygen, journal):
     """Written before each step that matters, and nothing more: claim, user, issued+shown."""
     from sqlalchemy import event
@@ -453,9 +473,9 @@ def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
     assert [type(r) for r in results] == [Issued, Issued]
 
 
-def wait_for_call(keygen, route: str, timeout: float = 5.0) -> None:
-    """Until Keygen has seen a call of this route (the first signup is now stuck on it)."""
+def wait_for_call(keygen, route: str, timeout: float = 5.0, count: int = 1) -> None:
+    """Until Keygen has seen `count` calls of this route (the last signup is now stuck on it)."""
     deadline = time.monotonic() + timeout
-    while not keygen.calls(route):
+    while len(keygen.calls(route)) < count:
         assert time.monotonic() < deadline, f"no {route} call within {timeout} s"
         time.sleep(0.02)
