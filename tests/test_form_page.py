@@ -1,4 +1,4 @@
-"""The signup form page, rendered once per process and filled in per visitor (views.BlankForm):
+"""The signup form page, rendered once per process and filled in per visitor (views.Stencil):
 every visitor gets their own CSRF token, nonce and serve time, in a page that is otherwise the
 one the template renders."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import csrf_token_from, form_data
+from conftest import csrf_token_from, form_data, issued_key
 from test_protection import hidden
 
 
@@ -60,3 +60,29 @@ def test_each_language_gets_its_own_page_whoever_came_first(app):
     assert '<html lang="de">' in german
     assert "Create account and get my key" in english
     assert "Create account and get my key" not in german
+
+
+def test_the_key_page_is_the_one_the_template_renders_for_each_person(app, keygen):
+    """The key page is filled in the same way: each person sees their own name, address and
+    key, escaped as the template would, in their own language."""
+    from flask import render_template
+    from markupsafe import escape
+
+    from signup import Issued
+
+    people = [("<b>Zoë</b>", "zoe@example.com", "en"), ("ねこ", "neko@example.com", "de")]
+    for first_name, email, language in people:
+        client = app.test_client()
+        headers = {"Accept-Language": language}
+        page = client.get("/", headers=headers).get_data(as_text=True)
+        data = form_data(first_name=first_name, email=email)
+        data.update(csrf_token=csrf_token_from(page), nonce=hidden(page, "nonce"))
+        data["served"] = hidden(page, "served")
+        shown = client.post("/", data=data, headers=headers).get_data(as_text=True)
+        key = issued_key(shown)
+        with app.test_request_context("/", headers=headers):
+            issued = Issued(email, key, license_id="", signup_id="")
+            expected = render_template("issued.html", issued=issued, first_name=first_name)
+        assert shown == expected
+        assert f'<html lang="{language}">' in shown
+        assert "<b>" not in shown and str(escape(first_name)) in shown
