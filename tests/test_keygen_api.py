@@ -240,7 +240,7 @@ def test_an_account_pinned_to_1_5_still_yields_the_owner():
     server = serve(emulator)
     try:
         api = KeygenClient(server.url, account, secret(token))
-        api._session().headers.pop("Keygen-Version")
+        api._headers.pop("Keygen-Version")
         user = create_clark(api)
         license = api.create_license(
             license_id=str(uuid.uuid4()), policy_id=policy, owner_id=user.id
