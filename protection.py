@@ -8,13 +8,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterable
+from typing import ClassVar
 
 from flask import Flask
 from itsdangerous import BadData, URLSafeSerializer
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -96,8 +100,11 @@ class RateLimits:
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
     ):
-        options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
-        self.storage = storage_from_string(storage_uri, **options)
+        if storage_uri.startswith("memory://"):
+            self.storage = SweptMemoryStorage()
+        else:
+            options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
+            self.storage = storage_from_string(storage_uri, **options)
         # OWASP: fixed windows allow bursts at their edges.
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.per_ip = parse_many(per_ip)
@@ -142,6 +149,38 @@ class RateLimits:
             return getattr(self.strategy, method)(limit, name, key)
         except Exception as error:  # redis, memcached: each storage raises its own errors
             raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage (memory://), its expired entries swept once a second by one
+    thread per process. The library starts a new thread for nearly every hit instead (a timer
+    that sweeps once, 10 ms later), which cost 6% of a signup's CPU (bench/README.md). Sweeping
+    less often only frees memory later: every check compares the entries' times itself."""
+
+    SWEEP_EVERY = 1.0  # seconds
+    _all: ClassVar[weakref.WeakSet[SweptMemoryStorage]] = weakref.WeakSet()
+    _sweeper_pid: int | None = None  # threads do not survive gunicorn's fork: one per process
+    _lock = threading.Lock()
+
+    def __init__(self):
+        super().__init__()
+        self._all.add(self)
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the library's timer per hit
+        if SweptMemoryStorage._sweeper_pid != os.getpid():
+            with self._lock:
+                if SweptMemoryStorage._sweeper_pid != os.getpid():
+                    SweptMemoryStorage._sweeper_pid = os.getpid()
+                    sweeper = threading.Thread(target=self._sweep, name="rate-limit-sweeper")
+                    sweeper.daemon = True
+                    sweeper.start()
+
+    @classmethod
+    def _sweep(cls) -> None:
+        while True:
+            time.sleep(cls.SWEEP_EVERY)
+            for storage in list(cls._all):
+                storage._MemoryStorage__expire_events()
 
 
 # -- Bot traps ---------------------------------------------------------------------------------
