@@ -411,6 +411,13 @@ def endpoint_name(method: str, path: str) -> str:
 PROBE_EMAIL = "doctor-check@invalid"
 
 
+@dataclass(frozen=True)
+class _Transport:
+    adapter: HTTPAdapter
+    verify: str | bool
+    proxies: dict[str, str]
+
+
 class KeygenClient:
     """Calls Keygen with a product token. One pooled session per thread, never retries itself.
 
@@ -569,23 +576,21 @@ class KeygenClient:
         except (KeyError, TypeError, AttributeError):
             raise KeygenUnavailable("a response body of an unexpected shape") from None
 
-    def _session(self) -> requests.Session:
-        """This thread's session, made after any fork (sessions are unsafe across processes)."""
+    def _transport(self) -> _Transport:
+        """This thread's connection pool, made after any fork (pools are unsafe across
+        processes), with the environment's CA bundle and proxies read once. No Session: it
+        would merge its settings, cookies and hooks into every call, and Keygen needs none."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            session = requests.Session()
-            # requests re-reads the environment (proxies, .netrc, CA bundle) on every call;
-            # read it once here instead. A .netrc never supplies credentials to Keygen.
-            session.trust_env = False
-            session.verify = (
-                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            local.transport = _Transport(
+                HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0),
+                verify=(
+                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+                ),
+                proxies=requests.utils.get_environ_proxies(self.base_url),
             )
-            session.proxies = requests.utils.get_environ_proxies(self.base_url)
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            local.session, local.pid = session, os.getpid()
-        return local.session
+            local.pid = os.getpid()
+        return local.transport
 
     def _request(
         self,
@@ -656,19 +661,18 @@ class KeygenClient:
             headers["Authorization"] = f"Bearer {self._token}"
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
-        session = self._session()
+        transport = self._transport()
         try:
-            # Prepared here and sent as is: Session.request would merge the session's settings
-            # into every call, a third of the client's CPU per signup (bench/README.md).
             request = requests.Request(
                 method, f"{self.base_url}/{path}", headers=headers, json=json, params=params
             ).prepare()
-            response = session.send(
+            response = transport.adapter.send(
                 request,
                 timeout=timeout or self.timeout,
-                allow_redirects=False,
-                proxies=session.proxies,
+                verify=transport.verify,
+                proxies=transport.proxies,
             )
+            response.content  # noqa: B018 (read to the end: the connection goes back to the pool)
         except requests.RequestException as error:
             # The exception text can hold the URL (with an email) but never the body or token.
             raise KeygenUnavailable(

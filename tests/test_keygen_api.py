@@ -220,7 +220,20 @@ def test_a_thread_reuses_one_connection(keygen):
     assert keygen.emulator.new_connections - before == 1
 
 
-def test_each_thread_gets_its_own_session(keygen):
+def test_every_kind_of_answer_leaves_the_connection_reusable(keygen):
+    """An error body, a 204 without one: each is read to its end, so the next call reuses the
+    connection instead of opening another."""
+    api = KeygenClient(keygen.url, keygen.account, keygen.token)
+    before = keygen.emulator.new_connections
+    user = create_clark(api)
+    with pytest.raises(KeygenNotFound):
+        api.get_policy(keygen.other_policy)
+    api.delete_user(user.id)
+    api.me()
+    assert keygen.emulator.new_connections - before == 1
+
+
+def test_each_thread_gets_its_own_connection(keygen):
     api = KeygenClient(keygen.url, keygen.account, keygen.token)
     before = keygen.emulator.new_connections
     threads = [threading.Thread(target=lambda: (api.me(), api.me())) for _ in range(3)]
@@ -265,18 +278,19 @@ def test_a_policy_is_visible_only_to_its_products_token(api, keygen):
         api.get_policy(keygen.other_policy)
 
 
-def test_the_environment_is_read_once_per_session(keygen, monkeypatch, tmp_path):
+def test_the_environment_is_read_once_per_thread(keygen, monkeypatch, tmp_path):
     bundle = tmp_path / "ca.pem"
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("NO_PROXY", "")
     api = KeygenClient("https://keygen.example.com", keygen.account, keygen.token)
-    session = api._session()
-    assert session.trust_env is False
-    assert session.verify == str(bundle)
-    assert session.proxies.get("https") == "http://proxy.invalid:3128"
+    transport = api._transport()
+    assert transport.verify == str(bundle)
+    assert transport.proxies.get("https") == "http://proxy.invalid:3128"
+    monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere.invalid:3128")
+    assert api._transport().proxies.get("https") == "http://proxy.invalid:3128"  # read once
     local = KeygenClient(keygen.url, keygen.account, keygen.token)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert local._session().proxies.get("http") is None  # NO_PROXY honoured; still works:
+    assert local._transport().proxies.get("http") is None  # NO_PROXY honoured; still works:
     assert local.me().is_product
