@@ -1,4 +1,4 @@
-"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, the HTTP session.
+"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, the HTTP connections.
 
 Everything the portal knows about Keygen lives here (keygen-contract.md is the reference). The
 rest of the portal sees `KeygenClient`, the `User`/`License`/`Bearer` records and the
@@ -419,7 +419,7 @@ class _Transport:
 
 
 class KeygenClient:
-    """Calls Keygen with a product token. One pooled session per thread, never retries itself.
+    """Calls Keygen with a product token. One connection pool per thread, never retries itself.
 
     Retries belong to the caller, which knows which requests are safe to repeat.
     """
