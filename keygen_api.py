@@ -1,4 +1,4 @@
-"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, the HTTP connections.
+"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, HTTP connections.
 
 Everything the portal knows about Keygen lives here (keygen-contract.md is the reference). The
 rest of the portal sees `KeygenClient`, the `User`/`License`/`Bearer` records and the
