@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import LOG_DIR, SECRETS, find_leaks, secret
+from conftest import LOG_DIR, ROOT, SECRETS, find_leaks, secret
 
 
 def test_app_logs_land_in_the_scanned_directory(keygen):
@@ -179,3 +179,45 @@ def test_gunicorn_lines_are_masked(tmp_path):
     assert "password=[redacted]" in log
     access = [json.loads(line) for line in log.splitlines() if "password=" in line]
     assert access and all(entry["logger"] == "gunicorn.access" for entry in access)
+
+
+@pytest.mark.parametrize(
+    "line_format",
+    [None, '%(h)s %({x-forwarded-for}i)s %({wsgi.url_scheme}e)s "%(r)s" %(s)s'],
+    ids=["the portal's format", "a format with headers and environ"],
+)
+def test_access_lines_are_the_stock_loggers_with_fewer_fields_built(line_format):
+    """gunicorn.conf.py's logger builds only the fields its format uses: every line it writes
+    is the one gunicorn's own logger would write, request id included."""
+    import runpy
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    cfg = Config()
+    cfg.set("access_log_format", line_format or conf["access_log_format"])
+    response = SimpleNamespace(
+        status="200 OK", sent=512, headers=[("Content-Type", "text/html"), ("X-Request-ID", "r1")]
+    )
+    request = SimpleNamespace(headers=[("USER-AGENT", 'a "b"'), ("X-FORWARDED-FOR", "192.0.2.9")])
+    environ = {
+        "REMOTE_ADDR": "198.51.100.7",
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": "/?lang=de",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "lang=de",
+        "HTTP_USER_AGENT": 'a "b"',
+        "HTTP_X_FORWARDED_FOR": "192.0.2.9",
+        "wsgi.url_scheme": "https",
+    }
+    took = timedelta(milliseconds=123)
+    lines = []
+    for logger in (Logger(cfg), conf["logger_class"](cfg)):
+        atoms = logger.atoms_wrapper_class(logger.atoms(response, request, environ, took))
+        lines.append((cfg.access_log_format % atoms, atoms["{x-request-id}o"]))
+    assert lines[0] == lines[1]
+    assert "198.51.100.7" in lines[0][0] and lines[0][1] == "r1"
