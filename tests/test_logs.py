@@ -221,3 +221,17 @@ def test_access_lines_are_the_stock_loggers_with_fewer_fields_built(line_format)
         lines.append((cfg.access_log_format % atoms, atoms["{x-request-id}o"]))
     assert lines[0] == lines[1]
     assert "198.51.100.7" in lines[0][0] and lines[0][1] == "r1"
+
+
+def test_each_worker_freezes_what_loading_the_app_made():
+    """gunicorn.conf.py: the objects a worker made while loading stay out of the collector's
+    passes."""
+    import gc
+    import runpy
+
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
