@@ -186,10 +186,10 @@ class Bulkhead:
         self._given_back_at = -float("inf")
         self._changed = threading.Condition()
 
-    def acquire(self) -> bool:
-        """A slot (True), or False if none is free and none is coming soon."""
+    def acquire(self, *, wait: bool = True) -> bool:
+        """A slot (True), or False if none is free and none is coming soon (or at once)."""
         with self._changed:
-            give_up_at = time.monotonic() + self.FLOWING
+            give_up_at = time.monotonic() + (self.FLOWING if wait else 0.0)
             while self._free == 0:
                 left = min(give_up_at, self._given_back_at + self.FLOWING) - time.monotonic()
                 if left <= 0:

@@ -242,7 +242,9 @@ class SignupWorkflow:
             turn = 0.0  # a copy of a submission someone else drives needs no turn of its own
         waited = False
         while True:
-            if self._slots.acquire():
+            # A signup with a turn at Keygen must call at that turn: a later call would take
+            # another signup's place in the quota's schedule. So only one without waits.
+            if self._slots.acquire(wait=turn == 0):
                 try:
                     # The wait for the turn holds the slot too: waiting signups must not take
                     # every thread from the pages either.

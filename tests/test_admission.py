@@ -269,3 +269,15 @@ def test_the_bulkhead_waits_no_longer_than_slots_flowed_recently():
     started = time.monotonic()
     assert not bulkhead.acquire()
     assert Bulkhead.FLOWING * 0.8 < time.monotonic() - started < Bulkhead.FLOWING + 0.2
+
+
+def test_a_signup_with_a_turn_does_not_wait_for_a_slot():
+    """A signup paced by Keygen's quota must call at its turn; waiting for a slot first would
+    make it late, into another signup's place in the schedule (bench R5a)."""
+    bulkhead = Bulkhead(1)
+    assert bulkhead.acquire()
+    bulkhead.release()  # signups flow
+    assert bulkhead.acquire()
+    started = time.monotonic()
+    assert not bulkhead.acquire(wait=False)
+    assert time.monotonic() - started < 0.05
