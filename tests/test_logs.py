@@ -181,22 +181,31 @@ def test_gunicorn_lines_are_masked(tmp_path):
     assert access and all(entry["logger"] == "gunicorn.access" for entry in access)
 
 
+@pytest.fixture
+def gunicorn_conf(monkeypatch, tmp_path):
+    """gunicorn.conf.py's settings, read without leaving its metrics directory in this
+    process's environment (later tests would count metrics in files)."""
+    import runpy
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
 @pytest.mark.parametrize(
     "line_format",
     [None, '%(h)s %({x-forwarded-for}i)s %({wsgi.url_scheme}e)s "%(r)s" %(s)s'],
     ids=["the portal's format", "a format with headers and environ"],
 )
-def test_access_lines_are_the_stock_loggers_with_fewer_fields_built(line_format):
+def test_access_lines_are_the_stock_loggers_with_fewer_fields_built(line_format, gunicorn_conf):
     """gunicorn.conf.py's logger builds only the fields its format uses: every line it writes
     is the one gunicorn's own logger would write, request id included."""
-    import runpy
     from datetime import timedelta
     from types import SimpleNamespace
 
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
 
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    conf = gunicorn_conf
     cfg = Config()
     cfg.set("access_log_format", line_format or conf["access_log_format"])
     response = SimpleNamespace(
@@ -223,15 +232,13 @@ def test_access_lines_are_the_stock_loggers_with_fewer_fields_built(line_format)
     assert "198.51.100.7" in lines[0][0] and lines[0][1] == "r1"
 
 
-def test_each_worker_freezes_what_loading_the_app_made():
+def test_each_worker_freezes_what_loading_the_app_made(gunicorn_conf):
     """gunicorn.conf.py: the objects a worker made while loading stay out of the collector's
     passes."""
     import gc
-    import runpy
 
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     try:
-        conf["post_worker_init"](None)
+        gunicorn_conf["post_worker_init"](None)
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
