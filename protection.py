@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from flask import Flask
-from itsdangerous import BadData, URLSafeSerializer
+from itsdangerous import Signer
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -193,22 +193,25 @@ class FillTimer:
     so one old note cannot be reused: the nonce makes every copy of a form the same signup."""
 
     def __init__(self, secret_key: str, minimum: float, clock=time.time):
-        self.serializer = URLSafeSerializer(secret_key, salt="portal.form-served")
+        # A bare signature over "nonce.time" (the nonce is in the form already): no JSON, no
+        # compression, half the cost of a serializer on every GET of the form (bench R6).
+        self.signer = Signer(secret_key, salt="portal.form-served")
         self.minimum = minimum
         self.clock = clock
 
     def stamp(self, nonce: str) -> str:
-        return self.serializer.dumps([nonce, round(self.clock(), 3)])
+        served = f"{self.clock():.3f}"
+        return f"{served}.{self.signer.get_signature(f'{nonce}.{served}').decode()}"
 
     def age(self, stamp: str | None, nonce: str | None) -> float | None:
         """Seconds since the form was served, or None if the note is missing or not ours."""
+        served, _, signature = (stamp or "").rpartition(".")
+        if not (served and nonce and self.signer.verify_signature(f"{nonce}.{served}", signature)):
+            return None
         try:
-            signed_nonce, served = self.serializer.loads(stamp or "")
-        except (BadData, TypeError, ValueError):
+            return self.clock() - float(served)
+        except ValueError:
             return None
-        if signed_nonce != nonce or not isinstance(served, int | float):
-            return None
-        return self.clock() - served
 
     def too_fast(self, age: float | None) -> bool:
         return self.minimum > 0 and (age is None or age < self.minimum)

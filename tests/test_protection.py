@@ -30,7 +30,7 @@ from conftest import (
     require,
     stop,
 )
-from protection import LimitReached, RateLimits
+from protection import FillTimer, LimitReached, RateLimits
 from test_e2e import emulator, keygen_state, portal
 
 HONEYPOT_PAGE = "We are finishing your signup"
@@ -392,3 +392,17 @@ def test_the_in_process_limits_start_no_thread_per_hit(monkeypatch):
     limits.admit_client("192.0.2.1")
     assert started.count("rate-limit-sweeper") == 1
     assert len(started) <= 2  # the sweeper, and the storage's own first timer at most
+
+
+def test_a_serve_time_note_is_bound_to_its_form_and_cannot_be_backdated():
+    now = [1_000.0]
+    timer = FillTimer("a test key", minimum=3, clock=lambda: now[0])
+    stamp = timer.stamp("nonce-of-this-form")
+    now[0] += 5
+    assert timer.age(stamp, "nonce-of-this-form") == pytest.approx(5)
+    assert timer.age(stamp, "nonce-of-another-form") is None
+    served, _, signature = stamp.rpartition(".")
+    assert timer.age(f"{float(served) - 60:.3f}.{signature}", "nonce-of-this-form") is None
+    assert timer.age("", "nonce-of-this-form") is None
+    assert timer.age(stamp, None) is None
+    assert FillTimer("another key", 3).age(stamp, "nonce-of-this-form") is None
