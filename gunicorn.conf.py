@@ -10,10 +10,10 @@ import tempfile
 # started from.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Not `import config`: gunicorn reads every top-level name here as a setting, and has one called
-# config.
 from gunicorn.glogging import Logger as _Logger
 
+# Not `import config`: gunicorn reads every top-level name here as a setting, and has one called
+# config.
 from config import load_some as _load_settings
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
