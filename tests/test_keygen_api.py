@@ -148,6 +148,15 @@ def test_a_bad_token_is_access_denied_and_never_in_the_message(keygen):
     assert keygen.users() == []
 
 
+def test_a_token_that_cannot_be_a_header_is_refused_at_once_without_its_text(keygen):
+    token = secret("prod-" + "1" * 64 + "v3\r\nX-Evil: 1")
+    with pytest.raises(ValueError) as caught:
+        KeygenClient(keygen.url, keygen.account, token)
+    assert token not in str(caught.value)
+    assert "1" * 64 not in str(caught.value)
+    assert keygen.calls("users.create") == []
+
+
 def test_a_policy_of_another_product_is_access_denied(api, keygen):
     user = create_clark(api)
     with pytest.raises(KeygenAccessDenied) as caught:
