@@ -186,10 +186,11 @@ class Bulkhead:
         self._given_back_at = -float("inf")
         self._changed = threading.Condition()
 
-    def acquire(self, *, wait: bool = True) -> bool:
-        """A slot (True), or False if none is free and none is coming soon (or at once)."""
+    def acquire(self, *, within: float = FLOWING) -> bool:
+        """A slot (True), or False if none is free and none comes within ``within`` seconds
+        (never longer than FLOWING, and only while slots are flowing)."""
         with self._changed:
-            give_up_at = time.monotonic() + (self.FLOWING if wait else 0.0)
+            give_up_at = time.monotonic() + min(within, self.FLOWING)
             while self._free == 0:
                 left = min(give_up_at, self._given_back_at + self.FLOWING) - time.monotonic()
                 if left <= 0:

@@ -240,16 +240,19 @@ class SignupWorkflow:
             if queued is not None:
                 return queued
             turn = 0.0  # a copy of a submission someone else drives needs no turn of its own
+        # A signup with a turn at Keygen must call at that turn: a later call would take
+        # another signup's place in the quota's schedule. So it waits for a slot only until its
+        # turn, and then for what is left of the turn.
+        turn_at = time.monotonic() + turn
         waited = False
         while True:
-            # A signup with a turn at Keygen must call at that turn: a later call would take
-            # another signup's place in the quota's schedule. So only one without waits.
-            if self._slots.acquire(wait=turn == 0):
+            left = max(0.0, turn_at - time.monotonic())
+            if self._slots.acquire(within=left if turn > 0 else Bulkhead.FLOWING):
                 try:
                     # The wait for the turn holds the slot too: waiting signups must not take
                     # every thread from the pages either.
                     if turn > 0:
-                        self._wait_for_turn(turn)
+                        self._wait_for_turn(max(0.0, turn_at - time.monotonic()))
                         turn = 0.0
                     claim = self._claim(applicant, nonce, owner, lease=self.lease)
                     if claim.leased:
@@ -263,7 +266,8 @@ class SignupWorkflow:
                     # When signups waiting for their turn hold slots, Keygen's quota (not its
                     # speed) is what keeps them busy: finish this one in the background.
                     waiting = turn > 0 and self._waiting > 0
-                    queued = self._queue(applicant, nonce, owner, turn) if waiting else None
+                    left = max(0.0, turn_at - time.monotonic())
+                    queued = self._queue(applicant, nonce, owner, left) if waiting else None
                     if queued is not None:
                         return queued
                     raise TooBusy("no free slot for a new signup")
