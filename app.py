@@ -6,6 +6,7 @@ and the operators' commands in commands.py.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -362,6 +363,9 @@ class SessionCookies(SecureCookieSessionInterface):
     serializer's check of every value for types JSON lacks (the same bytes for strings)."""
 
     serializer = _CompactJSON
+    # Flask's default is SHA-1 behind a Python function (so that hashlib loads lazily), which
+    # sends every HMAC down hmac's slow pure-Python path; the same SHA-1, the same signatures.
+    digest_method = staticmethod(hashlib.sha1)
 
     def get_signing_serializer(self, app: Flask):
         serializer = app.extensions.get("session_serializer")
