@@ -160,7 +160,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     assert answer.status_code == 200  # not "busy": the slot came back before its turn
     assert KEY.search(answer.get_data(as_text=True))
     # At its turn, not 0.4 s after it (the wait for the slot is part of the wait for the turn).
-    assert 0.8 <= waited < 1.2
+    assert 0.8 <= waited < 1.25
     assert len(keygen.licenses()) == 2
 
 
