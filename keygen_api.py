@@ -442,8 +442,8 @@ class KeygenClient:
         self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
         self._token = token
         # requests checks the address and the token once, here: each call then builds its
-        # PreparedRequest from these (Request.prepare() per call parsed both again, about a
-        # sixth of a call's CPU).
+        # PreparedRequest from these (Request.prepare() per call parsed both again, about an
+        # eighth of a call's CPU).
         try:
             self._prefix = requests.Request("GET", self.base_url).prepare().url
             requests.utils.check_header_validity(("Authorization", f"Bearer {token}"))
