@@ -56,7 +56,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     database_url: str = field(default="", repr=False)  # "": SQLite in the instance folder
-    signup_concurrency: int = 6
+    web_concurrency: int = 2  # gunicorn worker processes (gunicorn.conf.py)
+    gunicorn_threads: int = 16  # threads per worker process (gunicorn.conf.py)
+    signup_concurrency: int = 14  # unless set: gunicorn_threads minus SPARE_THREADS
     reconcile_interval: float = 30.0
     reconcile_give_up_after: float = 86400.0
     stale_signup_after: float = 900.0
@@ -493,6 +495,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], object], bool]] = {
     "LOG_LEVEL": ("log_level", _log_level, False),
     "LOG_FORMAT": ("log_format", _log_format, False),
     "DATABASE_URL": ("database_url", _database_url, False),
+    "WEB_CONCURRENCY": ("web_concurrency", _positive_int, False),
+    "GUNICORN_THREADS": ("gunicorn_threads", _positive_int, False),
     "SIGNUP_CONCURRENCY": ("signup_concurrency", _positive_int, False),
     "RECONCILE_INTERVAL": ("reconcile_interval", _seconds_or_off, False),
     "RECONCILE_GIVE_UP_AFTER": ("reconcile_give_up_after", _positive_float, False),
@@ -561,7 +565,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problems.extend(_mail_problems(values))
     if problems:
         raise ConfigError(problems)
+    if "signup_concurrency" not in values:
+        threads = values.get("gunicorn_threads", Settings.gunicorn_threads)
+        values["signup_concurrency"] = signup_slots(threads)  # type: ignore[arg-type]
     return Settings(**values)  # type: ignore[arg-type]
+
+
+SPARE_THREADS = 2  # per process, for pages and /healthz while every signup waits on Keygen
+
+
+def signup_slots(threads: int) -> int:
+    """SIGNUP_CONCURRENCY's default: every thread but the spare ones (at least one)."""
+    return max(1, threads - SPARE_THREADS)
 
 
 def load_some(*names: str, environ: Mapping[str, str] | None = None) -> dict[str, object]:

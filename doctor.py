@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -197,7 +196,7 @@ def ratelimit_finding(settings: Settings, limits: RateLimits) -> Finding:
             "The rate-limit storage (RATELIMIT_STORAGE_URI) does not answer, so every signup is "
             "refused: check the address and that Redis is running.",
         )
-    workers = int(os.environ.get("WEB_CONCURRENCY", "2") or 2)  # gunicorn.conf.py's default
+    workers = settings.web_concurrency
     if workers > 1:
         return Finding(
             WARN,

@@ -16,10 +16,14 @@ from gunicorn.glogging import Logger as _Logger
 # config.
 from config import load_some as _load_settings
 
+_settings = _load_settings(
+    "WEB_CONCURRENCY", "GUNICORN_THREADS", "TRUSTED_PROXY_HOPS", "TRUSTED_PROXIES"
+)
+
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+workers = _settings["web_concurrency"]
+threads = _settings["gunicorn_threads"]
 # Must exceed SIGNUP_DEADLINE (20 s by default) plus a read-back, so no signup is killed midway.
 timeout = 30
 graceful_timeout = 30
@@ -31,9 +35,8 @@ errorlog = "-"
 # default. The portal trusts forwarded headers only with TRUSTED_PROXY_HOPS, from TRUSTED_PROXIES
 # (protection.py); gunicorn must not be more trusting, or a client on this machine could claim
 # https while the portal ignores forwarded headers.
-_proxies = _load_settings("TRUSTED_PROXY_HOPS", "TRUSTED_PROXIES")
 forwarded_allow_ips = (
-    ",".join(_proxies["trusted_proxies"]) if _proxies["trusted_proxy_hops"] else ""
+    ",".join(_settings["trusted_proxies"]) if _settings["trusted_proxy_hops"] else ""
 )
 
 # gunicorn's own lines in the portal's JSON format (logs.py), unless LOG_FORMAT=text (config.py),

@@ -115,6 +115,34 @@ def test_unreadable_secret_file_is_named(tmp_path):
     ]
 
 
+def test_signups_leave_two_threads_of_each_process_to_the_pages_unless_set():
+    assert load_settings(GOOD).signup_concurrency == 14  # of gunicorn's 16 threads
+    assert load_settings({**GOOD, "GUNICORN_THREADS": "6"}).signup_concurrency == 4
+    assert load_settings({**GOOD, "GUNICORN_THREADS": "2"}).signup_concurrency == 1
+    chosen = {**GOOD, "GUNICORN_THREADS": "6", "SIGNUP_CONCURRENCY": "5"}
+    assert load_settings(chosen).signup_concurrency == 5
+
+
+def test_gunicorn_takes_its_workers_and_threads_from_the_same_settings(monkeypatch, tmp_path):
+    import runpy
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # see test_logs.gunicorn_conf
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("GUNICORN_THREADS", raising=False)
+    defaults = runpy.run_path(str(conf))
+    assert (defaults["workers"], defaults["threads"]) == (2, 16)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("GUNICORN_THREADS", "6")
+    chosen = runpy.run_path(str(conf))
+    assert (chosen["workers"], chosen["threads"]) == (3, 6)
+    monkeypatch.setenv("GUNICORN_THREADS", "many")
+    with pytest.raises(ConfigError) as caught:
+        runpy.run_path(str(conf))
+    assert caught.value.problems == ["GUNICORN_THREADS must be a number"]
+
+
 def test_secrets_stay_out_of_the_settings_repr():
     text = repr(load_settings(GOOD))
     assert TOKEN not in text

@@ -58,15 +58,11 @@ def protected(protected_server):
     return protected_server
 
 
-@pytest.fixture(autouse=True)
-def one_worker(monkeypatch):
-    """memory:// rate limits are right for one process; tests that want more say so."""
-    monkeypatch.setenv("WEB_CONCURRENCY", "1")
-
-
 def doctor(world, *args, **changes):
     """(exit code, output lines) of `flask doctor [args]` against ``world``."""
     changes.setdefault("secret_key", STRONG_KEY)
+    # memory:// rate limits are right for one process; tests that want more say so.
+    changes.setdefault("web_concurrency", 1)
     app = create_app(make_settings(world, **changes))
     result = app.test_cli_runner().invoke(args=["doctor", *args])
     return result.exit_code, result.output.splitlines()
@@ -204,9 +200,8 @@ def test_the_database_down_is_an_error(protected):
 # -- Rate-limit storage and proxy ----------------------------------------------------------------
 
 
-def test_memory_rate_limits_with_several_workers_are_a_warning(protected, monkeypatch):
-    monkeypatch.setenv("WEB_CONCURRENCY", "4")
-    code, lines = doctor(protected)
+def test_memory_rate_limits_with_several_workers_are_a_warning(protected):
+    code, lines = doctor(protected, web_concurrency=4)
     assert code == 0
     line = line_with(lines, "RATELIMIT_STORAGE_URI is memory://")
     assert line.startswith("WARN ")
