@@ -149,6 +149,20 @@ def test_secrets_stay_out_of_the_settings_repr():
     assert GOOD["SECRET_KEY"] not in text
 
 
+def test_env_example_works_as_docker_reads_an_env_file_and_shows_the_defaults():
+    """`docker run --env-file` takes everything after the = as the value, comments included:
+    every line of .env.example must work as it stands, and say what the default is."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    env = {}
+    for line in example.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    assert load_settings({**env, **GOOD}) == load_settings(GOOD)
+
+
 def test_readme_and_env_example_list_every_setting():
     from pathlib import Path
 
