@@ -174,16 +174,19 @@ class Bulkhead:
     answering cannot take every thread from the pages and /healthz.
 
     A signup that finds every slot taken waits for one only while signups are flowing, that is
-    while some slot was given back in the last ``FLOWING`` seconds: a slot then frees up within
-    a fraction of a second, and a burst is served instead of being told "busy". While Keygen is
-    stuck nobody gives a slot back, so a newcomer is answered at once.
+    while some slot was given back in the last ``FLOWING`` seconds, or every slot was free
+    that recently (a burst after a quiet spell): a slot then frees up within a fraction of a
+    second, and the burst is served instead of being told "busy". While Keygen is stuck nobody
+    gives a slot back, so a newcomer is answered at once.
     """
 
     FLOWING = 0.5  # seconds; also the longest a newcomer waits
 
     def __init__(self, size: int):
+        self._size = size
         self._free = size
         self._given_back_at = -float("inf")
+        self._busy_since = -float("inf")  # when a slot of an idle bulkhead was last taken
         self._changed = threading.Condition()
 
     def acquire(self, *, within: float = FLOWING) -> bool:
@@ -192,10 +195,13 @@ class Bulkhead:
         with self._changed:
             give_up_at = time.monotonic() + min(within, self.FLOWING)
             while self._free == 0:
-                left = min(give_up_at, self._given_back_at + self.FLOWING) - time.monotonic()
+                moving_at = max(self._given_back_at, self._busy_since)
+                left = min(give_up_at, moving_at + self.FLOWING) - time.monotonic()
                 if left <= 0:
                     return False
                 self._changed.wait(left)
+            if self._free == self._size:
+                self._busy_since = time.monotonic()
             self._free -= 1
             return True
 

@@ -263,9 +263,21 @@ def test_at_three_times_keygens_quota_no_one_sees_an_error_and_everyone_gets_a_k
 def test_the_bulkhead_refuses_at_once_while_no_slot_comes_back():
     bulkhead = Bulkhead(1)
     assert bulkhead.acquire()
+    time.sleep(Bulkhead.FLOWING + 0.05)  # the holder is stuck: nothing came back since
     started = time.monotonic()
-    assert not bulkhead.acquire()  # the holder is stuck (nothing ever came back)
+    assert not bulkhead.acquire()
     assert time.monotonic() - started < 0.1
+
+
+def test_a_burst_after_a_quiet_spell_waits_for_the_first_slots_to_come_back():
+    """Launch day: the first people of a burst take every slot of an idle portal at once; the
+    next ones wait the fraction of a second until a slot comes back instead of "busy"."""
+    bulkhead = Bulkhead(2)
+    assert bulkhead.acquire() and bulkhead.acquire()
+    threading.Timer(0.1, bulkhead.release).start()
+    started = time.monotonic()
+    assert bulkhead.acquire()
+    assert 0.05 < time.monotonic() - started < Bulkhead.FLOWING
 
 
 def test_the_bulkhead_lets_a_newcomer_wait_while_slots_come_back():
