@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -127,6 +128,47 @@ def ensure_dependencies() -> None:
             timeout=300,
         )
         os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606
+
+
+def run_under(python: str, argv: list[str]) -> None:
+    """Run this benchmark again, servers and all, under another interpreter: from a venv of its
+    own in .venv-bench/, made once with the portal's and the benchmark's requirements (again when
+    they change). The CPU-bound ratios (R6, R8, R9) depend on how the interpreter was built, and
+    the one a checkout's .venv comes from need not be the one deployed (bench/README.md)."""
+    base = shutil.which(python)
+    if not base:
+        sys.exit(f"bench: --python {python}: no such interpreter")
+    base = os.path.realpath(base)
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    venv = ROOT / ".venv-bench" / f"{Path(base).name}-{digest}"
+    requirements = [ROOT / "requirements.txt", BENCH / "requirements.txt"]
+    wanted = hashlib.sha256(b"".join(r.read_bytes() for r in requirements)).hexdigest()
+    stamp = venv / "requirements.sha256"
+    if not stamp.exists() or stamp.read_text() != wanted:
+        say(f"making {venv.relative_to(ROOT)} from {base}")
+        subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)  # noqa: S603
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        pip += ["--disable-pip-version-check"]
+        for requirement in requirements:
+            pip += ["-r", str(requirement)]
+        subprocess.run(pip, check=True, timeout=600)  # noqa: S603
+        stamp.write_text(wanted)
+    interpreter = str(venv / "bin" / "python")
+    os.execv(interpreter, [interpreter, str(Path(__file__).resolve()), *argv])  # noqa: S606
+
+
+def without_python_option(argv: list[str]) -> list[str]:
+    """`argv` without --python and its value, so that the run under it does not start over."""
+    kept: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--python":
+            skip = True
+        elif not item.startswith("--python="):
+            kept.append(item)
+    return kept
 
 
 # -- Processes ----------------------------------------------------------------------------------
@@ -938,6 +980,9 @@ def machine() -> dict:
         "nproc": os.cpu_count(),
         "cpu": model or platform.processor(),
         "python": platform.python_version(),
+        # The interpreter the venv was made from: its build (PGO, LTO) moves R6, R8 and R9.
+        "interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+        "executable": sys.executable,
         "kernel": platform.release(),
         "loadavg_at_start": os.getloadavg(),
     }
@@ -964,6 +1009,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python client for R6")
+    parser.add_argument(
+        "--python", help="run under this interpreter (a venv of it in .venv-bench/, made once)"
+    )
     parser.add_argument("--password", default=PASSWORD, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     limit, _, period = args.quota.partition("/")
@@ -1273,7 +1321,8 @@ async def run(args: argparse.Namespace) -> int:
     ]
     foreign = [f for f in foreign if not math.isnan(f)]
     footer = (
-        f"{info['nproc']} cpus ({info['cpu']}), Python {info['python']}, "
+        f"{info['nproc']} cpus ({info['cpu']}), Python {info['python']} "
+        f"({info['interpreter']}), "
         f"load average {info['loadavg_at_start'][0]:.2f} at start, {elapsed:.0f} s; "
         f"stand-in used {share:.0%} of a core at 32 users; load generator lag <= "
         f"{fmt_ms(lag)} at low load; other processes took "
@@ -1306,6 +1355,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.python:
+        run_under(args.python, without_python_option(sys.argv[1:] if argv is None else argv))
     ensure_dependencies()
     sys.path.insert(0, str(BENCH))
     return asyncio.run(run(args))

@@ -6,6 +6,7 @@ a verdict. Whether the targets are met is for bench/README.md, measured on a qui
 """
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -49,3 +50,36 @@ def test_the_smallest_benchmark_prints_every_ratio(tmp_path):
     saved = json.loads(report.read_text())
     assert [row["id"] for row in saved["rows"]] == list(RATIOS)
     assert saved["machine"]["nproc"] >= 1
+    # The footer names the interpreter: the CPU-bound ratios depend on how it was built.
+    interpreter = os.path.realpath(sys._base_executable)
+    assert saved["machine"]["interpreter"] == interpreter
+    assert f"({interpreter})" in result.stdout
+
+
+def test_python_runs_the_benchmark_under_another_interpreter_from_a_venv_of_its_own(tmp_path):
+    report = tmp_path / "bench.json"
+    interpreter = os.path.realpath(sys._base_executable)
+    args = ["--smoke", "--json", str(report), "--python", interpreter]
+    result = subprocess.run(
+        [sys.executable, "bench/run.py", *args, "--log-dir", str(LOG_DIR / "bench-python")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,  # the first time, the venv is made and the requirements installed
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    machine = json.loads(report.read_text())["machine"]
+    venv = ROOT / ".venv-bench"
+    assert machine["executable"].startswith(f"{venv}/"), machine
+    assert machine["interpreter"] == interpreter
+    assert "R9" in result.stdout
+
+    missing = subprocess.run(
+        [sys.executable, "bench/run.py", "--smoke", "--python", str(tmp_path / "python9")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode != 0
+    assert "no such interpreter" in missing.stderr
