@@ -191,11 +191,26 @@ class KeygenRateLimited(KeygenUnavailable):
     @classmethod
     def from_response(cls, response: requests.Response) -> KeygenError:
         error = super().from_response(response)
-        try:
-            error.retry_after = max(0.0, float(response.headers.get("Retry-After", "")))
-        except ValueError:
-            error.retry_after = 60.0
+        error.retry_after = seconds_until_quota_resets(response)
         return error
+
+
+def seconds_until_quota_resets(response: requests.Response) -> float:
+    """How long a 429 asks us to wait: Retry-After, or less when X-RateLimit-Reset (the epoch
+    second the window ends) comes sooner. Retry-After counts whole seconds from Keygen's whole
+    second, so with a 1 s window it always says 1 even when the window ends in 50 ms, and
+    waiting it out would skip the next window too. A Reset already past on our clock (clocks
+    differ) is ignored."""
+    headers = response.headers
+    try:
+        wait = max(0.0, float(headers.get("Retry-After", "")))
+    except ValueError:
+        wait = 60.0
+    try:
+        until_reset = float(headers["X-RateLimit-Reset"]) - time.time()
+    except (KeyError, ValueError):
+        return wait
+    return until_reset if 0.0 < until_reset < wait else wait
 
 
 class KeygenCircuitOpen(KeygenUnavailable):
@@ -310,7 +325,7 @@ def quota_used_up_until(response: requests.Response) -> float | None:
     headers = response.headers
     try:
         if response.status_code == 429 and "Retry-After" in headers:
-            return time.time() + float(headers["Retry-After"])
+            return time.time() + seconds_until_quota_resets(response)
         if int(headers.get("X-RateLimit-Remaining", "1")) > 0:
             return None
         return float(headers["X-RateLimit-Reset"])

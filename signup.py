@@ -154,6 +154,16 @@ class _Retry(Exception):
         super().__init__(message)
 
 
+class _Later(Exception):
+    """The next Keygen call's turn is ``turn`` seconds away, past this run's deadline; the run
+    holds ``calls`` calls reserved from then on, and goes on in the background."""
+
+    def __init__(self, turn: float, calls: int):
+        self.turn = turn
+        self.calls = calls
+        super().__init__(f"next turn at Keygen in {turn:.1f}s")
+
+
 class SignupWorkflow:
     """Creates a user and their license, within a total deadline, exactly once per nonce."""
 
@@ -256,7 +266,8 @@ class SignupWorkflow:
                         turn = 0.0
                     claim = self._claim(applicant, nonce, owner, lease=self.lease)
                     if claim.leased:
-                        return self._drive(claim.signup, applicant, ends_at, owner)
+                        turns = CALLS_PER_SIGNUP if self.budget is not None else 0
+                        return self._drive(claim.signup, applicant, ends_at, owner, turns=turns)
                 finally:
                     self._slots.release()
                 signup = claim.signup
@@ -365,23 +376,41 @@ class SignupWorkflow:
         self._backlog.submit(lambda: self._finish_later(claim.signup, applicant, owner, starts_at))
         return Processing(applicant.email)
 
+    def _requeue(self, signup: Signup, applicant: Applicant, owner: str, later: _Later) -> bool:
+        """Finish a run in a Backlog thread at its next turn, keeping the row leased till then:
+        False if the backlog is full or the row is no longer ours."""
+        if self._backlog.full:
+            return False
+        if not self.journal.lease(signup.id, owner=owner, lease=later.turn + self.lease):
+            return False
+        starts_at = time.monotonic() + later.turn
+        self._backlog.submit(
+            lambda: self._finish_later(signup, applicant, owner, starts_at, turns=later.calls)
+        )
+        return True
+
     def _read_back(self, signup: Signup, ends_at: float) -> License | None:
         """The issued license, to show its key: one more Keygen call, which waits for its turn
-        within the deadline like any other (None: no turn in time)."""
-        if self.budget is not None:
-            try:
-                turn = self.budget.reserve(1, within=max(0.0, ends_at - self._clock() - 1.0))
-            except BudgetUnavailable as error:
-                raise SignupUnavailable(str(error)) from None
-            if turn is None:
-                return None
-            self._sleep(turn)
+        within the deadline like any other (None: no turn in time). Turned away by Keygen's
+        quota, it takes a new turn, after the window's reset."""
+        not_before = 0.0
         while True:
+            wait = not_before - self._clock()
+            if self.budget is not None:
+                try:
+                    turn = self.budget.reserve(1, within=max(0.0, ends_at - self._clock() - 1.0))
+                except BudgetUnavailable as error:
+                    raise SignupUnavailable(str(error)) from None
+                if turn is None:
+                    return None
+                wait = max(wait, turn)
+            if wait > 0:
+                self._sleep(wait)
             try:
                 return self.keygen.get_license(signup.license_id)
             except KeygenRateLimited as error:
                 if self._clock() + error.retry_after < ends_at:
-                    self._sleep(error.retry_after)
+                    not_before = self._clock() + error.retry_after
                     continue
                 problem = error
             except KeygenError as error:
@@ -400,7 +429,14 @@ class SignupWorkflow:
             raise TooBusy(f"no turn at Keygen within {self.backlog:g} s")
         return turn
 
-    def _finish_later(self, signup: Signup, applicant: Applicant, owner: str, starts_at: float):
+    def _finish_later(
+        self,
+        signup: Signup,
+        applicant: Applicant,
+        owner: str,
+        starts_at: float,
+        turns: int = CALLS_PER_SIGNUP,
+    ):
         """A queued signup, at its turn (in a Backlog thread). The key is not shown here: the
         person's reload resends the form, and that request shows it (key_shown stays false)."""
         time.sleep(max(0.0, starts_at - time.monotonic()))
@@ -410,7 +446,14 @@ class SignupWorkflow:
         if signup.finished:
             self.journal.release(signup.id, owner=owner)
             return
-        run = _Run(self, signup, owner=owner, ends_at=self._clock() + self.deadline, retries=3)
+        run = _Run(
+            self,
+            signup,
+            owner=owner,
+            ends_at=self._clock() + self.deadline,
+            retries=3,
+            turns=turns,  # reserved when the signup was queued: this is their turn
+        )
         try:
             with contextlib.suppress(SignupError):  # the run recorded what happened
                 run.drive(applicant)
@@ -425,9 +468,17 @@ class SignupWorkflow:
         return self.journal.get(signup.id).state
 
     def _drive(
-        self, signup: Signup, applicant: Applicant | None, ends_at: float, owner: str
+        self,
+        signup: Signup,
+        applicant: Applicant | None,
+        ends_at: float,
+        owner: str,
+        *,
+        turns: int = 0,
     ) -> Outcome:
-        run = _Run(self, signup, owner=owner, ends_at=ends_at, retries=3, shows_key=True)
+        run = _Run(
+            self, signup, owner=owner, ends_at=ends_at, retries=3, shows_key=True, turns=turns
+        )
         try:
             license = run.drive(applicant)
         finally:
@@ -477,6 +528,7 @@ class _Run:
         ends_at: float,
         retries: int,
         shows_key: bool = False,
+        turns: int = 0,
     ):
         self.workflow = workflow
         self.keygen = workflow.keygen
@@ -488,6 +540,11 @@ class _Run:
         self.shows_key = shows_key  # a request shows the key it issues; the reconciler does not
         self.released = False
         self.attempt = 0
+        # Keygen calls already reserved in the budget, at about now (the signup's turn). Any
+        # other call takes a turn of its own: a retry, a lookup, the reconciler's pass.
+        self.turns = turns
+        self.not_before = 0.0  # Keygen's window is used up until then (a 429)
+        self.applicant: Applicant | None = None  # with it, a late turn is waited for in the Backlog
         self.log = _SignupLog(log, {"signup_id": signup.id})
 
     @property
@@ -497,6 +554,7 @@ class _Run:
     def drive(self, applicant: Applicant | None) -> License | State | None:
         """The license; PENDING_VERIFICATION if it waits for the address to be confirmed; or
         None if it will be finished later. Raises SignupError otherwise."""
+        self.applicant = applicant
         try:
             user_id = self.signup.user_id
             if self.signup.state == State.NEW:
@@ -526,6 +584,13 @@ class _Run:
             return license
         except _Retry as pending:
             return self.reschedule(pending, applicant)
+        except _Later as later:
+            # The person sees "we are finishing your signup"; a reload shows the key.
+            if self.workflow._requeue(self.signup, applicant, self.owner, later):
+                self.log.info("signup %s: %s; finishing it in the background", self.id, later)
+                self.released = True  # the Backlog thread holds the row now
+                return None
+            return self.reschedule(_Retry(str(later), delay=later.turn), applicant)
 
     def await_verification(self, user_id: str) -> State:
         """The user exists; the license waits for the click on the link we email now."""
@@ -561,11 +626,14 @@ class _Run:
         if not user_id:
             return
         try:
+            self.take_turn()
             user = self.keygen.get_user(user_id, timeout=self.timeout())
             if not self.is_ours(user):
                 return  # not the user this signup created: never ours to delete
+            self.take_turn()
             if self.keygen.list_licenses(owner=user_id, timeout=self.timeout()):
                 raise _Retry("the unverified user has a license", delay=self.RESCHEDULE_CAP)
+            self.take_turn()
             self.keygen.delete_user(user_id, timeout=self.timeout())
         except KeygenNotFound:
             pass  # deleted already
@@ -589,6 +657,7 @@ class _Run:
     def create_user(self, applicant: Applicant) -> User:
         metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id, **applicant.consent}
         while True:
+            self.take_turn()
             try:
                 return self.keygen.create_user(
                     email=applicant.email,
@@ -612,6 +681,8 @@ class _Run:
                 return self.ours_or_taken(applicant.email)
             except KeygenRejected as error:  # token, plan, or a request Keygen cannot parse
                 raise self.refused(self.operator_problem("creating a user", error)) from None
+            except KeygenRateLimited as error:  # turned away before anything was created
+                self.pause(error, "creating a user")
             except KeygenUnavailable as error:
                 # The create may have happened: look before sending it again. If even the
                 # lookup fails, resend: Keygen answers EMAIL_TAKEN if the first one landed.
@@ -656,6 +727,7 @@ class _Run:
         return user.metadata.get("portalSignupId") == self.id
 
     def find_user(self, email: str) -> User | None:
+        self.take_turn()
         try:
             return self.keygen.get_user(email, timeout=self.timeout())
         except KeygenNotFound:
@@ -673,6 +745,7 @@ class _Run:
     def create_license(self, user_id: str) -> License:
         metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id}
         while True:
+            self.take_turn()
             try:
                 return self.keygen.create_license(
                     license_id=self.signup.license_id,
@@ -693,6 +766,8 @@ class _Run:
                 problem = self.operator_problem("creating a license", error)
                 self.compensate(user_id)
                 raise problem from None
+            except KeygenRateLimited as error:  # turned away before anything was created
+                self.pause(error, "creating a license")
             except KeygenUnavailable as error:
                 license = self.existing_license(user_id) if self.attempt else None
                 if license is not None:
@@ -701,6 +776,7 @@ class _Run:
 
     def existing_license(self, user_id: str) -> License | None:
         """The license we asked for, if Keygen has it, owned by our user under our policy."""
+        self.take_turn()
         try:
             license = self.keygen.get_license(self.signup.license_id, timeout=self.timeout())
         except KeygenNotFound:
@@ -715,6 +791,7 @@ class _Run:
 
     def compensate(self, user_id: str) -> None:
         """Delete the user we created, so their email is free for the next attempt."""
+        self.take_turn(final=True)
         try:
             self.keygen.delete_user(user_id, timeout=self.timeout(final=True))
         except KeygenNotFound:
@@ -744,8 +821,45 @@ class _Run:
             raise _Retry("deadline reached", delay=self.backoff())
         return (min(connect, left), min(read, left))
 
+    def take_turn(self, *, final: bool = False) -> None:
+        """Wait for this call's turn in the Keygen budget (admission.py), so that every call
+        the portal makes, retries and lookups too, keeps to the quota's schedule. No turn before
+        the deadline: the row is left for later."""
+        budget = self.workflow.budget
+        clock = self.workflow._clock
+        if budget is None:
+            wait = self.not_before - clock()
+        elif self.turns:
+            self.turns -= 1
+            return
+        else:
+            left = self.ends_at - clock() - 1.0
+            if final:
+                left = max(left, self.keygen.timeout[0] + 1.0)
+            # With the password at hand, the rest of the signup may wait in the Backlog: its
+            # calls are reserved together, as a queued signup's are.
+            later = self.applicant is not None and not final
+            calls = CALLS_PER_SIGNUP if self.signup.state == State.NEW else 1
+            within = max(left, self.workflow.backlog) if later else left
+            try:
+                turn = budget.reserve(calls if later else 1, within=max(0.0, within))
+            except BudgetUnavailable as error:
+                raise _Retry(str(error), delay=self.backoff()) from None
+            if turn is None:
+                raise _Retry("no turn at Keygen before the deadline", delay=self.backoff())
+            wait = max(turn, self.not_before - clock())
+            if later and wait > left:
+                raise _Later(wait, calls)
+            if later:
+                self.turns = calls - 1
+        if wait > 0:
+            self.workflow._sleep(wait)
+
     def pause(self, error: KeygenUnavailable, step: str) -> None:
-        """Wait a capped, fully jittered backoff (or Keygen's Retry-After) if it fits."""
+        """Wait a capped, fully jittered backoff (or Keygen's Retry-After) if it fits. The next
+        attempt takes a turn of its own: the turns reserved for this run were for calls made on
+        time, and a call Keygen turned away for its quota must not go at the window's reset
+        together with every other one that was (they would use up the new window at once)."""
         self.attempt += 1
         if isinstance(error, KeygenRateLimited):
             pause = error.retry_after
@@ -765,7 +879,11 @@ class _Run:
             extra={"keygen_request_id": error.request_id},
         )
         self.workflow.on_retry("now")
-        self.workflow._sleep(pause)
+        self.turns = 0
+        if isinstance(error, KeygenRateLimited):
+            self.not_before = self.workflow._clock() + pause  # take_turn waits for it
+        else:
+            self.workflow._sleep(pause)
 
     def backoff(self) -> float:
         """When the reconciler should look at this row again: capped, fully jittered."""

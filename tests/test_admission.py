@@ -314,3 +314,60 @@ def test_a_wait_for_a_slot_ends_by_the_time_given():
     assert time.monotonic() - started < 0.05
     assert not bulkhead.acquire(within=0.15)
     assert 0.1 < time.monotonic() - started < Bulkhead.FLOWING - 0.1
+
+
+# -- After a 429 -------------------------------------------------------------------------------
+
+
+def test_a_429_waits_until_keygens_window_resets_not_a_whole_retry_after(keygen):
+    """Retry-After counts whole seconds: with a 1 s window it says 1 even when the window ends
+    in a few milliseconds. X-RateLimit-Reset says when it does end."""
+    keygen.emulator.set_rate_limit(1, period=1)
+    try:
+        time.sleep(1.02 - time.time() % 1)  # early in a window, so both calls fall in it
+        KeygenClient(keygen.url, keygen.account, keygen.token).me()
+        other = KeygenClient(keygen.url, keygen.account, keygen.token)  # knows of no limit yet
+        with pytest.raises(KeygenRateLimited) as raised:
+            other.me()
+        window_ends = int(time.time()) + 1
+        assert raised.value.retry_after < 0.99
+        assert time.time() + raised.value.retry_after == pytest.approx(window_ends, abs=0.05)
+        time.sleep(raised.value.retry_after)
+        other.me()  # the new window takes it
+    finally:
+        keygen.emulator.set_rate_limit(None)
+
+
+def test_calls_keygen_turned_away_wait_for_turns_of_their_own_and_no_429_follows(keygen):
+    """Another tool using the same product token took this second's quota: the signups'
+    first calls are turned away. Their retries take new turns in the budget, after the
+    window's reset, instead of all going at the reset with the calls already scheduled for
+    that window, which would use it up at once, draw more 429s, and so on."""
+    quota = 4  # Keygen: 4 calls a second; the portal's budget the same
+    app = create_app(make_settings(keygen, keygen_max_rps=quota, admission_wait=8))
+    browsers = [Browser.open(app, email) for email in emails(6)]
+    keygen.emulator.set_rate_limit(quota, period=1)
+    try:
+        time.sleep(1.02 - time.time() % 1)
+        foreign = KeygenClient(keygen.url, keygen.account, keygen.token)
+        for _ in range(quota):
+            foreign.me()  # this window's quota, and the portal does not know
+        answers: list = [None] * len(browsers)
+
+        def send(index: int) -> None:
+            answers[index] = browsers[index].send()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(browsers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        deadline = time.monotonic() + 20
+        while len(keygen.licenses()) < len(browsers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        keygen.emulator.set_rate_limit(None)
+    assert {answer.status_code for answer in answers} <= {200, 202}
+    assert len(keygen.licenses()) == len(browsers)
+    throttled = [call for call in keygen.calls() if call["status"] == 429]
+    assert len(throttled) <= 1, [(call["route"], call["status"]) for call in keygen.calls()]

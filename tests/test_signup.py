@@ -264,7 +264,9 @@ def test_f19_license_garbled_answer_is_verified_before_showing(workflow, keygen,
 def test_f6_retry_after_is_honoured_before_calling_again(keygen, journal, clock):
     workflow = make_workflow(keygen, journal, [], clock)
     workflow._sleep = time.sleep  # really wait, and measure it
-    keygen.emulator.inject("licenses.create", retry_after=1)
+    # Retry-After: 2, and X-RateLimit-Reset at the end of the next whole second: the window
+    # ends between 1 and 2 s from now, and no call may come before.
+    keygen.emulator.inject("licenses.create", retry_after=2)
     started = time.monotonic()
     assert isinstance(submit(workflow), Issued)
     assert time.monotonic() - started >= 1.0
