@@ -266,8 +266,9 @@ class SignupWorkflow:
                         turn = 0.0
                     claim = self._claim(applicant, nonce, owner, lease=self.lease)
                     if claim.leased:
-                        turns = CALLS_PER_SIGNUP if self.budget is not None else 0
-                        return self._drive(claim.signup, applicant, ends_at, owner, turns=turns)
+                        return self._drive(
+                            claim.signup, applicant, ends_at, owner, turns=CALLS_PER_SIGNUP
+                        )
                 finally:
                     self._slots.release()
                 signup = claim.signup
