@@ -21,7 +21,9 @@ _settings = _load_settings(
 )
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-worker_class = "gthread"
+# gunicorn's gthread worker, except that a connection's closing handshake waits in its event loop
+# instead of stalling it for up to 2 s per client (http_worker.py).
+worker_class = "http_worker.ThreadWorker"
 workers = _settings["web_concurrency"]
 threads = _settings["gunicorn_threads"]
 # Must exceed SIGNUP_DEADLINE (20 s by default) plus a read-back, so no signup is killed midway.

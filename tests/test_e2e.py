@@ -3,6 +3,7 @@ runs as a separate process, configured only through environment variables."""
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
+import http_worker
 from conftest import (
     KEY_PATTERN,
     LOG_DIR,
@@ -208,3 +210,68 @@ def test_every_portal_log_line_is_json_and_requests_carry_their_id():
     assert all(e["request_id"] for e in entries), [e for e in entries if not e["request_id"]]
     starting = next(e for e in entries if e["message"].startswith("Starting gunicorn"))
     assert re.fullmatch(r"pid-\d+", starting["request_id"])
+
+
+def answered_and_held(url: str, path: str = "/healthz") -> socket.socket:
+    """A client that asks to close, reads the whole answer, and keeps its own side open."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    answer = b""
+    while chunk := sock.recv(65536):  # the server's FIN ends the answer
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    return sock
+
+
+def test_clients_that_keep_their_side_open_do_not_hold_up_other_requests():
+    """gunicorn's threaded worker waits on its main thread, up to 2 s per connection, for the
+    client's close; three such clients stalled the next request of the worker for 6 s."""
+    with emulator() as keygen, portal({**portal_settings(keygen), "WEB_CONCURRENCY": "1"}) as url:
+        held = [answered_and_held(url) for _ in range(3)]
+        started = time.monotonic()
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        assert time.monotonic() - started < 1.0
+        for sock in held:
+            sock.close()
+
+
+def test_a_closing_connection_still_drains_what_the_client_sends_then_is_cut_off():
+    """The close stays graceful (RFC 9112, section 9.6): bytes the client sends after the
+    answer are read and dropped, not answered with a reset; a client that never closes is cut
+    off after http_worker.LINGER_SECONDS."""
+    with emulator() as keygen, portal(portal_settings(keygen)) as url:
+        sock = answered_and_held(url)
+        sock.sendall(b"x" * 10_000)
+        time.sleep(0.3)
+        sock.sendall(b"x" * 10_000)  # no reset came back: the server read and dropped them
+        time.sleep(http_worker.LINGER_SECONDS + 0.5)
+        sock.sendall(b"x" * 10_000)
+        time.sleep(0.3)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            sock.sendall(b"x" * 10_000)  # the server's socket is gone, and the kernel said so
+        sock.close()
+
+
+def test_closing_connections_count_against_worker_connections():
+    """Lingering sockets stay within gunicorn's limit on connections (accepting waits), so
+    clients that never close cannot run the worker out of file descriptors."""
+    limits = {"WEB_CONCURRENCY": "1", "GUNICORN_CMD_ARGS": "--worker-connections 20"}
+    with emulator() as keygen, portal({**portal_settings(keygen), **limits}) as url:
+        held = [answered_and_held(url) for _ in range(20)]
+        started = time.monotonic()
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        waited = time.monotonic() - started
+        assert 0.5 < waited < http_worker.LINGER_SECONDS + 2.5, waited
+        for sock in held:
+            sock.close()
+
+
+def portal_settings(keygen: dict) -> dict[str, str]:
+    return {
+        "KEYGEN_API_URL": keygen["url"],
+        "KEYGEN_ACCOUNT_ID": keygen["account"],
+        "KEYGEN_PRODUCT_TOKEN": keygen["token"],
+        "KEYGEN_POLICY_ID": keygen["policy"],
+        "SECRET_KEY": SECRET_KEY,
+    }
