@@ -5,7 +5,7 @@ sends its FIN, then reads until the client closes too, so that unread request by
 into a reset that cuts the response short. The gthread worker does this on its main thread,
 the one that accepts connections and hands them to the threads, blocking for up to 2 s per
 connection. One client that sends `Connection: close` and then keeps its side open stalls every
-other request of the worker for those 2 s (tests/test_http_worker.py), and under load every
+other request of the worker for those 2 s (tests/test_e2e.py), and under load every
 close waits for its client's event loop. Here the same lingering close is done by the worker's
 event loop: the FIN goes out at once, the socket waits in the poller for the client's close,
 and one that never comes is cut off after the same 2 s.
