@@ -9,7 +9,8 @@ faithful one, tested against the contract.
 
 What it models, each switchable at run time through the control plane:
 
-* a fixed latency per request (``latency``, default 50 ms: network round trip + Keygen's work);
+* a fixed latency per request (``latency``, default 50 ms: network round trip + Keygen's work),
+  from the request's arrival to its answer, the stand-in's own work inside it;
 * an extra delay on the first request of every new connection (``connect_delay``, default
   40 ms), standing for the TCP and TLS round trips that loopback does not have;
 * optional TLS (``--tls-cert``/``--tls-key``), so that handshakes cost real CPU on both ends;
@@ -38,9 +39,10 @@ import secrets
 import signal
 import socket
 import ssl
+import statistics
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,6 +123,7 @@ class Keygen:
         self.throttled = 0
         self.routes: Counter[str] = Counter()
         self.statuses: Counter[int] = Counter()
+        self.late: deque[float] = deque(maxlen=10_000)  # how long after it was due each answer left
         self.hits: dict[tuple, int] = {}
         self.cpu_at_reset = time.process_time()
         if data:
@@ -139,6 +142,7 @@ class Keygen:
             "users": len(self.users),
             "licenses": len(self.licenses),
             "cpu_seconds": time.process_time() - self.cpu_at_reset,
+            "late_p50": statistics.median(self.late) if self.late else None,
             "config": self.config(),
         }
 
@@ -169,28 +173,29 @@ class Keygen:
     # -- One API request ---------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.Response:
+        # The latency is the whole time Keygen takes to answer, its own work included: the
+        # answer leaves `latency` after the request arrived, not `latency` after the work.
+        arrived = time.monotonic()
         self.requests += 1
         wait = self.latency
         protocol = request.protocol
         if protocol in self.fresh:
             self.fresh.discard(protocol)
             wait += self.connect_delay
-        stalled = self.stall_until - time.monotonic()
-        if stalled > 0:
-            wait += stalled
+        stalled = max(0.0, self.stall_until - arrived)
         headers = {"X-Request-Id": str(uuid.uuid4()), "Keygen-Version": "1.8"}
         try:
             route, ident = self.route(request)
             self.routes[route] += 1
             headers.update(self.throttle(request))
             body = await request.read()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if stalled > 0:
+                await asyncio.sleep(stalled)  # a hung Keygen does the work once it comes back
             status, document, extra = self.dispatch(request, route, ident, body)
             headers.update(extra)
         except Halt as halt:
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if stalled > 0:
+                await asyncio.sleep(stalled)
             status, document = halt.status, {"errors": halt.errors}
             headers.update(halt.headers)
             if status == 429:
@@ -199,14 +204,20 @@ class Keygen:
                 document["meta"] = {"id": headers["X-Request-Id"]}
         self.statuses[status] += 1
         if document is None:
-            return web.Response(status=status, headers=headers)
-        return web.Response(
-            status=status,
-            body=json.dumps(document).encode(),
-            content_type=MEDIA_TYPE,
-            charset="utf-8",
-            headers=headers,
-        )
+            response = web.Response(status=status, headers=headers)
+        else:
+            response = web.Response(
+                status=status,
+                body=json.dumps(document).encode(),
+                content_type=MEDIA_TYPE,
+                charset="utf-8",
+                headers=headers,
+            )
+        due = arrived + stalled + wait
+        if due > time.monotonic():
+            await asyncio.sleep(due - time.monotonic())
+        self.late.append(time.monotonic() - due)
+        return response
 
     def route(self, request: web.Request) -> tuple[str, str | None]:
         account = request.match_info["account"]

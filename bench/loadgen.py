@@ -27,6 +27,7 @@ INPUT_TAG = re.compile(r"<input\b[^>]*>", re.IGNORECASE)
 ATTRIBUTE = re.compile(r'([a-zA-Z_:][-\w:.]*)\s*=\s*"([^"]*)"')
 KEY_MARK = 'id="license-key"'
 SUCCESS = ("key", "processing", "ok")
+EARLY_WAKE = 0.002  # seconds: more than a short sleep overruns (see _sleep_until)
 
 
 @dataclass
@@ -166,9 +167,15 @@ class SignupClient:
 
 
 async def _sleep_until(moment: float) -> None:
+    """Wake at `moment`, not a millisecond later: the kernel lets a sleep of d seconds overrun
+    by d/1000 (timer slack) and the selector rounds up to whole milliseconds, which would put
+    ~1 ms of the generator's own lag into every latency at 2 arrivals a second. So sleep to
+    just short of it, then yield to the loop until it comes."""
     delay = moment - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
+    if delay > EARLY_WAKE:
+        await asyncio.sleep(delay - EARLY_WAKE - delay / 1000)
+    while time.monotonic() < moment:
+        await asyncio.sleep(0)
 
 
 async def open_loop(

@@ -483,6 +483,7 @@ class Bench:
             "new_connections": stats["new_connections"],
             "cpu_seconds": cpu,
             "standin_cpu_seconds": stats["cpu_seconds"],
+            "standin_late_p50": stats["late_p50"],
             "max_lag": result.max_lag,
         }
 
@@ -1311,6 +1312,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     lows = [run for v in variants for run in bench.results.get("low_load", {}).get(v, [])]
     lag = max((run.get("max_lag", 0.0) for run in lows if "error" not in run), default=math.nan)
+    late = median_of(
+        [run for run in lows if run.get("standin_late_p50") is not None], "standin_late_p50"
+    )
     share = median_of(bench.results.get("users", {}).get("portal"), "standin_cpu_share")
     foreign = [
         run.get("foreign_share", math.nan)
@@ -1325,7 +1329,8 @@ async def run(args: argparse.Namespace) -> int:
         f"({info['interpreter']}), "
         f"load average {info['loadavg_at_start'][0]:.2f} at start, {elapsed:.0f} s; "
         f"stand-in used {share:.0%} of a core at 32 users; load generator lag <= "
-        f"{fmt_ms(lag)} at low load; other processes took "
+        f"{lag * 1000:.1f} ms and the stand-in's answers {late * 1000:.1f} ms after their "
+        "latency (p50) at low load; other processes took "
         + (
             f"{statistics.median(foreign):.0%} (median), {max(foreign):.0%} (worst phase) of the "
             "servers' core"
