@@ -12,7 +12,7 @@ from flask import Blueprint, abort, current_app, g, render_template, request
 from flask_babel import get_locale, gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import CSRFError, generate_csrf
+from flask_wtf.csrf import CSRFError
 from markupsafe import escape
 
 import doctor
@@ -22,7 +22,7 @@ from forms import RecoveryForm, SignupForm, new_nonce
 from health import readiness
 from i18n import page_language
 from journal import Letter
-from protection import LimiterUnavailable, LimitReached
+from protection import LimiterUnavailable, LimitReached, csrf_token
 from signup import (
     AlreadyIssued,
     Applicant,
@@ -47,7 +47,7 @@ bp = Blueprint("portal", __name__)
 def signup_form():
     nonce = new_nonce()
     return stencil("signup.html", _blank_form, "csrf_token", "nonce", "served").fill(
-        csrf_token=generate_csrf(),  # also puts the raw token in the session cookie
+        csrf_token=csrf_token(),  # also puts the raw token in the session cookie
         nonce=nonce,
         served=current_app.extensions["fill_timer"].stamp(nonce),
     )

@@ -86,3 +86,34 @@ def test_the_key_page_is_the_one_the_template_renders_for_each_person(app, keyge
         assert shown == expected
         assert f'<html lang="{language}">' in shown
         assert "<b>" not in shown and str(escape(first_name)) in shown
+
+
+def test_the_pages_token_and_cookie_are_the_ones_flask_and_flask_wtf_read(app):
+    """The form page signs its CSRF token and session cookie with serializers of its own
+    (protection.SignedTokens, built once): Flask-WTF's own check must accept the token, and
+    Flask's stock session interface must read the cookie, and ours the stock one's cookie, so
+    that a rollback or a mixed fleet keeps every open form working."""
+    from flask import session
+    from flask.sessions import SecureCookieSessionInterface
+    from flask_wtf.csrf import generate_csrf, validate_csrf
+
+    client = app.test_client()
+    page = client.get("/").get_data(as_text=True)
+    cookie = client.get_cookie("session").value
+    stock = SecureCookieSessionInterface().get_signing_serializer(app)
+    raw = stock.loads(cookie)["csrf_token"]
+    assert len(raw) == 40
+    with app.test_request_context("/", headers={"Cookie": f"session={cookie}"}):
+        app.preprocess_request()
+        assert session["csrf_token"] == raw
+        validate_csrf(csrf_token_from(page))  # raises if Flask-WTF cannot read it
+        # Flask-WTF's generate_csrf makes a token for the same raw value that ours reads.
+        issued_by_flask_wtf = generate_csrf()
+    ours = app.session_interface.get_signing_serializer(app)
+    assert ours.loads(stock.dumps({"csrf_token": raw}))["csrf_token"] == raw
+    # A payload long enough for itsdangerous to compress it still reads.
+    assert ours.loads(stock.dumps({"csrf_token": "a" * 400}))["csrf_token"] == "a" * 400
+    data = form_data(email="stock@example.com")
+    data.update(csrf_token=issued_by_flask_wtf, nonce=hidden(page, "nonce"))
+    data["served"] = hidden(page, "served")
+    assert client.post("/", data=data).status_code == 200
