@@ -1,6 +1,7 @@
 """Abuse protection for the signup form: who the client is (trusting only our own proxies), how
-often it may submit (per address and per email; admission.py queues all signups together), and
-two bot traps (a honeypot field and a minimum time between serving the form and submitting it).
+often it may submit (per address and per email; admission.py queues all signups together), two
+bot traps (a honeypot field and a minimum time between serving the form and submitting it), and
+the signed tokens the form page hands out (its session cookie and CSRF token).
 No Keygen here: everything in this module runs before the workflow and decides whether it runs."""
 
 from __future__ import annotations
