@@ -394,7 +394,7 @@ class SessionCookies(SecureCookieSessionInterface):
 
     def save_session(self, app: Flask, session, response) -> None:
         """Flask's, with Vary: Cookie added once through vary_on_cookie: Flask adds it through
-        response.vary, twice for every cookie it sets, a fifth of the form page (bench R6)."""
+        response.vary, twice for every cookie it sets, about 5% of the form page (bench R6)."""
         if not session:
             super().save_session(app, session, response)  # nothing to set, or a cookie to delete
             return

@@ -214,8 +214,8 @@ class Keygen:
                 headers=headers,
             )
         due = arrived + stalled + wait
-        if due > time.monotonic():
-            await asyncio.sleep(due - time.monotonic())
+        if (left := due - time.monotonic()) > 0:
+            await asyncio.sleep(left)
         self.late.append(time.monotonic() - due)
         return response
 
