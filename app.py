@@ -163,7 +163,9 @@ def protect(app: Flask, settings: Settings) -> None:
 
 
 def open_journal(app: Flask, settings: Settings) -> Journal:
-    journal = Journal(settings.database_url or default_url(app.instance_path))
+    journal = Journal(
+        settings.database_url or default_url(app.instance_path), threads=settings.gunicorn_threads
+    )
     journal.create_schema()
     return journal
 

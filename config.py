@@ -223,6 +223,9 @@ def _database_url(value: str) -> str:
     value = value.strip()
     if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
         raise ValueError("must start with sqlite:/// or postgresql://")
+    if value.removeprefix("sqlite:///") in ("", ":memory:"):
+        # Each connection would get a database of its own, gone with it.
+        raise ValueError("must name a file for SQLite (sqlite:////data/portal.db)")
     return value
 
 

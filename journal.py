@@ -212,9 +212,10 @@ class Claim:
 
 
 class Journal:
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time):
+    def __init__(self, url: str, *, threads: int = 5, clock: Callable[[], float] = time.time):
+        """``threads``: how many of the process's threads may write at once (gunicorn's)."""
         self.clock = clock
-        self.engine = _engine(url)
+        self.engine = _engine(url, threads)
 
     def create_schema(self) -> None:
         """Create the tables, or add what a newer version needs. Safe to run on every start,
@@ -531,13 +532,18 @@ def _signup(row) -> Signup:
     return Signup(**values)
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, threads: int) -> Engine:
+    # A connection kept for every thread that may need one at once, and SQLAlchemy's usual ten
+    # more for the background threads and bursts. With its default of five kept, a busy worker
+    # closed and reopened connections all the time: each reopening paid for a PostgreSQL login
+    # or SQLite's PRAGMAs, and started with an empty statement cache.
+    pool = {"pool_size": threads, "max_overflow": 10}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
         # Waiting for a lock beats failing a signup; WAL lets readers and a writer overlap.
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record):
@@ -549,4 +555,4 @@ def _engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, **pool)

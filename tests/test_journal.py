@@ -4,7 +4,7 @@ per row, the key shown to one caller, and a schema that updates itself."""
 import threading
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from journal import Journal, State
 
@@ -150,6 +150,53 @@ def test_only_supported_databases_are_configurable(url):
         load_settings(env)
     assert caught.value.problems == ["DATABASE_URL must start with sqlite:/// or postgresql://"]
     assert url not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_journal_is_refused(url):
+    from config import ConfigError, load_settings
+
+    env = {
+        "KEYGEN_ACCOUNT_ID": "acme",
+        "KEYGEN_PRODUCT_TOKEN": "prod-" + "a" * 64 + "v3",
+        "KEYGEN_POLICY_ID": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+        "SECRET_KEY": "s" * 40,
+        "DATABASE_URL": url,
+    }
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert caught.value.problems == [
+        "DATABASE_URL must name a file for SQLite (sqlite:////data/portal.db)"
+    ]
+
+
+def test_a_journal_keeps_a_connection_for_each_of_its_threads(database_url):
+    """Busy threads do not close and reopen connections (a PostgreSQL login, SQLite's PRAGMAs
+    and an empty statement cache each time): however often they all write at once, the journal
+    opens one connection per thread, no more."""
+    threads = 8
+    journal = Journal(database_url, threads=threads)
+    journal.create_schema()
+    opened = []
+    event.listen(journal.engine, "connect", lambda *_: opened.append(1))
+    barrier = threading.Barrier(threads)
+
+    def write(n):
+        for round_ in range(5):
+            with journal.engine.begin() as db:
+                db.execute(text("SELECT 1"))
+                barrier.wait(timeout=10)  # every thread holds a connection at once,
+            barrier.wait(timeout=10)  # then none does
+            claim(journal, nonce=f"{n:02d}{round_:02d}".ljust(32, "x"), email=f"{n}@example.com")
+
+    workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert len(opened) <= threads, len(opened)
+    assert len(journal.all()) == threads * 5
+    journal.engine.dispose()
 
 
 def test_every_worker_may_create_the_schema_at_once(database_url):
