@@ -7,8 +7,8 @@ the one that accepts connections and hands them to the threads, blocking for up 
 connection. One client that sends `Connection: close` and then keeps its side open stalls every
 other request of the worker for those 2 s (tests/test_e2e.py), and under load every
 close waits for its client's event loop. Here the same lingering close is done by the worker's
-event loop: the FIN goes out at once, the socket waits in the poller for the client's close,
-and one that never comes is cut off after the same 2 s.
+event loop: the FIN goes out at once, the socket waits in the poller for the client's close
+(unless it has come already), and one that never comes is cut off after the same 2 s.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ class ThreadWorker(gthread.ThreadWorker):
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
+            entry.drain(sock)  # a client that read the whole answer has usually closed already
+            if entry.closed:
+                return
             self.poller.register(sock, selectors.EVENT_READ, entry.drain)
         except (OSError, ValueError, KeyError):
             entry.close()

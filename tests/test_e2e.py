@@ -3,12 +3,14 @@ runs as a separate process, configured only through environment variables."""
 
 import os
 import re
+import selectors
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -251,6 +253,25 @@ def test_a_closing_connection_still_drains_what_the_client_sends_then_is_cut_off
         with pytest.raises((ConnectionResetError, BrokenPipeError)):
             sock.sendall(b"x" * 10_000)  # the server's socket is gone, and the kernel said so
         sock.close()
+
+
+def test_a_connection_whose_client_has_closed_is_closed_at_once():
+    """The worker's loop is left out when there is nothing to wait for: the client read the
+    answer and closed, so the socket closes on the spot, counting against no limit."""
+    worker = http_worker.ThreadWorker.__new__(http_worker.ThreadWorker)
+    worker.poller, worker.lingering, worker.nr_conns = selectors.DefaultSelector(), deque(), 0
+    ours, clients = socket.socketpair()
+    clients.close()
+    worker.linger(ours)
+    assert ours.fileno() == -1
+    assert (worker.nr_conns, len(worker.lingering), worker.poller.get_map()) == (0, 0, {})
+    ours, client = socket.socketpair()  # a client still open is waited for, as before
+    worker.linger(ours)
+    assert ours.fileno() != -1 and worker.nr_conns == 1 and len(worker.poller.get_map()) == 1
+    assert client.recv(1) == b""  # our FIN went out at once
+    client.close()
+    worker.lingering[0].drain(ours)
+    assert ours.fileno() == -1 and worker.nr_conns == 0
 
 
 def test_closing_connections_count_against_worker_connections():
