@@ -225,7 +225,7 @@ def _database_url(value: str) -> str:
         raise ValueError("must start with sqlite:/// or postgresql://")
     if value.removeprefix("sqlite:///") in ("", ":memory:"):
         # Each connection would get a database of its own, gone with it.
-        raise ValueError("must name a file for SQLite (sqlite:////data/portal.db)")
+        raise ValueError("must name a SQLite file, not an in-memory database")
     return value
 
 
