@@ -213,7 +213,7 @@ class Claim:
 
 class Journal:
     def __init__(self, url: str, *, threads: int = 5, clock: Callable[[], float] = time.time):
-        """``threads``: how many of the process's threads may write at once (gunicorn's)."""
+        """``threads``: how many of the process's threads may use it at once (gunicorn's)."""
         self.clock = clock
         self.engine = _engine(url, threads)
 
