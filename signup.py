@@ -257,8 +257,18 @@ class SignupWorkflow:
         waited = False
         while True:
             left = max(0.0, turn_at - time.monotonic())
-            if self._slots.acquire(within=left if turn > 0 else Bulkhead.FLOWING):
+            slot = self._slots.acquire(within=left if turn > 0 else Bulkhead.FLOWING)
+            missed = not slot and turn > 0 and not self._waiting
+            if missed:
+                # Every slot is taken by signups calling Keygen: its speed, not its quota, is
+                # what holds them. Wait for a slot as a signup without a turn does, and take
+                # a new turn, since this one will have passed.
+                slot = self._slots.acquire(within=Bulkhead.FLOWING)
+            if slot:
                 try:
+                    if missed:
+                        turn = self._turn(within=self.queue_wait)
+                        turn_at = time.monotonic() + turn
                     # The wait for the turn holds the slot too: waiting signups must not take
                     # every thread from the pages either.
                     if turn > 0:
@@ -418,16 +428,18 @@ class SignupWorkflow:
                 problem = error
             raise TryLater(f"signup {signup.id}: cannot read the issued license: {problem}")
 
-    def _turn(self) -> float:
-        """Seconds until this signup may call Keygen; TooBusy if beyond the backlog."""
+    def _turn(self, within: float | None = None) -> float:
+        """Seconds until this signup may call Keygen; TooBusy if beyond ``within`` seconds (the
+        backlog)."""
         if self.budget is None:
             return 0.0
+        within = self.backlog if within is None else within
         try:
-            turn = self.budget.reserve(CALLS_PER_SIGNUP, within=self.backlog)
+            turn = self.budget.reserve(CALLS_PER_SIGNUP, within=within)
         except BudgetUnavailable as error:
             raise SignupUnavailable(str(error)) from None
         if turn is None:
-            raise TooBusy(f"no turn at Keygen within {self.backlog:g} s")
+            raise TooBusy(f"no turn at Keygen within {within:g} s")
         return turn
 
     def _finish_later(

@@ -437,6 +437,34 @@ def test_while_signups_flow_a_burst_waits_for_a_slot_instead_of_being_refused(
     assert len(keygen.licenses()) == 3
 
 
+def test_a_signup_whose_turn_passes_while_every_slot_calls_keygen_waits_and_takes_a_new_turn(
+    keygen, journal, pauses, clock
+):
+    """Under load the budget hands out turns a few milliseconds away. A signup that finds the
+    slots taken by signups calling Keygen (its speed, not its quota, holds them) waits for one
+    as a signup without a turn does, instead of being told "busy" once its turn has passed,
+    and then takes a new turn rather than calling Keygen late."""
+    from admission import KeygenBudget
+
+    budget = KeygenBudget(100, clock=lambda: 1000.0)  # each signup's turn 20 ms after the last
+    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1, budget=budget)
+    assert isinstance(submit(workflow), Issued)  # turn 0; a slot was just given back
+    keygen.emulator.inject("users.create", delay=0.2, times=1)
+    results: list = []
+    lois = Applicant("lois@example.com", PASSWORD, "Lois", "Lane")
+    first = threading.Thread(target=lambda: results.append(submit(workflow, lois)))
+    first.start()
+    wait_for_call(keygen, "users.create", count=2)  # Lois holds the only slot, for 0.2 s
+    jimmy = submit(workflow, Applicant("jimmy@example.com", PASSWORD, "Jimmy", "Olsen"))
+    first.join(timeout=10)
+    assert isinstance(jimmy, Issued)
+    assert [type(r) for r in results] == [Issued]
+    assert len(keygen.licenses()) == 3
+    # Lois waited 20 ms for her turn; Jimmy's turn (40 ms) passed while he waited for the
+    # slot, and he waited for a new one (60 ms) before calling Keygen.
+    assert pauses == [pytest.approx(0.02, abs=0.005), pytest.approx(0.06, abs=0.005)]
+
+
 def test_a_signup_costs_three_journal_statements(workflow, keygen, journal):
     """Written before each step that matters, and nothing more: claim, user, issued+shown."""
     from sqlalchemy import event
