@@ -198,6 +198,7 @@ TRY_LATER = _l(
 def not_now(error: SignupUnavailable | TooBusy):
     """An operator must act (SignupUnavailable), or too many signups are running (TooBusy)."""
     if isinstance(error, TooBusy):
+        log.warning("request %s: turned away: %s", g.request_id, error)
         return error_page(503, kind="busy", retry_after=30)
     return error_page(503, kind="unavailable")
 

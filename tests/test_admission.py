@@ -183,7 +183,7 @@ def test_a_later_turn_is_finished_in_the_background_and_the_reload_shows_the_key
     assert license["key"] not in second.send().get_data(as_text=True)
 
 
-def test_beyond_the_backlog_the_busy_page_and_nothing_is_created(keygen):
+def test_beyond_the_backlog_the_busy_page_and_nothing_is_created(keygen, caplog):
     settings = make_settings(keygen, keygen_max_rps=1, admission_wait=0.5, admission_backlog=1.0)
     app = create_app(settings)
     first, second = (Browser.open(app, email) for email in emails(2))
@@ -191,6 +191,8 @@ def test_beyond_the_backlog_the_busy_page_and_nothing_is_created(keygen):
     busy = second.send()
     assert busy.status_code == 503
     assert "very busy" in busy.get_data(as_text=True)
+    # The operator's log says why (the access log only says 503).
+    assert "turned away: no turn at Keygen within 1 s" in caplog.text
     time.sleep(0.5)
     assert len(keygen.users()) == 1
 
