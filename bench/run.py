@@ -526,9 +526,11 @@ class Bench:
             for flow in result.issued()
             if flow.done is not None and t0 <= flow.done < t1
         ]
+        outcomes = result.outcomes()
         return {
             "signups": signups,
-            "outcomes": dict(result.outcomes()),
+            "outcomes": dict(outcomes),
+            "user_errors": sum(n for name, n in outcomes.items() if name not in loadgen.SUCCESS),
             "throughput": signups / (t1 - t0),
             "cpu_seconds": cpu1 - cpu0,
             "cpu_per_signup": (cpu1 - cpu0) / signups if signups else math.nan,
@@ -942,7 +944,9 @@ def build_rows(bench: Bench) -> list[dict]:
         r9,
         ">= 5",
         r9 >= 5,
-        f"{x['portal']:.1f} / {x['naive']:.1f} signups/s",
+        f"{x['portal']:.1f} / {x['naive']:.1f} signups/s; users who got an error P "
+        f"{total_of(users.get('portal'), 'user_errors'):.0f} N "
+        f"{total_of(users.get('naive'), 'user_errors'):.0f}",
         [users.get("portal"), users.get("naive")],
     )
     return rows
