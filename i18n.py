@@ -32,8 +32,8 @@ def init_i18n(app: Flask) -> None:
 
 def chosen_language() -> str | None:
     """The language picked in the switch on this request, if any."""
-    if not has_request_context():
-        return None
+    if not has_request_context() or not request.environ.get("QUERY_STRING"):
+        return None  # most pages come without a query string: nothing to parse (bench R6)
     language = request.args.get("lang", "")
     return language if language in LANGUAGES else None
 
@@ -56,7 +56,8 @@ def select_language() -> str:
     return (
         chosen_language()
         or (remembered if remembered in LANGUAGES else None)
-        or best_match(request.headers.get("Accept-Language", ""))
+        # From the environ: request.headers raises and catches an exception for a missing one.
+        or best_match(request.environ.get("HTTP_ACCEPT_LANGUAGE", ""))
         or default_language(current_app)
     )
 
