@@ -266,7 +266,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what deploy/nginx.conf pa
 
 def assign_request_id() -> None:
     """The proxy's X-Request-ID when it is well formed, so that its log and ours share one id."""
-    given = request.environ.get("HTTP_X_REQUEST_ID", "")  # request.headers: see i18n.py
+    # From the environ: request.headers raises and catches an exception for a missing one.
+    given = request.environ.get("HTTP_X_REQUEST_ID", "")
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
