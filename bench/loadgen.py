@@ -60,6 +60,10 @@ class Result:
     def outcomes(self) -> Counter[str]:
         return Counter(flow.outcome for flow in self.flows)
 
+    def errors(self) -> int:
+        """Flows that ended in anything but success: error pages, connection errors, timeouts."""
+        return sum(1 for flow in self.flows if flow.outcome not in SUCCESS)
+
     def issued(self) -> list[Flow]:
         return [flow for flow in self.flows if flow.outcome == "key"]
 

@@ -526,11 +526,10 @@ class Bench:
             for flow in result.issued()
             if flow.done is not None and t0 <= flow.done < t1
         ]
-        outcomes = result.outcomes()
         return {
             "signups": signups,
-            "outcomes": dict(outcomes),
-            "user_errors": sum(n for name, n in outcomes.items() if name not in loadgen.SUCCESS),
+            "outcomes": dict(result.outcomes()),
+            "user_errors": result.errors(),
             "throughput": signups / (t1 - t0),
             "cpu_seconds": cpu1 - cpu0,
             "cpu_per_signup": (cpu1 - cpu0) / signups if signups else math.nan,
@@ -610,7 +609,6 @@ class Bench:
         self.standin.config(quota_limit=None)
         (t0, stats0), (t1, stats1) = marks["start"], marks["end"]
         admitted = outcomes["key"] + outcomes["processing"]
-        errors = sum(n for name, n in outcomes.items() if name not in loadgen.SUCCESS)
         return {
             "rate": rate,
             "outcomes": dict(outcomes),
@@ -621,7 +619,7 @@ class Bench:
             "licenses": stats["licenses"] - issued_before,
             "throttled": stats["throttled"],
             "throttled_per_admitted": stats["throttled"] / admitted if admitted else math.inf,
-            "user_errors": errors,
+            "user_errors": result.errors(),
             "keygen_requests": stats["requests"],
         }
 
