@@ -5,10 +5,13 @@ portal, the naive baseline and the load, and prints the table with every ratio, 
 a verdict. Whether the targets are met is for bench/README.md, measured on a quiet machine.
 """
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -83,3 +86,35 @@ def test_python_runs_the_benchmark_under_another_interpreter_from_a_venv_of_its_
     )
     assert missing.returncode != 0
     assert "no such interpreter" in missing.stderr
+
+
+def test_the_stand_ins_timer_is_never_early_fires_from_a_timerfd_and_closes_it():
+    """Its answers leave at their latency: on time (the timerfd), never early, no fd left."""
+    from bench.keygen_standin import sleep_until
+
+    def descriptors() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # listdir's own, closed by now
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return sorted(links)
+
+    async def look_soon() -> list[str]:
+        await asyncio.sleep(0.001)
+        return descriptors()
+
+    async def main() -> list[str]:
+        seen = []
+        for delay in (-0.01, 0.0, 0.002, 0.015):
+            due = time.monotonic() + delay
+            watch = asyncio.create_task(look_soon()) if delay > 0.001 else None
+            await sleep_until(due)
+            assert time.monotonic() >= due, delay
+            if watch:
+                seen += await watch
+        return seen
+
+    before = descriptors()
+    during = asyncio.run(main())
+    assert "anon_inode:[timerfd]" in during
+    assert descriptors() == before
