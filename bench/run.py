@@ -805,7 +805,7 @@ def build_rows(bench: Bench) -> list[dict]:
     low_p50 = {v: median_of(low.get(v), "p50") for v in ("portal", "naive")}
     low_p99 = {v: median_of(low.get(v), "p99") for v in ("portal", "naive")}
 
-    busy_p = median_of(idle.get("portal"), "p50_back_to_back")  # the floor's GET until 7e518f9
+    busy_p = median_of(idle.get("portal"), "p50_back_to_back")  # the floor's GET before b1619f2
     r1, r1_busy = (
         statistics.median(
             [ratio(run["p50"], base) for run in low.get("portal", []) if "p50" in run] or [math.nan]
