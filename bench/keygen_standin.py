@@ -90,13 +90,11 @@ async def sleep_until(due: float) -> None:
     the selector's timeout up to whole milliseconds, ~0.5 ms of lateness in every answer. A
     timerfd armed for `due` wakes the event loop when it fires, and costs no busy waiting."""
     fd = _LIBC.timerfd_create(CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC) if _TIMERFD else -1
-    if fd < 0:  # not Linux, or out of descriptors: a sleep that may overrun a little
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        return
     try:
         seconds = int(due)
         when = _Itimerspec(_Timespec(0, 0), _Timespec(seconds, int((due - seconds) * 1e9)))
-        if _LIBC.timerfd_settime(fd, TFD_TIMER_ABSTIME, ctypes.byref(when), None) != 0:
+        if fd < 0 or _LIBC.timerfd_settime(fd, TFD_TIMER_ABSTIME, ctypes.byref(when), None):
+            # not Linux, or out of descriptors: a sleep that may overrun a little
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             return
         loop = asyncio.get_running_loop()
@@ -107,7 +105,8 @@ async def sleep_until(due: float) -> None:
         finally:
             loop.remove_reader(fd)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def error(title: str, detail: str, code: str | None = None, pointer: str | None = None) -> dict:
