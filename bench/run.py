@@ -130,6 +130,21 @@ def ensure_dependencies() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606
 
 
+def ensure_wrk() -> None:
+    """R6 is measured with wrk (Debian package `wrk`) when there is one: install it as root, as
+    the two commands of the README install their system packages. Without it, R6 falls back to
+    the asyncio client, whose own pace shows in the rates it measures (the footer names the
+    tool; bench/README.md, fourteenth measurement)."""
+    if shutil.which("wrk") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    say("installing wrk (apt-get)")
+    apt = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(apt, env=env, capture_output=True, text=True, timeout=300)  # noqa: S603
+    if done.returncode != 0:
+        say(f"no wrk ({done.stderr.strip()[-200:]}); R6 uses the asyncio client")
+
+
 def run_under(python: str, argv: list[str]) -> None:
     """Run this benchmark again, servers and all, under another interpreter: from a venv of its
     own in .venv-bench/, made once with the portal's and the benchmark's requirements (again when
@@ -1388,6 +1403,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.python:
         run_under(args.python, without_python_option(sys.argv[1:] if argv is None else argv))
     ensure_dependencies()
+    if not (args.smoke or args.no_wrk):
+        ensure_wrk()
     sys.path.insert(0, str(BENCH))
     return asyncio.run(run(args))
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,3 +119,29 @@ def test_the_stand_ins_timer_is_never_early_fires_from_a_timerfd_and_closes_it()
     during = asyncio.run(main())
     assert "anon_inode:[timerfd]" in during
     assert descriptors() == before
+
+
+def test_a_run_as_root_installs_wrk_for_r6_when_it_is_missing(tmp_path, monkeypatch):
+    """wrk measures R6 wherever the benchmark can install it (an apt-get that records its call
+    and puts a wrk on PATH stands in for Debian's)."""
+    from bench import run
+
+    calls = tmp_path / "apt-get.calls"
+    apt_get = tmp_path / "apt-get"
+    chmod = shutil.which("chmod")
+    apt_get.write_text(
+        f'#!/bin/sh\necho "$DEBIAN_FRONTEND $*" >> {calls}\n'
+        f"printf '#!/bin/sh\\n' > {tmp_path}/wrk && {chmod} +x {tmp_path}/wrk\n"
+    )
+    apt_get.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(run.os, "geteuid", lambda: 1000)
+    run.ensure_wrk()
+    assert not calls.exists()  # not root: nothing to install with
+
+    monkeypatch.setattr(run.os, "geteuid", lambda: 0)
+    run.ensure_wrk()
+    wanted = "noninteractive install -y -q --no-install-recommends wrk"
+    assert calls.read_text().split() == wanted.split()
+    run.ensure_wrk()  # there is one now
+    assert len(calls.read_text().splitlines()) == 1
