@@ -131,17 +131,16 @@ def ensure_dependencies() -> None:
 
 
 def ensure_wrk() -> None:
-    """R6 is measured with wrk (Debian package `wrk`) when there is one: install it as root, as
-    the two commands of the README install their system packages. Without it, R6 falls back to
-    the asyncio client, whose own pace shows in the rates it measures (the footer names the
-    tool; bench/README.md, fourteenth measurement)."""
-    if shutil.which("wrk") or os.geteuid() != 0 or not shutil.which("apt-get"):
+    """R6 is measured with wrk (Debian package `wrk`) when there is one: install it as the
+    README's two commands install their system packages (scripts/apt-install.sh: as root, with
+    apt-get). Without it, R6 falls back to the asyncio client, whose own pace shows in the rates
+    it measures (the footer names the tool; bench/README.md, fourteenth measurement)."""
+    if shutil.which("wrk"):
         return
-    say("installing wrk (apt-get)")
-    apt = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "wrk"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(apt, env=env, capture_output=True, text=True, timeout=300)  # noqa: S603
-    if done.returncode != 0:
+    say("no wrk: installing it (scripts/apt-install.sh)")
+    apt_install = ["bash", str(ROOT / "scripts" / "apt-install.sh"), "wrk"]
+    done = subprocess.run(apt_install, capture_output=True, text=True, timeout=600)  # noqa: S603
+    if done.returncode != 0 or not shutil.which("wrk"):
         say(f"no wrk ({done.stderr.strip()[-200:]}); R6 uses the asyncio client")
 
 

@@ -9,17 +9,7 @@ requirements=${1:-requirements.txt}
 python=${PYTHON:-python3}
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
-as_root() { [ "$(id -u)" = 0 ]; }
-apt_install() {
-  if ! as_root || ! command -v apt-get >/dev/null; then
-    say "cannot install $* (not root, or no apt-get): install them yourself"
-    return 1
-  fi
-  if [ ! -f /tmp/.portal-apt-updated ]; then
-    apt-get update -qq && touch /tmp/.portal-apt-updated
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+source scripts/apt-install.sh  # as_root, apt_install
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   say "Python 3.11 or newer is required ($python)"; exit 1

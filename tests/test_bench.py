@@ -121,27 +121,37 @@ def test_the_stand_ins_timer_is_never_early_fires_from_a_timerfd_and_closes_it()
     assert descriptors() == before
 
 
-def test_a_run_as_root_installs_wrk_for_r6_when_it_is_missing(tmp_path, monkeypatch):
-    """wrk measures R6 wherever the benchmark can install it (an apt-get that records its call
-    and puts a wrk on PATH stands in for Debian's)."""
+def test_the_benchmark_installs_wrk_for_r6_as_the_readmes_commands_install_packages(
+    tmp_path, monkeypatch
+):
+    """bench/run.py asks scripts/apt-install.sh for a missing wrk, which installs it as root.
+    An `id` that reads the uid from a file and an apt-get that records its calls and puts a wrk
+    on PATH stand in for the system's (its failed `update` leaves /tmp's stamp alone)."""
     from bench import run
 
-    calls = tmp_path / "apt-get.calls"
-    apt_get = tmp_path / "apt-get"
-    chmod = shutil.which("chmod")
-    apt_get.write_text(
-        f'#!/bin/sh\necho "$DEBIAN_FRONTEND $*" >> {calls}\n'
-        f"printf '#!/bin/sh\\n' > {tmp_path}/wrk && {chmod} +x {tmp_path}/wrk\n"
-    )
-    apt_get.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(run.os, "geteuid", lambda: 1000)
-    run.ensure_wrk()
-    assert not calls.exists()  # not root: nothing to install with
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "chmod"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    uid, calls = tmp_path / "uid", tmp_path / "apt-get.calls"
+    fakes = {
+        "id": f"cat {uid}",
+        "apt-get": f'echo "$DEBIAN_FRONTEND $*" >> {calls}\n[ "$1" = install ] || exit 1\n'
+        f"printf '#!/bin/sh\\n' > {bin_dir}/wrk && chmod +x {bin_dir}/wrk",
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
 
-    monkeypatch.setattr(run.os, "geteuid", lambda: 0)
+    uid.write_text("1000\n")
     run.ensure_wrk()
-    wanted = "noninteractive install -y -q --no-install-recommends wrk"
-    assert calls.read_text().split() == wanted.split()
+    assert not calls.exists()  # not root: nothing installed, and R6 falls back
+    assert shutil.which("wrk") is None
+
+    uid.write_text("0\n")
+    run.ensure_wrk()
     run.ensure_wrk()  # there is one now
-    assert len(calls.read_text().splitlines()) == 1
+    installs = [line for line in calls.read_text().splitlines() if "install" in line.split()]
+    assert installs == ["noninteractive install -y -qq --no-install-recommends wrk"]
+    assert shutil.which("wrk") == str(bin_dir / "wrk")
