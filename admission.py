@@ -1,134 +1,316 @@
-"""Admission to Keygen: one budget of Keygen calls for the whole portal, and the queue of
-signups that wait for their turn.
+"""Admission to Keygen: when each signup may call Keygen, and whether it runs in the request,
+waits for its turn, or is finished in the background.
 
-Keygen counts every call made with our product token from our address in one bucket
-(keygen-contract.md §7), so every worker and every instance must draw from one budget: in memory
-when the portal is one process, in Redis (RATELIMIT_STORAGE_URI) when it is several. A signup
-reserves its two calls before it starts and learns when it may make them; it waits that long
-(in the request, or queued in the background) instead of being refused. Keygen's own answers
-correct the budget: an exhausted window (X-RateLimit-Remaining 0, or a 429's Retry-After) holds
-every turn until the window resets.
+A signup reserves its two calls in the shared budget (budget.py) before it starts and learns
+when it may make them; it waits that long (in the request, or queued in the background) instead
+of being refused.
 
-The budget is a GCRA ("generic cell rate algorithm", the leaky bucket as a meter): calls are
-spaced 1/rate apart, with a burst of ``burst`` calls. One float of state, the time at which the
-schedule is next free, so the Redis version is one small script.
+What signup.py sees: ``Admission`` (a signup's ``Ticket``, a ``seat`` to work in, the backlog)
+and, for each run over a journal row, a ``Pacer`` (each call's turn, timeout and retry pause).
+Both run on one injected ``Clock``, so tests can move time and record pauses.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from budget import CALLS_PER_SIGNUP, BudgetUnavailable, KeygenBudget
+from keygen_api import KeygenCircuitOpen, KeygenError, KeygenRateLimited
 
-# A signup makes two Keygen calls (create the user, create the license). A burst of exactly one
-# signup keeps the calls evenly spaced: Keygen's windows are fixed, so any larger burst can put
-# more than the quota into one window while the budget is running at its full rate.
-CALLS_PER_SIGNUP = 2
-MAX_HOLD = 60.0  # a Reset or Retry-After further out than this is a clock problem, not a window
-
-
-class BudgetUnavailable(Exception):
-    """The shared budget (Redis) did not answer. Signups stop rather than go unmetered."""
+log = logging.getLogger(f"portal.{__name__}")
 
 
-class KeygenBudget:
-    """The turns at which Keygen may be called, ``rate`` calls a second, in this process."""
+class Clock:
+    """Time as the portal's workflow sees it: monotonic for deadlines, wall for the journal's
+    leases and Keygen's windows, and sleeping. Tests pass one that moves and records."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class Busy(Exception):
+    """No turn at Keygen, or no slot to work in, soon enough: the signup is turned away."""
+
+
+class NotNow(Exception):
+    """A call cannot be made in this run (out of attempts, time or turns): the row is left for
+    the reconciler, to be looked at again after ``delay`` seconds."""
+
+    def __init__(self, message: str, *, delay: float):
+        self.delay = delay
+        super().__init__(message)
+
+
+class Later(Exception):
+    """The next call's turn is ``turn`` seconds away, past this run's deadline; ``calls`` calls
+    are reserved from then on, and the run may go on in the background."""
+
+    def __init__(self, turn: float, calls: int):
+        self.turn = turn
+        self.calls = calls
+        super().__init__(f"next turn at Keygen in {turn:.1f}s")
+
+
+# -- What a signup sees --------------------------------------------------------------------------
+
+
+@dataclass
+class Ticket:
+    """A signup's turn at Keygen, its calls reserved: ``at`` on the clock's monotonic time."""
+
+    turn: float  # seconds from when it was given; 0 once waited out (or without a budget)
+    at: float
+
+    @property
+    def pending(self) -> bool:
+        return self.turn > 0
+
+    def left(self, clock: Clock) -> float:
+        return max(0.0, self.at - clock.monotonic())
+
+
+class Admission:
+    """Admits this process's signups: each gets a Ticket (its turn in the shared budget) and a
+    seat (one of ``slots`` slots, so that a Keygen that stops answering cannot take every thread
+    from the pages and /healthz). A turn within ``queue_wait`` seconds is waited for in the
+    request; a later one, up to ``backlog`` seconds away, is finished in the background."""
 
     def __init__(
-        self, rate: float, *, burst: int = CALLS_PER_SIGNUP, clock: Callable[[], float] = time.time
+        self,
+        budget: KeygenBudget | None,
+        *,
+        slots: int,
+        queue_wait: float = 2.0,
+        backlog: float = 60.0,
+        clock: Clock | None = None,
     ):
-        self.interval = 1.0 / rate
-        self.burst = burst
-        self._clock = clock
-        self._free_at = 0.0  # when the schedule is next free (GCRA's "theoretical arrival time")
+        self.budget = budget
+        self.slots = Bulkhead(slots)
+        self.queue_wait = queue_wait
+        self.backlog = backlog
+        self.clock = clock or Clock()
+        self._backlog = Backlog(slots)
+        self._waiting = 0  # slot holders waiting for their turn at Keygen
         self._lock = threading.Lock()
 
-    def reserve(self, calls: int = CALLS_PER_SIGNUP, *, within: float) -> float | None:
-        """Reserve ``calls`` calls: the seconds to wait before making the first, or None (and
-        nothing reserved) if that wait would be longer than ``within``."""
-        with self._lock:
-            now = self._clock()
-            free_at = max(self._free_at, now) + calls * self.interval
-            wait = max(0.0, free_at - self.burst * self.interval - now)
-            if wait > within:
-                return None
-            self._free_at = free_at
-            return wait
+    def ticket(self) -> Ticket:
+        """A turn for a signup's calls, at most ``backlog`` seconds away: Busy beyond that,
+        BudgetUnavailable when the shared budget does not answer."""
+        return self._ticket(self.backlog)
 
-    def hold_until(self, moment: float) -> None:
-        """Keygen said its window is used up until ``moment`` (epoch seconds): no turn before."""
-        with self._lock:
-            self._free_at = max(self._free_at, self._hold(moment))
+    def must_queue(self, ticket: Ticket) -> bool:
+        """Whether the turn is too far off for the request to wait for it."""
+        return ticket.turn > self.queue_wait
 
-    def _hold(self, moment: float) -> float:
-        moment = min(moment, self._clock() + MAX_HOLD)
-        return moment + max(0, self.burst - CALLS_PER_SIGNUP) * self.interval
+    @property
+    def backlog_full(self) -> bool:
+        return self._backlog.full
 
+    def run_later(self, job: Callable[[], None], *, starts_in: float) -> None:
+        """Run ``job`` in a backlog thread, ``starts_in`` seconds from now (check backlog_full
+        first)."""
+        starts_at = self.clock.monotonic() + starts_in
 
-# KEYS[1]: the schedule's key. ARGV: interval, calls, burst, within. Redis's clock (TIME) is the
-# only clock, so instances whose clocks disagree still share one schedule. Numbers go back as
-# strings: Redis would truncate a Lua number to an integer.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval, calls = tonumber(ARGV[1]), tonumber(ARGV[2])
-local burst, within = tonumber(ARGV[3]), tonumber(ARGV[4])
-local free_at = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now) + calls * interval
-local wait = math.max(0, free_at - burst * interval - now)
-if wait > within then return 'none' end
-local ttl = math.ceil((free_at - now) * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.6f', free_at), 'PX', ttl)
-return string.format('%.6f', wait)
-"""
+        def at_its_turn() -> None:
+            self.clock.sleep(max(0.0, starts_at - self.clock.monotonic()))
+            job()
 
-# KEYS[1]: the schedule's key. ARGV: seconds from Redis's now until the hold ends.
-_HOLD = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local until_ = now + tonumber(ARGV[1])
-if until_ > tonumber(redis.call('GET', KEYS[1]) or '0') then
-  redis.call('SET', KEYS[1], string.format('%.6f', until_), 'PX', math.ceil(ARGV[1] * 1000) + 1000)
-end
-return 1
-"""
+        self._backlog.submit(at_its_turn)
 
-
-class RedisKeygenBudget(KeygenBudget):
-    """The same schedule, kept in Redis, for every process and instance that shares it."""
-
-    KEY = "portal:keygen-budget"
-
-    def __init__(self, client, rate: float, *, burst: int = CALLS_PER_SIGNUP, clock=time.time):
-        super().__init__(rate, burst=burst, clock=clock)
-        self._reserve = client.register_script(_RESERVE)
-        self._hold_script = client.register_script(_HOLD)
-
-    def reserve(self, calls: int = CALLS_PER_SIGNUP, *, within: float) -> float | None:
-        args = [self.interval, calls, self.burst, within]
-        answer = self._run(self._reserve, args)
-        text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        return None if text == "none" else float(text)
-
-    def hold_until(self, moment: float) -> None:
-        self._run(self._hold_script, [max(0.0, self._hold(moment) - self._clock())])
-
-    def _run(self, script, args):
+    @contextmanager
+    def seat(self, ticket: Ticket | None = None) -> Iterator[bool]:
+        """A slot to work in (True), waited for until the ticket's turn at most, or while slots
+        flow; False when none came. Holding the slot, the rest of the turn is waited out:
+        waiting signups must not take every thread from the pages either."""
+        pending = ticket is not None and ticket.pending
+        within = ticket.left(self.clock) if pending else Bulkhead.FLOWING
+        slot = self.slots.acquire(within=within)
+        missed = not slot and pending and not self._waiting
+        if missed:
+            # Every slot is taken by signups calling Keygen: its speed, not its quota, holds
+            # them. Wait for a slot as a signup without a turn does, then take a new turn,
+            # since this one will have passed.
+            slot = self.slots.acquire(within=Bulkhead.FLOWING)
+        if not slot:
+            yield False
+            return
         try:
-            return script(keys=[self.KEY], args=args)
-        except Exception as error:  # redis raises its own errors, or OSError underneath
-            raise BudgetUnavailable(f"Keygen budget storage failed: {error!r}") from error
+            if missed:
+                renewed = self._ticket(self.queue_wait)
+                ticket.turn, ticket.at = renewed.turn, renewed.at
+            if ticket is not None and ticket.pending:
+                self._wait(ticket.left(self.clock))
+                ticket.turn = 0.0
+            yield True
+        finally:
+            self.slots.release()
+
+    def quota_holds_slots(self, ticket: Ticket) -> bool:
+        """Whether signups waiting for their turns hold the slots: then Keygen's quota, not its
+        speed, is what keeps them busy, and a newcomer with a turn may wait in the backlog."""
+        return ticket.pending and self._waiting > 0
+
+    def reserve_call(self, *, within: float) -> float | None:
+        """A turn for one call: seconds to wait, or None if none comes within ``within``."""
+        if self.budget is None:
+            return 0.0
+        return self.budget.reserve(1, within=max(0.0, within))
+
+    def pacer(
+        self,
+        *,
+        ends_at: float,
+        timeout: tuple[float, float],
+        retries: int,
+        turns: int = 0,
+        attempts: int = 0,
+        on_pause: Callable[[str, KeygenError, float], None] | None = None,
+    ) -> Pacer:
+        return Pacer(
+            self,
+            ends_at=ends_at,
+            timeout=timeout,
+            retries=retries,
+            turns=turns,
+            attempts=attempts,
+            on_pause=on_pause,
+        )
+
+    def _ticket(self, within: float) -> Ticket:
+        turn = 0.0
+        if self.budget is not None:
+            reserved = self.budget.reserve(CALLS_PER_SIGNUP, within=within)
+            if reserved is None:
+                raise Busy(f"no turn at Keygen within {within:g} s")
+            turn = reserved
+        return Ticket(turn, self.clock.monotonic() + turn)
+
+    def _wait(self, seconds: float) -> None:
+        with self._lock:
+            self._waiting += 1
+        try:
+            self.clock.sleep(seconds)
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
 
-def budget_for(storage, rate: float) -> KeygenBudget:
-    """A budget in the rate-limit storage when it is shared (Redis), otherwise in memory."""
-    connection = getattr(storage, "get_connection", None)
-    if connection is None:
-        return KeygenBudget(rate)
-    return RedisKeygenBudget(connection(), rate)
+class Pacer:
+    """The Keygen calls of one run over a signup: each at its turn in the budget and within the
+    run's deadline, with capped, fully jittered pauses between attempts."""
+
+    BACKOFF_BASE = 0.25
+    BACKOFF_CAP = 4.0
+    RESCHEDULE_CAP = 600.0  # the reconciler tries a row at least every ten minutes
+
+    def __init__(
+        self,
+        admission: Admission,
+        *,
+        ends_at: float,
+        timeout: tuple[float, float],
+        retries: int,
+        turns: int = 0,
+        attempts: int = 0,
+        on_pause: Callable[[str, KeygenError, float], None] | None = None,
+    ):
+        self.admission = admission
+        self.clock = admission.clock
+        self.ends_at = ends_at
+        self.connect, self.read = timeout
+        self.retries = retries
+        # Calls already reserved in the budget, at about now (the signup's turn). Any other call
+        # takes a turn of its own: a retry, a lookup, the reconciler's pass.
+        self.turns = turns
+        self.attempts = attempts  # of earlier runs over the row: how far the reconciler backs off
+        self.attempt = 0  # retries in this run
+        self.not_before = 0.0  # Keygen's window is used up until then (a 429)
+        self.on_pause = on_pause
+
+    def take_turn(self, *, final: bool = False, backlog_calls: int = 0) -> None:
+        """Wait for this call's turn in the budget, so that every call the portal makes,
+        retries and lookups too, keeps to the quota's schedule. No turn before the deadline:
+        NotNow. ``backlog_calls`` (a run holding the password) reserves that many calls
+        together and raises Later when their turn is past the deadline. ``final`` calls
+        (compensation) get a grace period: skipping them would strand a user."""
+        budget = self.admission.budget
+        if budget is None:
+            wait = self.not_before - self.clock.monotonic()
+        elif self.turns:
+            self.turns -= 1
+            return
+        else:
+            left = self.ends_at - self.clock.monotonic() - 1.0
+            if final:
+                left = max(left, self.connect + 1.0)
+            later = backlog_calls > 0 and not final
+            calls = backlog_calls if later else 1
+            within = max(left, self.admission.backlog) if later else left
+            try:
+                turn = budget.reserve(calls, within=max(0.0, within))
+            except BudgetUnavailable as error:
+                raise NotNow(str(error), delay=self.backoff()) from None
+            if turn is None:
+                raise NotNow("no turn at Keygen before the deadline", delay=self.backoff())
+            wait = max(turn, self.not_before - self.clock.monotonic())
+            if later and wait > left:
+                raise Later(wait, calls)
+            if later:
+                self.turns = calls - 1
+        if wait > 0:
+            self.clock.sleep(wait)
+
+    def timeout(self, *, final: bool = False) -> tuple[float, float]:
+        """(connect, read) timeouts that fit in what is left of the deadline."""
+        left = self.ends_at - self.clock.monotonic()
+        if final:
+            left = max(left, self.connect + 2.0)
+        if left <= 0.05:
+            raise NotNow("deadline reached", delay=self.backoff())
+        return (min(self.connect, left), min(self.read, left))
+
+    def pause(self, error: KeygenError, step: str) -> None:
+        """Wait a capped, fully jittered backoff (or Keygen's Retry-After) before the next
+        attempt, or raise NotNow when none fits. After a 429 the next attempt takes a turn of
+        its own: a call Keygen turned away for its quota must not go at the window's reset
+        together with every other one that was (they would use up the new window at once)."""
+        self.attempt += 1
+        rate_limited = isinstance(error, KeygenRateLimited)
+        if rate_limited:
+            pause = error.retry_after
+        else:
+            pause = random.uniform(0, min(self.BACKOFF_CAP, self.BACKOFF_BASE * 2**self.attempt))
+        too_late = pause + min(1.0, self.connect) > self.ends_at - self.clock.monotonic()
+        if self.attempt > self.retries or too_late or isinstance(error, KeygenCircuitOpen):
+            delay = error.retry_after if rate_limited else self.backoff()
+            raise NotNow(f"{step} failed: {error}", delay=delay)
+        if self.on_pause is not None:
+            self.on_pause(step, error, pause)
+        self.turns = 0
+        if rate_limited:
+            self.not_before = self.clock.monotonic() + pause  # take_turn waits for it
+        else:
+            self.clock.sleep(pause)
+
+    def backoff(self) -> float:
+        """When the reconciler should look at the row again: capped, fully jittered."""
+        return random.uniform(1.0, min(self.RESCHEDULE_CAP, 2.0 ** (self.attempts + 1)))
+
+
+# -- Threads and slots --------------------------------------------------------------------------
 
 
 class Backlog:

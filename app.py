@@ -18,8 +18,9 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
 import logs
-from admission import KeygenBudget, budget_for
+from admission import Admission
 from branding import Brand
+from budget import budget_for
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
 from config import Settings, check_mail, load_settings
@@ -28,7 +29,7 @@ from errors import register_error_pages
 from health import MailProbe
 from i18n import init_i18n
 from journal import Journal, default_url
-from keygen_api import KeygenClient
+from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
 from protection import FillTimer, RateLimits, SignedTokens, TrustedProxies
@@ -36,7 +37,7 @@ from signup import SignupWorkflow
 from views import bp
 from worker import Reconciler
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 csrf = CSRFProtect()
 
 # default-src 'self' with no inline script or style; the page must not be framed.
@@ -84,10 +85,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     protect(app, settings)
     app.wsgi_app = BoundedBody(app.wsgi_app, MAX_BODY_BYTES)
     journal = open_journal(app, settings)
-    budget = budget_for(app.extensions["rate_limits"].storage, settings.keygen_max_rps)
-    workflow = build_workflow(settings, journal, budget)
+    breaker = CircuitBreaker()
+    metrics = app.extensions["metrics"] = Metrics(
+        journal,
+        breaker=breaker,
+        token=settings.metrics_token,
+        served_elsewhere=settings.metrics_port > 0,
+    )
+    workflow = build_workflow(settings, journal, app.extensions["rate_limits"], metrics, breaker)
     app.extensions["signup"] = workflow
-    app.extensions["metrics"] = watch(settings, journal, workflow)
     app.extensions["reconciler"] = start_reconciler(settings, journal, workflow)
     app.extensions["courier"] = start_courier(app, settings, journal, workflow)
     app.register_blueprint(bp)
@@ -170,40 +176,45 @@ def open_journal(app: Flask, settings: Settings) -> Journal:
     return journal
 
 
-def build_workflow(settings: Settings, journal: Journal, budget: KeygenBudget) -> SignupWorkflow:
+def build_workflow(
+    settings: Settings,
+    journal: Journal,
+    limits: RateLimits,
+    metrics: Metrics,
+    breaker: CircuitBreaker,
+) -> SignupWorkflow:
+    # One budget of Keygen calls for every process, kept where the rate limits are.
+    budget = budget_for(limits.storage, settings.keygen_max_rps)
     keygen = KeygenClient(
         settings.keygen_api_url,
         settings.keygen_account_id,
         settings.keygen_product_token,
         connect_timeout=settings.keygen_connect_timeout,
         read_timeout=settings.keygen_read_timeout,
+        breaker=breaker,
+        observer=metrics.keygen_call,
         on_quota_used_up=budget.hold_until,
+    )
+    admission = Admission(
+        budget,
+        slots=settings.signup_concurrency,
+        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
+        queue_wait=min(settings.admission_wait, settings.signup_deadline / 2),
+        backlog=settings.admission_backlog,
     )
     return SignupWorkflow(
         keygen,
         journal,
         settings.keygen_policy_id,
+        admission=admission,
         deadline=settings.signup_deadline,
         give_up_after=settings.reconcile_give_up_after,
-        concurrency=settings.signup_concurrency,
-        crash_at=settings.test_crash_at,
         key_delivery=settings.key_delivery,
         verify=settings.require_email_verification,
-        hide_accounts=settings.hides_accounts,
+        enumeration_safe=settings.hides_accounts,
         unverified_lifetime=settings.unverified_user_lifetime,
-        budget=budget,
-        # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
-        queue_wait=min(settings.admission_wait, settings.signup_deadline / 2),
-        backlog=settings.admission_backlog,
+        on_retry=metrics.count_retry,
     )
-
-
-def watch(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Metrics:
-    metrics = Metrics(
-        journal, token=settings.metrics_token, served_elsewhere=settings.metrics_port > 0
-    )
-    metrics.watch(workflow)
-    return metrics
 
 
 def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Reconciler:

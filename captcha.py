@@ -1,7 +1,7 @@
 """The optional CAPTCHA (Cloudflare Turnstile, hCaptcha or reCAPTCHA, chosen by CAPTCHA_PROVIDER):
 what the page must load, what the Content-Security-Policy must allow for it, and the server-side
-check of the answer against the provider's siteverify endpoint. No Flask here: views.py asks
-`problem()` before the workflow runs, so a failed or unverifiable CAPTCHA never reaches Keygen."""
+check of the answer against the provider's siteverify endpoint. views.py asks `problem()` before
+the workflow runs, so a failed or unverifiable CAPTCHA never reaches Keygen."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import requests
 
-log = logging.getLogger(__name__)
+from i18n import N_
+
+log = logging.getLogger(f"portal.{__name__}")
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,6 @@ PROVIDERS = {
         },
     ),
 }
-
-
-def N_(message: str) -> str:
-    """Marks a message for the catalogues (translations/); views.py shows it translated."""
-    return message
 
 
 FAILED = N_("Please complete the check that you are not a robot, then send the form again.")

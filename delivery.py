@@ -42,7 +42,7 @@ from mailer import (
     compose,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 
 # The subject of each kind of message, with PRODUCT_NAME and without; the bodies are
 # templates/email/<kind>.txt and .html.

@@ -9,7 +9,7 @@ from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, SecurityError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 
 ERRORS = {
     400: (

@@ -22,6 +22,12 @@ COOKIE = "lang"
 COOKIE_MAX_AGE = 365 * 24 * 3600
 
 
+def N_(message: str) -> str:
+    """Marks a message for the catalogues without translating it: code outside a request keeps
+    it as is, and the page that shows it translates it (gettext)."""
+    return message
+
+
 def init_i18n(app: Flask) -> None:
     Babel(app, locale_selector=selected_locale)
     # {% trans %} blocks span lines in the templates; the catalogues hold them on one.

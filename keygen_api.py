@@ -20,7 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 
 API_VERSION = "1.8"
 MEDIA_TYPE = "application/vnd.api+json"

@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+PORTAL = "portal"  # the parent of every logger of the portal's own modules
+
 # Attributes a log call may add with extra={...}, copied into the JSON object when present.
 CORRELATION = ("signup_id", "keygen_request_id")
 
@@ -88,8 +90,7 @@ def configure(level: str, *, json_lines: bool = True, secrets: Iterable[str] = (
     for handler in root.handlers:
         if not any(isinstance(f, RedactSecrets) for f in handler.filters):
             handler.addFilter(RedactSecrets())
-    for name in ("app", "signup", "keygen_api", "worker", "journal", "health"):
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger(PORTAL).setLevel(level)  # every module's logger is a child: portal.<module>
 
 
 # -- Redaction ---------------------------------------------------------------------------------

@@ -31,19 +31,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from journal import Journal
-from signup import (
+from keygen_api import CircuitBreaker
+from outcomes import (
     AlreadyIssued,
     CheckInbox,
     Issued,
     Processing,
     Rejected,
     SignupUnavailable,
-    SignupWorkflow,
     TooBusy,
     TryLater,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 
 OUTCOMES: dict[type, str] = {
     Issued: "issued",
@@ -63,10 +63,17 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 
 
 class Metrics:
-    def __init__(self, journal: Journal, *, token: str = "", served_elsewhere: bool = False):
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        breaker: CircuitBreaker | None = None,
+        token: str = "",
+        served_elsewhere: bool = False,
+    ):
         self._token = token
         self._served_elsewhere = served_elsewhere  # METRICS_PORT: never on the public port
-        self._breaker = None
+        self._breaker = breaker  # the Keygen client's: its state is a gauge
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.registry = None if self.multiprocess_dir else CollectorRegistry()
         self._journal_collector = _JournalCollector(journal)
@@ -112,20 +119,19 @@ class Metrics:
         )
         for outcome in OUTCOMES.values():
             self.signups.labels(outcome=outcome)
-
-    def watch(self, workflow: SignupWorkflow) -> None:
-        """Count every HTTP attempt to Keygen and every retry, and follow the circuit breaker."""
-        workflow.keygen.observer = self.keygen_call
-        workflow.on_retry = lambda when: self.retries.labels(when=when).inc()
-        self._breaker = workflow.keygen.breaker
         self._refresh_breaker()
 
     def keygen_call(self, endpoint: str, status: int | None, seconds: float) -> None:
+        """The Keygen client's observer: every HTTP attempt, answered or not."""
         self.keygen_requests.labels(endpoint=endpoint, status=str(status or "none")).inc()
         self.keygen_seconds.labels(endpoint=endpoint).observe(seconds)
         if status == 429:
             self.rate_limited.inc()
         self._refresh_breaker()
+
+    def count_retry(self, when: str) -> None:
+        """The workflow's on_retry: a step tried again "now" or "later"."""
+        self.retries.labels(when=when).inc()
 
     def count_signup(self, result: object) -> None:
         """Count an outcome (Issued, …) or a SignupError (Rejected, …) of one submission."""

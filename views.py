@@ -22,8 +22,7 @@ from forms import RecoveryForm, SignupForm, new_nonce
 from health import readiness
 from i18n import page_language
 from journal import Letter
-from protection import LimiterUnavailable, LimitReached, csrf_token
-from signup import (
+from outcomes import (
     AlreadyIssued,
     Applicant,
     CheckInbox,
@@ -35,8 +34,9 @@ from signup import (
     TooBusy,
     TryLater,
 )
+from protection import LimiterUnavailable, LimitReached, csrf_token
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 bp = Blueprint("portal", __name__)
 
 

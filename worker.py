@@ -20,7 +20,7 @@ import logs
 from journal import Journal, Signup, State
 from signup import SignupWorkflow
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"portal.{__name__}")
 
 
 @dataclass

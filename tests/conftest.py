@@ -27,13 +27,15 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from admission import Admission  # noqa: E402
 from app import create_app  # noqa: E402
 from config import Settings  # noqa: E402
 from forms import new_nonce  # noqa: E402
 from journal import Journal  # noqa: E402
 from keygen_api import KeygenClient  # noqa: E402
 from keygen_emulator import Emulator, serve  # noqa: E402
-from signup import Applicant, Issued, SignupWorkflow  # noqa: E402
+from outcomes import Applicant, Issued  # noqa: E402
+from signup import SignupWorkflow  # noqa: E402
 
 # One directory per run, so that two runs in one checkout never delete each other's logs.
 LOG_DIR = ROOT / "test-logs" / f"run-{os.getpid()}"
@@ -247,10 +249,13 @@ CLARK = Applicant(
 
 
 class Clock:
-    """Real time plus an offset the test can move forward (for Retry-After and cool-downs)."""
+    """Real time plus an offset the test can move forward (for Retry-After and cool-downs), whose
+    sleeps are recorded in `pauses` and skipped, unless the test wants them slept for real."""
 
-    def __init__(self):
+    def __init__(self, pauses: list[float]):
         self.offset = 0.0
+        self.pauses = pauses
+        self.really_sleeps = False
 
     def wall(self) -> float:
         return time.time() + self.offset
@@ -258,10 +263,10 @@ class Clock:
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
 
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        if self.really_sleeps:
+            time.sleep(seconds)
 
 
 @pytest.fixture
@@ -269,8 +274,22 @@ def pauses() -> list[float]:
     return []
 
 
+@pytest.fixture
+def clock(pauses) -> Clock:
+    return Clock(pauses)
+
+
 def make_workflow(
-    keygen, journal, pauses, clock, *, token=None, policy=None, read_timeout=1.0, **options
+    keygen,
+    journal,
+    clock,
+    *,
+    token=None,
+    policy=None,
+    read_timeout=1.0,
+    concurrency=6,
+    budget=None,
+    **options,
 ):
     client = KeygenClient(
         keygen.url,
@@ -285,16 +304,15 @@ def make_workflow(
         client,
         journal,
         policy or keygen.policy,
+        admission=Admission(budget, slots=concurrency, clock=clock),
         deadline=4.0,
-        sleep=pauses.append,
-        clock=clock.monotonic,
         **options,
     )
 
 
 @pytest.fixture
-def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
-    return make_workflow(keygen, journal, pauses, clock)
+def workflow(keygen, journal, clock) -> SignupWorkflow:
+    return make_workflow(keygen, journal, clock)
 
 
 def submit(workflow: SignupWorkflow, applicant: Applicant = CLARK, nonce: str | None = None):

@@ -15,8 +15,9 @@ import pytest
 import redis
 import requests
 
-from admission import Bulkhead, KeygenBudget, RedisKeygenBudget
+from admission import Bulkhead
 from app import create_app
+from budget import KeygenBudget, RedisKeygenBudget
 from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
 from test_e2e import emulator, keygen_state, portal
@@ -152,7 +153,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     first, second = (Browser.open(app, email) for email in emails(2))
     started = time.monotonic()
     assert first.send().status_code == 200  # its turn is now; the next one a second later
-    slots = app.extensions["signup"]._slots
+    slots = app.extensions["signup"].admission.slots
     assert slots.acquire()  # a signup elsewhere holds the only slot, and gives it back soon
     threading.Timer(0.4, slots.release).start()
     answer = second.send()

@@ -284,7 +284,7 @@ def test_f12_550_is_given_up_at_once_with_an_operator_line_without_the_key(
     assert portal.deliver() == {"sent": 0, "retry": 0, "failed": 0, "dropped": 0}
     [row] = portal.journal.mail()
     assert (row.state, row.attempts) == (MailState.FAILED, 1)
-    [line] = [r for r in caplog.records if r.name == "delivery" and r.levelname == "ERROR"]
+    [line] = [r for r in caplog.records if r.name == "portal.delivery" and r.levelname == "ERROR"]
     text = line.getMessage()
     assert "gave up on license email" in text and "550" in text
     [key] = keys_in_keygen(keygen)

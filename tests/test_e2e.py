@@ -203,8 +203,8 @@ def test_every_portal_log_line_is_json_and_requests_carry_their_id():
     assert {"time", "level", "logger", "message", "request_id"} <= set(entries[0])
     mine = [e for e in entries if e["request_id"] == request_id]
     loggers = {e["logger"] for e in mine}
-    assert {"signup", "gunicorn.access"} <= loggers
-    [refused] = [e for e in mine if e["logger"] == "signup" and e["level"] == "ERROR"]
+    assert {"portal.signup_run", "gunicorn.access"} <= loggers
+    [refused] = [e for e in mine if e["logger"] == "portal.signup_run" and e["level"] == "ERROR"]
     assert refused["signup_id"] and refused["keygen_request_id"]
     accesses = [e for e in entries if e["logger"] == "gunicorn.access"]
     assert accesses and all(e["request_id"] for e in accesses)

@@ -68,7 +68,7 @@ def test_the_key_page_is_the_one_the_template_renders_for_each_person(app, keyge
     from flask import render_template
     from markupsafe import escape
 
-    from signup import Issued
+    from outcomes import Issued
 
     people = [("<b>Zoë</b>", "zoe@example.com", "en"), ("ねこ", "neko@example.com", "de")]
     for first_name, email, language in people:

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from admission import Admission
 from conftest import (
     PASSWORD,
     make_workflow,
@@ -22,17 +23,17 @@ from conftest import (
 from forms import new_nonce
 from journal import State
 from keygen_api import KeygenClient
-from signup import (
-    CREATED_BY,
+from outcomes import (
     AlreadyIssued,
     Applicant,
     Issued,
     Processing,
     Rejected,
     SignupUnavailable,
-    SignupWorkflow,
     TryLater,
 )
+from signup import SignupWorkflow
+from signup_run import CREATED_BY
 from worker import Reconciler
 
 # -- The happy path ---------------------------------------------------------------------------
@@ -154,10 +155,10 @@ def test_a_bad_token_is_an_operator_problem_logged_with_the_request_id(
     keygen, journal, pauses, clock, caplog
 ):
     token = secret("prod-" + "1" * 64 + "v3")
-    workflow = make_workflow(keygen, journal, pauses, clock, token=token)
+    workflow = make_workflow(keygen, journal, clock, token=token)
     with caplog.at_level(logging.ERROR), pytest.raises(SignupUnavailable):
         submit(workflow)
-    [record] = [r for r in caplog.records if r.name == "signup"]
+    [record] = [r for r in caplog.records if r.name == "portal.signup_run"]
     assert "401 TOKEN_INVALID" in record.getMessage()
     assert "(request " in record.getMessage()
     assert "KEYGEN_PRODUCT_TOKEN" in record.getMessage()
@@ -168,7 +169,7 @@ def test_a_bad_token_is_an_operator_problem_logged_with_the_request_id(
 def test_f5_a_policy_of_another_product_leaves_no_user_behind(
     keygen, journal, pauses, clock, caplog
 ):
-    workflow = make_workflow(keygen, journal, pauses, clock, policy=keygen.other_policy)
+    workflow = make_workflow(keygen, journal, clock, policy=keygen.other_policy)
     with caplog.at_level(logging.ERROR), pytest.raises(SignupUnavailable):
         submit(workflow)
     assert (keygen.users(), keygen.licenses()) == ([], [])
@@ -262,8 +263,8 @@ def test_f19_license_garbled_answer_is_verified_before_showing(workflow, keygen,
 
 
 def test_f6_retry_after_is_honoured_before_calling_again(keygen, journal, clock):
-    workflow = make_workflow(keygen, journal, [], clock)
-    workflow._sleep = time.sleep  # really wait, and measure it
+    workflow = make_workflow(keygen, journal, clock)
+    clock.really_sleeps = True  # really wait, and measure it
     # Retry-After: 2, and X-RateLimit-Reset at the end of the next whole second: the window
     # ends between 1 and 2 s from now, and no call may come before.
     keygen.emulator.inject("licenses.create", retry_after=2)
@@ -327,9 +328,10 @@ def test_keygen_down_for_users_creates_nothing(workflow, keygen, journal):
     assert keygen.users() == []
 
 
-def test_nothing_answering_at_all_is_try_later(keygen, journal, pauses, clock):
+def test_nothing_answering_at_all_is_try_later(keygen, journal, clock):
     client = KeygenClient("http://127.0.0.1:9", keygen.account, keygen.token, connect_timeout=0.5)
-    workflow = SignupWorkflow(client, journal, keygen.policy, deadline=2.0, sleep=pauses.append)
+    admission = Admission(None, slots=6, clock=clock)
+    workflow = SignupWorkflow(client, journal, keygen.policy, admission=admission, deadline=2.0)
     with pytest.raises(TryLater):
         submit(workflow)
     assert only_row(journal).state == State.NEW
@@ -352,7 +354,7 @@ def test_resubmitting_after_success_shows_already_issued_and_calls_nothing(
 def test_f15_concurrent_submissions_of_one_form_create_once(keygen, journal, pauses, clock):
     # A read timeout well above the delay: this test counts calls, and a timeout under CPU load
     # would (rightly) resend a create.
-    workflow = make_workflow(keygen, journal, pauses, clock, read_timeout=3.0)
+    workflow = make_workflow(keygen, journal, clock, read_timeout=3.0)
     keygen.emulator.inject("users.create", delay=0.6)  # busy a while, within the read timeout
     nonce = new_nonce()
     outcomes: list = []
@@ -396,9 +398,9 @@ def test_a_key_never_shown_is_shown_once_on_resubmission(workflow, keygen, journ
 def test_the_bulkhead_refuses_new_signups_at_once_but_lets_duplicates_wait(
     keygen, journal, pauses, clock
 ):
-    from signup import TooBusy
+    from outcomes import TooBusy
 
-    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1)
+    workflow = make_workflow(keygen, journal, clock, concurrency=1)
     keygen.emulator.inject("users.create", delay=1.0)  # the only slot is stuck on Keygen
     nonce = new_nonce()
     first: list = []
@@ -422,7 +424,7 @@ def test_while_signups_flow_a_burst_waits_for_a_slot_instead_of_being_refused(
 ):
     """More signups than slots while Keygen answers quickly: the newcomer waits a moment for
     the slot the one before it is about to give back, and is not told "busy"."""
-    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1)
+    workflow = make_workflow(keygen, journal, clock, concurrency=1)
     assert isinstance(submit(workflow), Issued)  # a slot was just given back: signups flow
     keygen.emulator.inject("users.create", delay=0.1, times=1)
     results: list = []
@@ -444,10 +446,10 @@ def test_a_signup_whose_turn_passes_while_every_slot_calls_keygen_waits_and_take
     slots taken by signups calling Keygen (its speed, not its quota, holds them) waits for one
     as a signup without a turn does, instead of being told "busy" once its turn has passed,
     and then takes a new turn rather than calling Keygen late."""
-    from admission import KeygenBudget
+    from budget import KeygenBudget
 
     budget = KeygenBudget(100, clock=lambda: 1000.0)  # each signup's turn 20 ms after the last
-    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=1, budget=budget)
+    workflow = make_workflow(keygen, journal, clock, concurrency=1, budget=budget)
     assert isinstance(submit(workflow), Issued)  # turn 0; a slot was just given back
     keygen.emulator.inject("users.create", delay=0.2, times=1)
     results: list = []
@@ -488,7 +490,7 @@ def test_a_signup_costs_three_journal_statements(workflow, keygen, journal):
 
 
 def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
-    workflow = make_workflow(keygen, journal, pauses, clock, concurrency=2)
+    workflow = make_workflow(keygen, journal, clock, concurrency=2)
     keygen.emulator.inject("users.create", delay=0.8)  # A holds one slot on Keygen
     nonce = new_nonce()
     results: list = []

@@ -6,7 +6,7 @@ import pytest
 from conftest import PASSWORD, make_workflow, only_row, only_user_and_license, submit
 from journal import State
 from keygen_api import KeygenClient
-from signup import Processing
+from outcomes import Processing
 from worker import Reconciler
 
 
@@ -62,7 +62,7 @@ def test_a_permanently_refused_license_compensates(workflow, keygen, journal, cl
 
 
 def test_giving_up_after_the_limit_deletes_the_user(keygen, journal, pauses, clock):
-    workflow = make_workflow(keygen, journal, pauses, clock, give_up_after=3600)
+    workflow = make_workflow(keygen, journal, clock, give_up_after=3600)
     keygen.emulator.inject("licenses.create", status=503, times=None)
     assert isinstance(submit(workflow), Processing)
     clock.offset += 3700
