@@ -23,7 +23,7 @@ from branding import Brand
 from budget import budget_for
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
-from config import Settings, check_mail, load_settings
+from config import Settings, check, load_settings
 from delivery import Courier, Links
 from errors import register_error_pages
 from health import MailProbe
@@ -64,6 +64,7 @@ MAX_BODY_BYTES = 16 * 1024  # the form is a few hundred bytes; anything bigger i
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    check(settings)  # also those built in code
     app = Flask(__name__)
     app.session_interface = SessionCookies()
     configure(app, settings)
@@ -211,7 +212,8 @@ def build_workflow(
         give_up_after=settings.reconcile_give_up_after,
         key_delivery=settings.key_delivery,
         verify=settings.require_email_verification,
-        enumeration_safe=settings.hides_accounts,
+        # With verification, a taken address must get the answer a new one gets, too.
+        enumeration_safe=settings.enumeration_safe or settings.require_email_verification,
         unverified_lifetime=settings.unverified_user_lifetime,
         on_retry=metrics.count_retry,
     )
@@ -234,7 +236,6 @@ def start_courier(
     app: Flask, settings: Settings, journal: Journal, workflow: SignupWorkflow
 ) -> Courier | None:
     """The outbox's sender, when email is on: through SMTP, or to the console in the demo."""
-    check_mail(settings)
     if not settings.mail_enabled:
         return None
     mailer: Mailer = ConsoleMailer()

@@ -1,7 +1,7 @@
 """`flask doctor`: checks the settings and the world, and says in plain words what is wrong.
 
-Each check gives one Finding: OK, WARN (works, but unsafe or unusual), ERROR (signups fail) or
-SKIP (not checked, and why).
+Each check gives one health.Check: OK, WARN (works, but unsafe or unusual), ERROR (signups fail)
+or SKIP (not checked, and why). What Keygen says is asked the same way /readyz asks it.
 Settings that cannot even be parsed never get here: config.py refuses to start and names them.
 
 With ``--url`` (the address the public uses), the doctor also sends a signed probe through the
@@ -14,24 +14,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
 
 from config import Settings
+from health import ERROR, OK, SKIP, WARN, Check, keygen_checks
 from journal import Journal
-from keygen_api import (
-    KeygenAccessDenied,
-    KeygenClient,
-    KeygenError,
-    KeygenNotFound,
-)
+from keygen_api import KeygenClient
 from mailer import MailConfigurationError, Mailer, MailError
 from protection import RateLimits
 
 TIMEOUT = (3.05, 10.0)
-OK, WARN, ERROR, SKIP = "OK", "WARN", "ERROR", "SKIP"
 
 # Values copied from examples and tutorials instead of generated (lower-cased, no separators).
 PLACEHOLDERS = (
@@ -49,15 +43,6 @@ PLACEHOLDERS = (
 MIN_DISTINCT_CHARACTERS = 10  # 32 random hex digits have about 14 distinct characters
 
 
-@dataclass(frozen=True)
-class Finding:
-    level: str
-    sentence: str
-
-    def line(self) -> str:
-        return f"{self.level:<5} {self.sentence}"
-
-
 def examine(
     settings: Settings,
     keygen: KeygenClient,
@@ -66,96 +51,18 @@ def examine(
     *,
     mailer: Mailer | None = None,
     url: str | None = None,
-) -> list[Finding]:
+) -> list[Check]:
     return [
-        *keygen_findings(settings, keygen),
-        secret_key_finding(settings.secret_key),
-        database_finding(journal),
-        ratelimit_finding(settings, limits),
-        mail_finding(settings, mailer),
-        proxy_finding(settings, url),
+        *keygen_checks(keygen, settings.keygen_policy_id, timeout=TIMEOUT, thorough=True),
+        secret_key_check(settings.secret_key),
+        database_check(journal),
+        ratelimit_check(settings, limits),
+        mail_check(settings, mailer),
+        proxy_check(settings, url),
     ]
 
 
-def keygen_findings(settings: Settings, keygen: KeygenClient) -> list[Finding]:
-    url = settings.keygen_api_url
-    try:
-        bearer = keygen.me(timeout=TIMEOUT)
-    except KeygenNotFound:
-        return [
-            Finding(
-                ERROR,
-                f"Keygen at {url} knows no account {settings.keygen_account_id!r}: "
-                "check KEYGEN_ACCOUNT_ID (and KEYGEN_API_URL for a self-hosted Keygen).",
-            )
-        ]
-    except KeygenAccessDenied as error:
-        return [
-            Finding(
-                ERROR,
-                f"Keygen refused KEYGEN_PRODUCT_TOKEN ({error}): the token is wrong, expired "
-                "or revoked, or belongs to another account. Create a product token in Keygen.",
-            )
-        ]
-    except KeygenError as error:
-        return [
-            Finding(
-                ERROR,
-                f"Keygen at {url} did not answer usefully ({error}): check KEYGEN_API_URL and "
-                "that this machine can reach it.",
-            )
-        ]
-    if not bearer.is_product:
-        kind = bearer.token_kind or f"a token of {bearer.type}"
-        return [
-            Finding(
-                ERROR,
-                f"KEYGEN_PRODUCT_TOKEN is not a product token (it is {kind}): the portal needs "
-                "a product token, which can do only what the portal needs. Create one in Keygen.",
-            )
-        ]
-    findings = [Finding(OK, f"Keygen answers, and the token is product {bearer.id}'s.")]
-    findings.append(policy_finding(settings.keygen_policy_id, bearer.id, keygen))
-    findings.append(protection_finding(keygen))
-    return findings
-
-
-def policy_finding(policy_id: str, product_id: str, keygen: KeygenClient) -> Finding:
-    try:
-        policy = keygen.get_policy(policy_id, timeout=TIMEOUT)
-    except KeygenNotFound:
-        # A product token cannot see other products' policies: both look the same from here.
-        return Finding(
-            ERROR,
-            f"KEYGEN_POLICY_ID {policy_id} does not exist, or belongs to another product than "
-            "the token's: no license can be issued. Use a policy of the token's product.",
-        )
-    except KeygenError as error:
-        return Finding(ERROR, f"Keygen would not show policy {policy_id} ({error}).")
-    if policy.product_id != product_id:
-        return Finding(
-            ERROR,
-            f"KEYGEN_POLICY_ID {policy_id} belongs to product {policy.product_id}, not to the "
-            f"token's product {product_id}: no license can be issued.",
-        )
-    return Finding(OK, f"Policy {policy_id} exists and belongs to the token's product.")
-
-
-def protection_finding(keygen: KeygenClient) -> Finding:
-    try:
-        protected = keygen.account_is_protected(timeout=TIMEOUT)
-    except KeygenError as error:
-        return Finding(WARN, f"Could not tell whether the Keygen account is protected ({error}).")
-    if protected:
-        return Finding(OK, "The Keygen account is protected: only tokens can create users.")
-    return Finding(
-        WARN,
-        "The Keygen account is not protected: anyone can create users directly against "
-        "Keygen's API, bypassing the portal. Turn on 'Protected' in the account's settings.",
-    )
-
-
-def secret_key_finding(secret_key: str) -> Finding:
+def secret_key_check(secret_key: str) -> Check:
     squashed = "".join(c for c in secret_key.lower() if c.isalnum())
     placeholder = next((p for p in PLACEHOLDERS if p in squashed), None)
     if len(secret_key) < 32:
@@ -165,8 +72,9 @@ def secret_key_finding(secret_key: str) -> Finding:
     elif len(set(secret_key)) < MIN_DISTINCT_CHARACTERS:
         problem = f"uses only {len(set(secret_key))} different characters"
     else:
-        return Finding(OK, "SECRET_KEY looks random.")
-    return Finding(
+        return Check("secret_key", OK, "SECRET_KEY looks random.")
+    return Check(
+        "secret_key",
         ERROR,
         f"SECRET_KEY {problem}, so it can be guessed and anyone could forge the form's CSRF "
         "tokens. Generate one with: "
@@ -174,62 +82,73 @@ def secret_key_finding(secret_key: str) -> Finding:
     )
 
 
-def database_finding(journal: Journal) -> Finding:
+def database_check(journal: Journal) -> Check:
     try:
         journal.ping()
     except Exception as error:  # any driver error: its class says which
-        return Finding(
+        return Check(
+            "database",
             ERROR,
             f"The signup journal's database does not answer ({type(error).__name__}): "
             "check DATABASE_URL and that the database server is running.",
         )
-    return Finding(OK, "The signup journal's database answers.")
+    return Check("database", OK, "The signup journal's database answers.")
 
 
-def ratelimit_finding(settings: Settings, limits: RateLimits) -> Finding:
+def ratelimit_check(settings: Settings, limits: RateLimits) -> Check:
     uri = settings.ratelimit_storage_uri
     if not uri.startswith("memory://"):
         if limits.reachable():
-            return Finding(OK, "The rate-limit storage answers.")
-        return Finding(
+            return Check("rate_limits", OK, "The rate-limit storage answers.")
+        return Check(
+            "rate_limits",
             ERROR,
             "The rate-limit storage (RATELIMIT_STORAGE_URI) does not answer, so every signup is "
             "refused: check the address and that Redis is running.",
         )
     workers = settings.web_concurrency
     if workers > 1:
-        return Finding(
+        return Check(
+            "rate_limits",
             WARN,
             f"RATELIMIT_STORAGE_URI is memory://, so each of the {workers} gunicorn workers (and "
             "each instance) counts on its own and the limits are that many times looser. Use "
             "redis://, or WEB_CONCURRENCY=1 and one instance.",
         )
-    return Finding(OK, "Rate limits are kept in memory, which is right for one process.")
+    return Check(
+        "rate_limits", OK, "Rate limits are kept in memory, which is right for one process."
+    )
 
 
-def mail_finding(settings: Settings, mailer: Mailer | None) -> Finding:
+def mail_check(settings: Settings, mailer: Mailer | None) -> Check:
     if mailer is None:
-        return Finding(SKIP, "Email is off (no MAIL_SERVER): keys are shown on the page only.")
+        return Check(
+            "mail", SKIP, "Email is off (no MAIL_SERVER): keys are shown on the page only."
+        )
     if not settings.mail_server:
-        return Finding(OK, "Email goes to the console: right for the demo, not for customers.")
+        return Check(
+            "mail", OK, "Email goes to the console: right for the demo, not for customers."
+        )
     where = f"{settings.mail_server}:{settings.mail_port}"
     try:
         mailer.check()
     except MailConfigurationError as error:
-        return Finding(
+        return Check(
+            "mail",
             ERROR,
             f"The mail server {where} refused us ({error}): check MAIL_USERNAME and "
             "MAIL_PASSWORD, and that MAIL_USE_TLS / MAIL_USE_SSL and MAIL_PORT match the server. "
             "Emails wait in the outbox until it accepts them.",
         )
     except MailError as error:
-        return Finding(
+        return Check(
+            "mail",
             ERROR,
             f"Could not reach the mail server {where} ({error}): check MAIL_SERVER, MAIL_PORT "
             "and that this machine may connect to it. Emails wait in the outbox meanwhile.",
         )
     login = " and accepts the login" if settings.mail_username else ""
-    return Finding(OK, f"The mail server {where} answers{login}.")
+    return Check("mail", OK, f"The mail server {where} answers{login}.")
 
 
 # -- The proxy, as a request sees it -------------------------------------------------------------
@@ -257,9 +176,10 @@ def _probe_mac(secret_key: str, stamp: str) -> str:
     return hmac.new(secret_key.encode(), message, hashlib.sha256).hexdigest()
 
 
-def proxy_finding(settings: Settings, url: str | None) -> Finding:
+def proxy_check(settings: Settings, url: str | None) -> Check:
     if not url:
-        return Finding(
+        return Check(
+            "proxy",
             SKIP,
             "Proxy settings not checked: run `flask doctor --url https://your.public.address` "
             "to send a probe through the proxy.",
@@ -269,9 +189,10 @@ def proxy_finding(settings: Settings, url: str | None) -> Finding:
     try:
         response = requests.get(url + "/_doctor", headers=headers, timeout=TIMEOUT)
     except requests.RequestException as error:
-        return Finding(ERROR, f"Could not reach {url} ({type(error).__name__}).")
+        return Check("proxy", ERROR, f"Could not reach {url} ({type(error).__name__}).")
     if response.status_code != 200:
-        return Finding(
+        return Check(
+            "proxy",
             ERROR,
             f"{url}/_doctor answered {response.status_code}, not the probe's answer: the address "
             "is not this portal, it runs with another SECRET_KEY, or its Host is not in "
@@ -280,13 +201,14 @@ def proxy_finding(settings: Settings, url: str | None) -> Finding:
     return _judge(settings, urlsplit(url), response.json())
 
 
-def _judge(settings: Settings, public, seen: dict) -> Finding:
+def _judge(settings: Settings, public, seen: dict) -> Check:
     hops = settings.trusted_proxy_hops
     entries = [entry.strip() for entry in seen["forwarded_for"].split(",") if entry.strip()]
     proxied = entries != [SPOOFED_ADDRESS]  # a proxy appended to, or replaced, our header
     believed = seen["proxy_fix"] and len(entries) >= hops  # the address came from the header
     if seen["remote_addr"] == SPOOFED_ADDRESS:
-        return Finding(
+        return Check(
+            "proxy",
             ERROR,
             f"A client can choose its own address: the portal believed an X-Forwarded-For the "
             f"doctor made up. TRUSTED_PROXY_HOPS={hops} trusts more proxies than the request "
@@ -298,31 +220,36 @@ def _judge(settings: Settings, public, seen: dict) -> Finding:
             if hops == 0
             else f"add the proxy's address {seen['peer']} to TRUSTED_PROXIES"
         )
-        return Finding(
+        return Check(
+            "proxy",
             ERROR,
             f"Every client appears as the proxy's address {seen['peer']}, so all of them share "
             f"one rate-limit bucket and the portal cannot see https: {fix}.",
         )
     if public.scheme == "https" and seen["scheme"] != "https":
-        return Finding(
+        return Check(
+            "proxy",
             ERROR,
             f"The public address is https but the portal sees {seen['scheme']}: have the proxy "
             "send X-Forwarded-Proto (the recipes in deploy/ do).",
         )
     if seen["host"].lower() != public.netloc.lower():
-        return Finding(
+        return Check(
+            "proxy",
             WARN,
             f"The portal sees the Host {seen['host']!r}, not {public.netloc!r}: have the proxy "
             "pass the public Host (nginx: proxy_set_header Host $http_host).",
         )
     if not proxied and hops:
-        return Finding(
+        return Check(
+            "proxy",
             WARN,
             f"TRUSTED_PROXY_HOPS={hops}, but the probe reached the portal without passing a "
             "proxy: clients that can do the same must not be able to reach it.",
         )
     where = "behind the proxy" if proxied else "without a proxy"
-    return Finding(
+    return Check(
+        "proxy",
         OK,
         f"Reached {where}, the portal sees {seen['scheme']}, the public Host "
         "and the client's own address.",

@@ -26,10 +26,11 @@ from wtforms.validators import (
     ValidationError,
 )
 
+from keygen_api import MAX_PASSWORD_BYTES
+
 NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
 EMAIL_MAX = 254  # RFC 5321 path limit; Keygen allows 255
 LOCAL_PART_MAX = 64  # RFC 5321; email-validator 2.4 no longer checks it
-PASSWORD_MAX_BYTES = 72  # bcrypt, which Keygen uses, silently ignores everything past 72 bytes
 
 # Characters that change how text is displayed without being visible (bidi overrides, zero-width
 # spaces). The zero-width joiner stays allowed: emoji sequences such as 👩‍💻 need it.
@@ -79,7 +80,7 @@ def password_length(form: FlaskForm, field: PasswordField) -> None:
     minimum = current_app.config["PASSWORD_MIN_LENGTH"]
     if len(password) < minimum:
         raise StopValidation(gettext("Use at least %(num)d characters.", num=minimum))
-    if len(password.encode("utf-8")) > PASSWORD_MAX_BYTES:
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
         raise StopValidation(
             gettext(
                 "This password is too long: at most 72 bytes are allowed. "

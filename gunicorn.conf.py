@@ -17,7 +17,12 @@ from gunicorn.glogging import Logger as _Logger
 from config import load_some as _load_settings
 
 _settings = _load_settings(
-    "WEB_CONCURRENCY", "GUNICORN_THREADS", "TRUSTED_PROXY_HOPS", "TRUSTED_PROXIES"
+    "WEB_CONCURRENCY",
+    "GUNICORN_THREADS",
+    "TRUSTED_PROXY_HOPS",
+    "TRUSTED_PROXIES",
+    "LOG_FORMAT",
+    "DEMO_MODE",
 )
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
@@ -64,7 +69,7 @@ class _AccessFields(_Logger):
 
 
 logger_class = _AccessFields
-_json_lines = os.environ.get("LOG_FORMAT", "json").strip().lower() != "text"
+_json_lines = _settings["log_format"] == "json"
 _formatter = (
     {"()": "logs.JsonFormatter"}
     if _json_lines

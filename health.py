@@ -19,14 +19,25 @@ from mailer import Mailer, MailError
 from protection import RateLimits
 
 TIMEOUT = (2.0, 3.0)  # a probe must answer well within a load balancer's patience
+OK, WARN, ERROR, SKIP = "OK", "WARN", "ERROR", "SKIP"
 
 
 @dataclass(frozen=True)
 class Check:
+    """One thing checked, in one sentence that says what is wrong and what to change: OK, WARN
+    (works, but unsafe or unusual), ERROR (signups fail) or SKIP (not checked, and why)."""
+
     name: str
-    ok: bool
+    level: str
     detail: str
     required: bool = True  # False: reported, but the instance can still sign people up
+
+    @property
+    def ok(self) -> bool:
+        return self.level in (OK, WARN)
+
+    def line(self) -> str:
+        return f"{self.level:<5} {self.detail}"
 
 
 class MailProbe:
@@ -52,8 +63,8 @@ class MailProbe:
             self.mailer.check()
         except MailError as error:  # its text names the server, never the password
             detail = f"the mail server fails ({error}); emails wait in the outbox"
-            return Check("mail", False, detail, required=False)
-        return Check("mail", True, "the mail server answers and accepts our login", required=False)
+            return Check("mail", ERROR, detail, required=False)
+        return Check("mail", OK, "the mail server answers and accepts our login", required=False)
 
 
 def readiness(
@@ -63,51 +74,110 @@ def readiness(
     limits: RateLimits,
     mail: MailProbe | None = None,
 ) -> list[Check]:
-    checks = keygen_checks(keygen, policy_id)
+    checks = keygen_checks(keygen, policy_id, timeout=TIMEOUT)
     try:
         journal.ping()
-        checks.append(Check("database", True, "the signup journal answers"))
+        checks.append(Check("database", OK, "the signup journal answers"))
     except Exception as error:  # any driver error means "not ready"; its class says which
-        checks.append(Check("database", False, f"the signup journal fails: {type(error).__name__}"))
+        detail = f"the signup journal fails: {type(error).__name__}"
+        checks.append(Check("database", ERROR, detail))
     if limits.reachable():
-        checks.append(Check("rate_limits", True, "the rate-limit storage answers"))
+        checks.append(Check("rate_limits", OK, "the rate-limit storage answers"))
     else:
         detail = "the rate-limit storage does not answer; signups are refused until it does"
-        checks.append(Check("rate_limits", False, detail))
+        checks.append(Check("rate_limits", ERROR, detail))
     if mail is not None:
         checks.append(mail.check())
     return checks
 
 
-def keygen_checks(keygen: KeygenClient, policy_id: str) -> list[Check]:
+# -- What Keygen says about the settings (also `flask doctor`'s) --------------------------------
+
+
+def keygen_checks(
+    keygen: KeygenClient,
+    policy_id: str,
+    *,
+    timeout: tuple[float, float] = TIMEOUT,
+    thorough: bool = False,
+) -> list[Check]:
+    """The token, the policy and (``thorough``: one more call, for the doctor) whether the
+    account lets anyone create users."""
     try:
-        bearer = keygen.me(timeout=TIMEOUT)
-    except KeygenAccessDenied as error:
-        return [
-            Check(
-                "keygen", False, f"Keygen refused the token ({error}); check KEYGEN_PRODUCT_TOKEN"
-            ),
-            Check("policy", False, "not checked: the token does not work"),
-        ]
+        bearer = keygen.me(timeout=timeout)
     except KeygenError as error:
-        return [
-            Check("keygen", False, f"Keygen did not answer usefully: {error}"),
-            Check("policy", False, "not checked: Keygen is unreachable"),
-        ]
+        return [Check("keygen", ERROR, _token_problem(keygen, error)), _unchecked("the token")]
     if not bearer.is_product:
-        return [
-            Check("keygen", False, f"the token belongs to {bearer.type}, not to a product"),
-            Check("policy", False, "not checked: the token is not a product token"),
-        ]
-    keygen_ok = Check("keygen", True, f"reachable; the token is product {bearer.id}'s")
+        kind = bearer.token_kind or f"a token of {bearer.type}"
+        detail = (
+            f"KEYGEN_PRODUCT_TOKEN is not a product token (it is {kind}): the portal needs a "
+            "product token, which can do only what the portal needs. Create one in Keygen."
+        )
+        return [Check("keygen", ERROR, detail), _unchecked("the token")]
+    checks = [
+        Check("keygen", OK, f"Keygen answers, and the token is product {bearer.id}'s."),
+        _policy_check(keygen, policy_id, bearer.id, timeout),
+    ]
+    if thorough:
+        checks.append(_protection_check(keygen, timeout))
+    return checks
+
+
+def _token_problem(keygen: KeygenClient, error: KeygenError) -> str:
+    if isinstance(error, KeygenNotFound):
+        return (
+            f"Keygen at {keygen.api_url} knows no account {keygen.account!r}: check "
+            "KEYGEN_ACCOUNT_ID (and KEYGEN_API_URL for a self-hosted Keygen)."
+        )
+    if isinstance(error, KeygenAccessDenied):
+        return (
+            f"Keygen refused KEYGEN_PRODUCT_TOKEN ({error}): the token is wrong, expired or "
+            "revoked, or belongs to another account. Create a product token in Keygen."
+        )
+    return (
+        f"Keygen at {keygen.api_url} did not answer usefully ({error}): check KEYGEN_API_URL "
+        "and that this machine can reach it."
+    )
+
+
+def _unchecked(reason: str) -> Check:
+    return Check("policy", SKIP, f"KEYGEN_POLICY_ID not checked: {reason} does not work.")
+
+
+def _policy_check(
+    keygen: KeygenClient, policy_id: str, product_id: str, timeout: tuple[float, float]
+) -> Check:
     try:
-        policy = keygen.get_policy(policy_id, timeout=TIMEOUT)
+        policy = keygen.get_policy(policy_id, timeout=timeout)
     except KeygenNotFound:
-        detail = f"policy {policy_id} does not exist, or belongs to another product"
-        return [keygen_ok, Check("policy", False, detail)]
+        # A product token cannot see other products' policies: both look the same from here.
+        detail = (
+            f"KEYGEN_POLICY_ID {policy_id} does not exist, or belongs to another product than "
+            "the token's: no license can be issued. Use a policy of the token's product."
+        )
+        return Check("policy", ERROR, detail)
     except KeygenError as error:
-        return [keygen_ok, Check("policy", False, f"cannot read policy {policy_id}: {error}")]
-    if policy.product_id != bearer.id:
-        detail = f"policy {policy_id} belongs to product {policy.product_id}, not {bearer.id}"
-        return [keygen_ok, Check("policy", False, detail)]
-    return [keygen_ok, Check("policy", True, f"policy {policy_id} belongs to the product")]
+        return Check("policy", ERROR, f"Keygen would not show policy {policy_id} ({error}).")
+    if policy.product_id != product_id:
+        detail = (
+            f"KEYGEN_POLICY_ID {policy_id} belongs to product {policy.product_id}, not to the "
+            f"token's product {product_id}: no license can be issued."
+        )
+        return Check("policy", ERROR, detail)
+    return Check("policy", OK, f"Policy {policy_id} exists and belongs to the token's product.")
+
+
+def _protection_check(keygen: KeygenClient, timeout: tuple[float, float]) -> Check:
+    try:
+        protected = keygen.account_is_protected(timeout=timeout)
+    except KeygenError as error:
+        detail = f"Could not tell whether the Keygen account is protected ({error})."
+        return Check("account", WARN, detail, required=False)
+    if protected:
+        detail = "The Keygen account is protected: only tokens can create users."
+        return Check("account", OK, detail, required=False)
+    detail = (
+        "The Keygen account is not protected: anyone can create users directly against "
+        "Keygen's API, bypassing the portal. Turn on 'Protected' in the account's settings."
+    )
+    return Check("account", WARN, detail, required=False)

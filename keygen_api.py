@@ -26,6 +26,30 @@ API_VERSION = "1.8"
 MEDIA_TYPE = "application/vnd.api+json"
 USER_AGENT = "keygen-signup-portal/1.0"
 
+# Passwords: Keygen refuses shorter ones (app/models/user.rb, `length: { minimum: 6 }`), and
+# hashes with bcrypt, which silently ignores every byte past the 72nd.
+MIN_PASSWORD_LENGTH = 6
+MAX_PASSWORD_BYTES = 72
+
+# Token values start with their kind (app/models/token.rb, `prefix`): only a product
+# token can do what the portal needs, and nothing more.
+PRODUCT_TOKEN_PREFIX = "prod-"  # noqa: S105 (a prefix, not a secret)
+_OTHER_TOKEN_KINDS = {
+    "admin": "an admin token",
+    "user": "a user token",
+    "activ": "a license activation token",
+    "env": "an environment token",
+    "dev": "a developer token",
+    "sales": "a sales-agent token",
+    "spprt": "a support-agent token",
+    "read": "a read-only token",
+}
+
+
+def token_kind(token: str) -> str | None:
+    """What kind of token other than a product token this is ("an admin token"), if any."""
+    return _OTHER_TOKEN_KINDS.get(token.split("-", 1)[0])
+
 
 # -- Records ------------------------------------------------------------------------------------
 
@@ -454,7 +478,9 @@ class KeygenClient:
         observer: Observer | None = None,
         on_quota_used_up: Callable[[float], None] | None = None,
     ):
-        self.base_url = f"{api_url.rstrip('/')}/v1/accounts/{quote(account, safe='')}"
+        self.api_url = api_url.rstrip("/")
+        self.account = account
+        self.base_url = f"{self.api_url}/v1/accounts/{quote(account, safe='')}"
         self._token = token
         # requests checks the address and the token once, here: each call then builds its
         # PreparedRequest from these (Request.prepare() per call parsed both again, about an

@@ -12,7 +12,6 @@ oldest unfinished signup.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -30,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from config import is_loopback
 from journal import Journal
 from keygen_api import CircuitBreaker
 from outcomes import (
@@ -146,7 +146,7 @@ class Metrics:
             return scheme.lower() == "bearer" and hmac.compare_digest(
                 given.strip().encode(), self._token.encode()
             )
-        return _is_loopback(remote_addr) and not any(h in headers for h in FORWARDING_HEADERS)
+        return is_loopback(remote_addr) and not any(h in headers for h in FORWARDING_HEADERS)
 
     def render(self) -> tuple[bytes, str]:
         """The text a Prometheus scrape reads, and its content type."""
@@ -210,10 +210,3 @@ def serve_separately(port: int, host: str, journal: Journal):
     registry.register(_JournalCollector(journal))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server
-
-
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return ipaddress.ip_address(address or "").is_loopback
-    except ValueError:
-        return False

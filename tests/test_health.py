@@ -54,7 +54,7 @@ def test_a_wrong_token_is_named_without_showing_it(keygen):
     status, body = readyz(app)
     assert status == 503
     assert failing(body) == ["keygen", "policy"]
-    assert "refused the token" in body["checks"]["keygen"]["detail"]
+    assert "refused KEYGEN_PRODUCT_TOKEN" in body["checks"]["keygen"]["detail"]
     assert token not in repr(body)
 
 

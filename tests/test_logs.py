@@ -242,3 +242,26 @@ def test_each_worker_freezes_what_loading_the_app_made(gunicorn_conf):
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_log_level_reaches_the_logger_of_every_module_of_the_portal(keygen):
+    """Every module logs under `portal.<module>`, so LOG_LEVEL sets them all at once."""
+    import importlib
+
+    from app import create_app
+    from conftest import make_settings
+
+    modules = [
+        importlib.import_module(path.stem)
+        for path in sorted(ROOT.glob("*.py"))
+        if "log = logging.getLogger(" in path.read_text(encoding="utf-8")
+    ]
+    assert len(modules) >= 10
+    portal = logging.getLogger("portal")
+    try:
+        create_app(make_settings(keygen, log_level="WARNING"))
+        for module in modules:
+            assert module.log.name == f"portal.{module.__name__}"
+            assert module.log.getEffectiveLevel() == logging.WARNING, module.__name__
+    finally:
+        portal.setLevel(logging.NOTSET)
