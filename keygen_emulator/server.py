@@ -124,25 +124,25 @@ class _Handler(WSGIRequestHandler):
     def _send(self, status: str, headers: list, payload: bytes) -> None:
         code_text, _, reason = status.partition(" ")
         code = int(code_text)
-        self.send_response(code, reason)
+        lines = [f"{self.protocol_version} {code} {reason}"]
+        lines += [f"Server: {self.version_string()}", f"Date: {self.date_time_string()}"]
         has_length = False
         for name, value in headers:
             lowered = name.lower()
             if lowered in ("connection", "transfer-encoding", "keep-alive"):
                 continue
             has_length = has_length or lowered == "content-length"
-            self.send_header(name, value)
+            lines.append(f"{name}: {value}")
         empty = code in (204, 304) or code < 200
         if not has_length and not empty:
-            self.send_header("Content-Length", str(len(payload)))
+            lines.append(f"Content-Length: {len(payload)}")
         if self.close_connection:
-            self.send_header("Connection", "close")
+            lines.append("Connection: close")
+        head = "".join(f"{line}\r\n" for line in lines) + "\r\n"
         # Headers and body in one write: two small writes on a kept-alive connection meet
         # Nagle's algorithm and delayed ACKs, and every answer would wait ~40 ms.
-        self._headers_buffer.append(b"\r\n")
-        if self.command != "HEAD" and not empty:
-            self._headers_buffer.append(payload)
-        self.flush_headers()
+        body = payload if self.command != "HEAD" and not empty else b""
+        self.wfile.write(head.encode("latin-1") + body)
 
     def _read_body(self, environ: dict) -> bytes:
         if environ.get("wsgi.input_terminated"):  # chunked
