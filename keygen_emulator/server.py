@@ -19,10 +19,11 @@ from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from keygen_emulator.state import Emulator, from_environment, seed_contract
+from keygen_emulator.state import Emulator, from_environment
 from keygen_emulator.wsgi import create_app
 
 MAX_BODY = 4 * 1024 * 1024
+_HOST = "127.0.0.1"  # a fake Keygen that shows its state to anyone stays on loopback
 
 
 class _Connections:
@@ -169,8 +170,7 @@ class ServerThread:
         self._server = server
         self._connections = connections
         self._stopped = False
-        host = server.host if ":" not in server.host else f"[{server.host}]"
-        self.url = f"http://{host}:{server.port}"
+        self.url = f"http://{server.host}:{server.port}"
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -195,11 +195,11 @@ class ServerThread:
         self.stop()
 
 
-def serve(emulator: Emulator, host: str = "127.0.0.1", port: int = 0) -> ServerThread:
-    """Serve `emulator` over HTTP/1.1 with keep-alive; port 0 picks a free port."""
+def serve(emulator: Emulator, port: int = 0) -> ServerThread:
+    """Serve `emulator` on 127.0.0.1 over HTTP/1.1 with keep-alive; port 0 picks a free port."""
     connections = _Connections()
     handler = type("_BoundHandler", (_Handler,), {"emulator": emulator, "connections": connections})
-    server = make_server(host, port, create_app(emulator), threaded=True, request_handler=handler)
+    server = make_server(_HOST, port, create_app(emulator), threaded=True, request_handler=handler)
     return ServerThread(server, connections)
 
 
@@ -207,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keygen_emulator", description="A stand-in Keygen API for tests and demos."
     )
-    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001, help="0 picks a free port")
     parser.add_argument("--account-id", help="account UUID (default: EMULATOR_ACCOUNT_ID or new)")
     parser.add_argument("--slug", help="account slug (default: EMULATOR_ACCOUNT_SLUG or demo)")
@@ -215,29 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-version", help="the account's pinned API version (default 1.8)")
     parser.add_argument("--product-token", help="the product token (default: generated)")
     parser.add_argument("--policy-id", help="the policy UUID (default: generated)")
-    parser.add_argument("--fixture", choices=["contract"], help="seed the contract's fixture")
     args = parser.parse_args(argv)
 
-    if args.fixture == "contract":
-        emulator = Emulator()
-        seed_contract(emulator)
-    else:
-        flags = {
-            "EMULATOR_ACCOUNT_ID": args.account_id,
-            "EMULATOR_ACCOUNT_SLUG": args.slug,
-            "EMULATOR_PROTECTED": "true" if args.protected else None,
-            "EMULATOR_API_VERSION": args.api_version,
-            "EMULATOR_PRODUCT_TOKEN": args.product_token,
-            "EMULATOR_POLICY_ID": args.policy_id,
-        }
-        env = dict(os.environ)
-        env.update({name: value for name, value in flags.items() if value})
-        emulator = from_environment(env)
+    flags = {
+        "EMULATOR_ACCOUNT_ID": args.account_id,
+        "EMULATOR_ACCOUNT_SLUG": args.slug,
+        "EMULATOR_PROTECTED": "true" if args.protected else None,
+        "EMULATOR_API_VERSION": args.api_version,
+        "EMULATOR_PRODUCT_TOKEN": args.product_token,
+        "EMULATOR_POLICY_ID": args.policy_id,
+    }
+    env = dict(os.environ)
+    env.update({name: value for name, value in flags.items() if value})
+    emulator = from_environment(env)
 
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    server = serve(emulator, args.host, args.port)
+    server = serve(emulator, args.port)
     print(f"keygen emulator listening on {server.url}", flush=True)
     try:
         while not stopping.wait(0.5):
