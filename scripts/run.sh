@@ -30,7 +30,7 @@ PY
   export MAIL_DEFAULT_SENDER=${MAIL_DEFAULT_SENDER:-"Portal demo <portal@example.com>"}
   echo "DEMO MODE: no KEYGEN_* settings, so the portal talks to the built-in Keygen emulator." >&2
   echo "           Keys it shows are not real." >&2
-  .venv/bin/python keygen_emulator.py --port "$emulator_port" --account-id "$KEYGEN_ACCOUNT_ID" \
+  .venv/bin/python -m keygen_emulator --port "$emulator_port" --account-id "$KEYGEN_ACCOUNT_ID" \
     --product-token "$KEYGEN_PRODUCT_TOKEN" --policy-id "$KEYGEN_POLICY_ID" &
   emulator=$!
   trap 'kill "$emulator" 2>/dev/null || true' EXIT INT TERM

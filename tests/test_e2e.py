@@ -70,7 +70,7 @@ def emulator(*flags: str) -> Iterator[dict]:
         "policy": str(uuid.uuid4()),
         "token": secret("prod-" + uuid.uuid4().hex + uuid.uuid4().hex + "v3"),
     }
-    args = [sys.executable, "keygen_emulator.py", "--port", "0"]
+    args = [sys.executable, "-m", "keygen_emulator", "--port", "0"]
     args += ["--account-id", ids["account"], "--product-token", ids["token"]]
     args += ["--policy-id", ids["policy"], *flags]
     with process("emulator", args, dict(os.environ)) as proc:

@@ -1178,7 +1178,7 @@ def free_port() -> int:
 def test_main_serves_until_terminated():
     port = free_port()
     token = "prod-" + "ab" * 32 + "v3"
-    args = [sys.executable, "keygen_emulator.py", "--port", str(port), "--protected"]
+    args = [sys.executable, "-m", "keygen_emulator", "--port", str(port), "--protected"]
     args += ["--slug", "shop", "--api-version", "1.5", "--product-token", token]
     process = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

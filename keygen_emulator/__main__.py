@@ -1,0 +1,5 @@
+"""`python -m keygen_emulator --port 8001 ...`: see server.main()."""
+
+from keygen_emulator.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,462 @@
+"""The endpoints of the Keygen API the portal uses, and who may see and do what.
+
+Each method is one route; pipeline.Call has already applied the middleware, found the account and
+the API version. Authorization follows `app/policies/{user,license,policy,token}_policy.rb` and the
+controllers' `authorized_scope`: what a bearer may not see is a 404, not a 403.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+
+import flask
+
+from keygen_emulator import documents
+from keygen_emulator.errors import (
+    DENIED_ANONYMOUS,
+    DENIED_BEARER,
+    DENIED_OTHER_PRODUCT,
+    Halt,
+    error,
+    forbidden,
+    invalid,
+    not_found,
+    too_long,
+    unauthorized,
+)
+from keygen_emulator.formats import (
+    UUID_RE,
+    basic_pair,
+    license_key,
+    parse_time,
+    password_matches,
+)
+from keygen_emulator.pipeline import Call
+from keygen_emulator.schema import LICENSE_SCHEMAS, MAX_ATTRIBUTES, TOKEN_SCHEMA, USER_SCHEMAS
+from keygen_emulator.state import ROLES
+
+USER_TOKEN_TTL = 14 * 24 * 3600
+_STAFF_READ = frozenset(ROLES[1:])
+_STAFF_CREATE = frozenset({"admin", "developer", "sales_agent"})
+_STAFF_WRITE = frozenset({"admin", "developer"})
+_GROUP_SETTERS = frozenset({"product", "admin", "developer", "sales_agent", "support_agent"})
+_TOKEN_PREFIXES = {
+    "user": "user",
+    "admin": "admin",
+    "developer": "dev",
+    "sales_agent": "sales",
+    "support_agent": "spprt",
+    "read_only": "read",
+}
+# The email format of the model (`email_check` in app/models/user.rb), approximated; and the
+# stricter one of Basic authentication (EMAIL_RE in config/initializers/regexp.rb).
+_EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
+_BASIC_EMAIL_RE = re.compile(r"[^@\s]+@(?:[-a-z0-9]+\.)+[a-z]{2,}", re.I)
+
+
+class Api(Call):
+    """A Keygen API request, answered by the method named after its route."""
+
+    def me(self) -> flask.Response:
+        self.authenticate(required=True)
+        with self.emu.lock:
+            if self.role() == "product":
+                document = documents.product_document(self.bearer)
+            else:
+                document = self._user_doc(self.bearer)
+            included = [documents.token_document(self.token)]
+        return self.render(200, {"data": document, "included": included})
+
+    # Users
+
+    def users_create(self) -> flask.Response:
+        self.authenticate(required=False)
+        role = self.role()
+        schema = USER_SCHEMAS[(role in _STAFF_WRITE, role in _GROUP_SETTERS)]
+        data = self.typed(schema)
+        if role is None and self.account["protected"]:
+            raise forbidden(DENIED_ANONYMOUS)
+        if role is not None and role != "product" and role not in _STAFF_CREATE:
+            raise forbidden(DENIED_BEARER)
+        attributes = data["attributes"]
+        email = attributes["email"].strip().lower()
+        password = attributes.get("password")
+        first, last = attributes.get("first_name"), attributes.get("last_name")
+        metadata = attributes.get("metadata") or {}
+        new_role = (attributes.get("role") or "user").replace("-", "_")
+        group = ((data.get("relationships") or {}).get("group") or {}).get("data")
+        account_id = self.account["id"]
+        with self.emu.lock:
+            errors = self._user_errors(email, password, first, last, metadata, group)
+            if errors:
+                raise Halt(422, errors)
+            user = self.emu.store.add_user(
+                account_id, email, password, first, last, new_role, metadata
+            )
+            document = self._user_doc(user)
+        return self.render(201, {"data": document}, location=f"users/{user['id']}")
+
+    def _user_errors(self, email, password, first, last, metadata, group) -> list[dict]:
+        """The model's rules (app/models/user.rb), every failure in declaration order."""
+        errors = []
+        if not _EMAIL_RE.fullmatch(email) or ".." in email:
+            errors.append(invalid("users", "email", "is invalid", "EMAIL_INVALID"))
+        if len(email) > 255:
+            errors.append(too_long("users", "email", 255))
+        if (self.account["id"], email) in self.emu.store.emails:
+            errors.append(invalid("users", "email", "has already been taken", "EMAIL_TAKEN"))
+        if password is not None and len(password) < 6:
+            detail = "is too short (minimum is 6 characters)"
+            errors.append(invalid("users", "password", detail, "PASSWORD_TOO_SHORT"))
+        if password is not None and len(password) > 72:
+            errors.append(too_long("users", "password", 72))
+        for name, value in (("first_name", first), ("last_name", last)):
+            if value is not None and len(value) > 255:
+                errors.append(too_long("users", name, 255))
+        if len(metadata) > 64:
+            detail = "too many keys (exceeded limit of 64 keys)"
+            errors.append(invalid("users", "metadata", detail, "METADATA_TOO_LONG"))
+        if group is not None:
+            errors.append(
+                invalid("users", "group", "must exist", "GROUP_NOT_FOUND", relationship=True)
+            )
+        return errors
+
+    def users_show(self) -> flask.Response:
+        self.authenticate(required=True)
+        with self.emu.lock:
+            user = self._find_user(self.args["id"])
+            if user is None:
+                raise not_found("user", self.args["id"].lower())
+            document = self._user_doc(user)
+        return self.render(200, {"data": document})
+
+    def users_destroy(self) -> flask.Response:
+        self.authenticate(required=True)
+        role = self.role()
+        with self.emu.lock:
+            user = self._find_user(self.args["id"])
+            if user is None:
+                raise not_found("user", self.args["id"].lower())
+            if role == "product":
+                products = {
+                    lic["product_id"]
+                    for lic in self.emu.store.licenses.values()
+                    if lic["owner_id"] == user["id"]
+                }
+                if products - {self.bearer["id"]}:
+                    raise forbidden(DENIED_OTHER_PRODUCT)
+            elif role not in _STAFF_WRITE:
+                raise forbidden(DENIED_BEARER)
+            self.emu.store.delete_user(user)
+        return self.render(204, None)
+
+    # Licenses
+
+    def licenses_create(self) -> flask.Response:
+        self.authenticate(required=True)
+        role = self.role()
+        data = self.typed(LICENSE_SCHEMAS[role == "product" or role in _STAFF_CREATE])
+        attributes = data.get("attributes") or {}
+        relationships = data["relationships"]
+        policy_id = relationships["policy"]["data"]["id"].lower()
+        owner_relationship = None
+        for name, value in relationships.items():  # the last of owner/user wins
+            if name in ("owner", "user"):
+                owner_relationship = value
+        owner_data = (owner_relationship or {}).get("data")
+        owner_id = owner_data["id"].lower() if owner_data else None
+        group = (relationships.get("group") or {}).get("data")
+        license_id = (data.get("id") or "").lower() or None
+        account_id = self.account["id"]
+        with self.emu.lock:
+            policy = self.emu.store.policies.get(policy_id)
+            if policy is not None and policy["account_id"] != account_id:
+                policy = None
+            self._authorize_license(role, policy, owner_id)
+            errors = self._license_errors(license_id, policy, owner_id, group, attributes)
+            if errors:
+                raise Halt(422, errors)
+            lic = self._add_license(license_id, policy, owner_id, attributes)
+            document = self._license_doc(lic)
+        return self.render(201, {"data": document}, location=f"licenses/{lic['id']}")
+
+    def _authorize_license(self, role: str | None, policy: dict | None, owner_id: str | None):
+        """`LicensePolicy#create?`: before the model's rules, so a foreign policy is a 403."""
+        if role == "product":
+            if policy is None or policy["product_id"] != self.bearer["id"]:
+                raise forbidden(DENIED_BEARER)
+        elif role == "user":  # and the policy is not protected; the emulator's never are
+            if owner_id != self.bearer["id"]:
+                raise forbidden(DENIED_BEARER)
+        elif role not in _STAFF_CREATE:
+            raise forbidden(DENIED_BEARER)
+
+    def _license_errors(self, license_id, policy, owner_id, group, attributes) -> list[dict]:
+        """The model's rules (app/models/license.rb), every failure in declaration order."""
+        store, account_id = self.emu.store, self.account["id"]
+        owner = store.users.get(owner_id or "")
+        missing = []
+        if policy is None:  # the product comes from the policy, so it is missing too
+            missing += [("policy", "POLICY_NOT_FOUND"), ("product", "PRODUCT_NOT_FOUND")]
+        if owner_id and (owner is None or owner["account_id"] != account_id):
+            missing.append(("owner", "OWNER_NOT_FOUND"))
+        if group is not None:
+            missing.append(("group", "GROUP_NOT_FOUND"))
+        errors = [
+            invalid("licenses", relation, "must exist", code, relationship=True)
+            for relation, code in missing
+        ]
+        if license_id and license_id in store.licenses:
+            detail = "must not conflict with another license"
+            errors.append(invalid("licenses", "id", detail, "ID_CONFLICT"))
+        key = attributes.get("key")
+        if policy and key and UUID_RE.fullmatch(key):
+            other = store.licenses.get(key.lower())
+            if other is not None and other["account_id"] == account_id:
+                detail = "must not conflict with another license's identifier (UUID)"
+                errors.append(invalid("licenses", "key", detail, "KEY_CONFLICT"))
+        if len(attributes.get("metadata") or {}) > 64:
+            detail = "too many keys (exceeded limit of 64 keys)"
+            errors.append(invalid("licenses", "metadata", detail, "METADATA_TOO_LONG"))
+        if key is not None:
+            errors += self._key_errors(key)
+        name = attributes.get("name")
+        if name is not None and len(name) > 1024:
+            errors.append(too_long("licenses", "name", 1024))
+        for attribute in MAX_ATTRIBUTES:
+            value = attributes.get(attribute)
+            low = 1 if attribute in ("max_machines", "max_cores") else 0
+            if value is not None and not low <= value <= 2_147_483_647:
+                detail = f"must be greater than or equal to {low}"
+                code = f"{attribute.upper()}_INVALID"
+                errors.append(invalid("licenses", attribute, detail, code))
+        return errors
+
+    def _key_errors(self, key: str) -> list[dict]:
+        errors = []
+        if key in ("action", "actions"):
+            errors.append(invalid("licenses", "key", "is reserved", "KEY_NOT_ALLOWED"))
+        if (self.account["id"], key) in self.emu.store.keys:
+            errors.append(invalid("licenses", "key", "has already been taken", "KEY_TAKEN"))
+        if len(key) > 102_400:
+            errors.append(too_long("licenses", "key", 102_400))
+        elif len(key) < 6:
+            detail = "is too short (minimum is 6 characters)"
+            errors.append(invalid("licenses", "key", detail, "KEY_TOO_SHORT"))
+        return errors
+
+    def _add_license(self, license_id, policy, owner_id, attributes) -> dict:
+        now = self.emu.clock()
+        expiry = attributes.get("expiry")
+        expiry = None if expiry is None else parse_time(expiry)
+        if expiry is None and policy["duration"]:
+            expiry = now + policy["duration"]
+        key = attributes.get("key")
+        lic = {
+            "id": license_id or str(uuid.uuid4()),
+            "account_id": self.account["id"],
+            "key": key if key is not None else license_key(),
+            "name": attributes.get("name"),
+            "policy_id": policy["id"],
+            "product_id": policy["product_id"],
+            "owner_id": owner_id,
+            "metadata": attributes.get("metadata") or {},
+            "expiry": expiry,
+            "protected": bool(attributes.get("protected")),
+            "suspended": bool(attributes.get("suspended")),
+            "created": now,
+            "updated": now,
+            "seq": next(self.emu.store.seq),
+            **{name: attributes.get(name) for name in MAX_ATTRIBUTES},
+        }
+        self.emu.store.add_license(lic)
+        return lic
+
+    def licenses_show(self) -> flask.Response:
+        self.authenticate(required=True)
+        with self.emu.lock:
+            lic = self._find_license(self.args["id"])
+            if lic is None:
+                raise not_found("license", self.args["id"])
+            document = self._license_doc(lic)
+        return self.render(200, {"data": document})
+
+    def licenses_destroy(self) -> flask.Response:
+        self.authenticate(required=True)
+        with self.emu.lock:
+            lic = self._find_license(self.args["id"])
+            if lic is None:
+                raise not_found("license", self.args["id"])
+            if self.role() != "product" and self.role() not in _STAFF_WRITE:
+                raise forbidden(DENIED_BEARER)
+            self.emu.store.delete_license(lic)
+        return self.render(204, None)
+
+    def licenses_index(self) -> flask.Response:
+        self.authenticate(required=True)
+        query = self.request.args
+        limit = 10
+        if "limit" in query:
+            raw = query["limit"]
+            limit = int(raw) if re.fullmatch(r"[+-]?\d{1,9}", raw.strip()) else 0
+            if not 1 <= limit <= 100:
+                detail = f"limit must be a number between 1 and 100 (got {raw})"
+                raise Halt(400, [error("Bad request", detail, parameter="limit")])
+        filters = [query[name] for name in ("owner", "user") if name in query]
+        account_id = self.account["id"]
+        with self.emu.lock:
+            found = [
+                lic
+                for lic in self.emu.store.licenses.values()
+                if lic["account_id"] == account_id
+                and self._sees_license(lic)
+                and all(self._owned_by(lic, value) for value in filters)
+            ]
+            found.sort(key=lambda lic: (lic["created"], lic["seq"]), reverse=True)
+            data = [self._license_doc(lic) for lic in found[:limit]]
+        return self.render(200, {"data": data})
+
+    def _owned_by(self, lic: dict, value: str) -> bool:
+        if lic["owner_id"] is None or not value:
+            return False
+        if UUID_RE.fullmatch(value):
+            return lic["owner_id"] == value.lower()
+        owner = self.emu.store.users.get(lic["owner_id"])
+        return owner is not None and owner["email"] == value  # exact, as Keygen matches it
+
+    # Policies
+
+    def policies_show(self) -> flask.Response:
+        # `set_policy` in app/controllers/api/v1/policies_controller.rb looks in the bearer's
+        # authorized scope: a product token sees only its own product's policies.
+        self.authenticate(required=True)
+        with self.emu.lock:
+            policy = self.emu.store.policies.get(self.args["id"].lower())
+            role = self.role()
+            visible = policy is not None and policy["account_id"] == self.account["id"]
+            if visible and role == "product":
+                visible = policy["product_id"] == self.bearer["id"]
+            elif visible and role not in _STAFF_READ:
+                visible = False
+            if not visible:
+                raise not_found("policy", self.args["id"])
+            document = documents.policy_document(policy)
+        return self.render(200, {"data": document})
+
+    # Tokens
+
+    def tokens_create(self) -> flask.Response:
+        authorization = self.request.headers.get("Authorization", "")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        data = self.typed(TOKEN_SCHEMA) or {}
+        attributes = data.get("attributes") or {}
+        if scheme.lower() == "basic":
+            bearer = self._check_password(*(basic_pair(credentials.strip()) or ("", "")))
+            self.log["authenticated"] = True
+        else:
+            self.authenticate(required=True)
+            bearer = self.bearer
+        with self.emu.lock:
+            if self.role() == "product" and scheme.lower() != "basic":
+                kind, prefix, bearer_type, expiry = "product-token", "prod", "products", None
+            else:
+                role = bearer["role"]
+                kind = f"{role.replace('_', '-')}-token"
+                prefix, bearer_type = _TOKEN_PREFIXES[role], "users"
+                expiry = self.emu.clock() + USER_TOKEN_TTL if role == "user" else None
+            if "expiry" in attributes:
+                expiry = None if attributes["expiry"] is None else parse_time(attributes["expiry"])
+            token = self.emu.store.add_token(
+                self.account["id"],
+                f"{prefix}-{secrets.token_hex(32)}v3",
+                kind,
+                bearer_type,
+                bearer["id"],
+                expiry,
+                name=attributes.get("name"),
+                minted=True,
+            )
+            document = documents.token_document(token, reveal=True)
+        return self.render(201, {"data": document}, location=f"tokens/{token['id']}")
+
+    def _check_password(self, email: str, password: str) -> dict:
+        """The user behind Basic email:password (app/controllers/api/v1/tokens_controller.rb)."""
+
+        def refuse(code: str, detail: str) -> Halt:
+            return unauthorized(code, detail, header="Authorization")
+
+        if not _BASIC_EMAIL_RE.fullmatch(email):
+            raise refuse("EMAIL_REQUIRED", "email is required")
+        with self.emu.lock:
+            user_id = self.emu.store.emails.get((self.account["id"], email.lower()))
+            user = self.emu.store.users.get(user_id or "")
+        if user is None:
+            raise refuse("EMAIL_INVALID", "email must be valid")
+        if user["password"] is None:
+            raise refuse("PASSWORD_NOT_SUPPORTED", "password is unsupported")
+        if not password:
+            raise refuse("PASSWORD_REQUIRED", "password is required")
+        if not password_matches(user["password"], password):
+            raise refuse("PASSWORD_INVALID", "password must be valid")
+        return user
+
+    def tokens_destroy(self) -> flask.Response:
+        self.authenticate(required=True)
+        role = self.role()
+        store = self.emu.store
+        with self.emu.lock:
+            token = store.tokens.get(store.token_ids.get(self.args["id"].lower(), ""))
+            visible = token is not None and token["account_id"] == self.account["id"]
+            if visible and token["bearer_id"] != self.bearer["id"] and role not in _STAFF_WRITE:
+                # A product may revoke the tokens of users who hold one of its licenses.
+                visible = role == "product" and any(
+                    lic["owner_id"] == token["bearer_id"] and lic["product_id"] == self.bearer["id"]
+                    for lic in store.licenses.values()
+                )
+            if not visible:
+                raise not_found("token", self.args["id"])
+            store.delete_token(token)
+        return self.render(204, None)
+
+    # Visibility (the controllers' authorized scopes) and documents
+
+    def _find_user(self, ident: str) -> dict | None:
+        """By id or email; a product sees only users with the role user."""
+        store = self.emu.store
+        ident = ident.lower()
+        account_id = self.account["id"]
+        user_id = ident if UUID_RE.fullmatch(ident) else store.emails.get((account_id, ident))
+        user = store.users.get(user_id or "")
+        if user is None or user["account_id"] != account_id:
+            return None
+        role = self.role()
+        if role == "product":
+            return user if user["role"] == "user" else None
+        if role in _STAFF_READ:
+            return user
+        return user if self.bearer is not None and user["id"] == self.bearer["id"] else None
+
+    def _find_license(self, ident: str) -> dict | None:
+        """By id or key."""
+        store = self.emu.store
+        account_id = self.account["id"]
+        lic = store.licenses.get(ident.lower()) if UUID_RE.fullmatch(ident) else None
+        if lic is None or lic["account_id"] != account_id:
+            lic = store.licenses.get(store.keys.get((account_id, ident), ""))
+        return lic if lic is not None and self._sees_license(lic) else None
+
+    def _sees_license(self, lic: dict) -> bool:
+        role = self.role()
+        if role == "product":
+            return lic["product_id"] == self.bearer["id"]
+        return role in _STAFF_READ or (role == "user" and lic["owner_id"] == self.bearer["id"])
+
+    def _user_doc(self, user: dict) -> dict:
+        now = self.emu.clock()
+        return documents.user_document(user, self.version, now, self.emu.store.licenses)
+
+    def _license_doc(self, lic: dict) -> dict:
+        return documents.license_document(lic, self.version, self.emu.clock())
