@@ -165,7 +165,7 @@ def policy_document(policy: dict) -> dict:
         "type": "policies",
         "attributes": {
             "duration": policy["duration"],
-            "protected": False,
+            "protected": policy["protected"],
             "scheme": None,
             "usePool": False,
             "metadata": {},

@@ -188,8 +188,8 @@ class Api(Call):
         if role == "product":
             if policy is None or policy["product_id"] != self.bearer["id"]:
                 raise forbidden(DENIED_BEARER)
-        elif role == "user":  # and the policy is not protected; the emulator's never are
-            if owner_id != self.bearer["id"]:
+        elif role == "user":  # only for themselves, and only under an unprotected policy
+            if owner_id != self.bearer["id"] or (policy is not None and policy["protected"]):
                 raise forbidden(DENIED_BEARER)
         elif role not in _STAFF_CREATE:
             raise forbidden(DENIED_BEARER)
@@ -255,6 +255,7 @@ class Api(Call):
         if expiry is None and policy["duration"]:
             expiry = now + policy["duration"]
         key = attributes.get("key")
+        protected = attributes.get("protected")
         lic = {
             "id": license_id or str(uuid.uuid4()),
             "account_id": self.account["id"],
@@ -265,7 +266,8 @@ class Api(Call):
             "owner_id": owner_id,
             "metadata": attributes.get("metadata") or {},
             "expiry": expiry,
-            "protected": bool(attributes.get("protected")),
+            # app/models/license.rb: unless the request says, the policy's.
+            "protected": policy["protected"] if protected is None else bool(protected),
             "suspended": bool(attributes.get("suspended")),
             "created": now,
             "updated": now,

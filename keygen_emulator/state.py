@@ -188,8 +188,16 @@ class Emulator:
         return product_id, value
 
     def add_policy(
-        self, account: str, product: str, *, id: str | None = None, duration: int | None = None
+        self,
+        account: str,
+        product: str,
+        *,
+        id: str | None = None,
+        duration: int | None = None,
+        protected: bool | None = None,
     ) -> str:
+        """A policy of ``product``; unless told, protected when the account is
+        (app/models/policy.rb, before_create)."""
         with self.lock:
             account_id = self.store.require_account(account)
             found = self.store.products.get(product.lower())
@@ -203,6 +211,9 @@ class Emulator:
                 "account_id": account_id,
                 "product_id": found["id"],
                 "duration": duration,
+                "protected": self.store.accounts[account_id]["protected"]
+                if protected is None
+                else protected,
             }
         return policy_id
 

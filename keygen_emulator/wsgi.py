@@ -81,7 +81,9 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
         fields = body()
         try:
             policy = emulator.add_policy(
-                str(fields.get("account", "")), str(fields.get("product", ""))
+                str(fields.get("account", "")),
+                str(fields.get("product", "")),
+                protected=fields.get("protected"),
             )
         except (KeyError, TypeError, ValueError) as error:
             return refused(error)
