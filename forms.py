@@ -9,14 +9,12 @@ import unicodedata
 from functools import cache
 from pathlib import Path
 
-from babel.support import Translations
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from flask_babel import get_locale, gettext
+from flask_babel import gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, PasswordField, StringField
-from wtforms.i18n import messages_path
 from wtforms.validators import (
     DataRequired,
     InputRequired,
@@ -148,21 +146,6 @@ def consent_to_terms(form: FlaskForm, field: BooleanField) -> None:
         raise ValidationError(gettext("Accept the terms of service to create your account."))
 
 
-@cache
-def wtforms_translations(language: str) -> Translations:
-    return Translations.load(messages_path(), [language], domain="wtforms")
-
-
-class PortalForm(FlaskForm):
-    """Every form of the portal. WTForms' own messages (a validator given none of ours) come
-    in the page's language from a catalogue read once per language, where Flask-WTF reads it
-    from disk for every form built (bench/README.md)."""
-
-    class Meta:
-        def get_translations(self, form):
-            return wtforms_translations(str(get_locale()))
-
-
 def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
@@ -180,7 +163,7 @@ def email_field() -> EmailField:
     )
 
 
-class SignupForm(PortalForm):
+class SignupForm(FlaskForm):
     # One per served form: resubmitting the same form (double click, refresh, back button,
     # two tabs of one page) is recognised as the same signup and never creates a second one.
     nonce = HiddenField(
@@ -224,7 +207,7 @@ class SignupForm(PortalForm):
     accept_terms = BooleanField(_l("I accept the terms of service"), validators=[consent_to_terms])
 
 
-class RecoveryForm(PortalForm):
+class RecoveryForm(FlaskForm):
     """The lost-key page: just the address the keys should go to."""
 
     email = email_field()
