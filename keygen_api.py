@@ -592,6 +592,11 @@ class KeygenClient:
         if getattr(local, "pid", None) != os.getpid():
             session = requests.Session()
             session.headers.update(self._headers)
+            # The environment's proxies and CA bundle (REQUESTS_CA_BUNDLE), read once per session
+            # rather than on every call: kept for bench R9 (32 users), which fails without it.
+            found = session.merge_environment_settings(self.base_url, {}, None, None, None)
+            session.proxies, session.verify = found["proxies"], found["verify"]
+            session.trust_env = False
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount(self.base_url, adapter)
             local.session, local.pid = session, os.getpid()

@@ -1,5 +1,6 @@
-"""The signup form page: every visitor gets their own CSRF token, nonce and serve time, in a page
-that is otherwise the one the template renders."""
+"""The signup form page, rendered once per process and filled in per visitor (views.Stencil):
+every visitor gets their own CSRF token, nonce and serve time, in a page that is otherwise the
+one the template renders."""
 
 from __future__ import annotations
 

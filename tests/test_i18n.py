@@ -15,7 +15,6 @@ from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 from flask import render_template
 from flask_babel import force_locale
-from flask_wtf import FlaskForm
 from sqlalchemy import Column, MetaData, Table, create_engine, inspect
 from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
 from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
@@ -24,6 +23,7 @@ from wtforms import StringField
 from wtforms.validators import DataRequired
 
 from conftest import ROOT, csrf_token_from, form_data, issued_key
+from forms import PortalForm
 from i18n import LANGUAGES
 from journal import Journal, Letter, metadata
 
@@ -269,7 +269,7 @@ def test_the_key_page_has_no_switch_that_would_leave_it(client, keygen):
 
 @pytest.mark.parametrize("language", TRANSLATED)
 def test_wtforms_own_messages_are_translated(app, language):
-    class Form(FlaskForm):
+    class Form(PortalForm):
         class Meta:
             csrf = False
 
