@@ -6,15 +6,12 @@ and the operators' commands in commands.py.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import re
 import uuid
 
 from flask import Flask, abort, current_app, g, request
-from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFProtect
 
 import logs
@@ -32,7 +29,7 @@ from journal import Journal, default_url
 from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
-from protection import FillTimer, RateLimits, SignedTokens, TrustedProxies
+from protection import FillTimer, RateLimits, TrustedProxies
 from signup import SignupWorkflow
 from views import bp
 from worker import Reconciler
@@ -66,7 +63,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     check(settings)  # also those built in code
     app = Flask(__name__)
-    app.session_interface = SessionCookies()
     configure(app, settings)
     init_i18n(app)  # before anything renders: pages, errors and form messages are translated
     logs.configure(
@@ -278,8 +274,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # what deploy/nginx.conf pa
 
 def assign_request_id() -> None:
     """The proxy's X-Request-ID when it is well formed, so that its log and ours share one id."""
-    # From the environ: request.headers raises and catches an exception for a missing one.
-    given = request.environ.get("HTTP_X_REQUEST_ID", "")
+    given = request.headers.get("X-Request-ID", "")
     g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
@@ -338,93 +333,18 @@ def security_headers(content_security_policy: str) -> tuple[tuple[str, str], ...
 
 
 def add_security_headers(response):
-    """One pass over the response's headers, then one extend: werkzeug's lookups and sets each
-    scan the whole list (bench R6)."""
     config = current_app.config
     headers = response.headers
-    present = {name.lower(): value for name, value in headers}
-    added = [(n, v) for n, v in config["SECURITY_HEADERS"] if n.lower() not in present]
-    if (request_id := g.get("request_id")) and "x-request-id" not in present:
-        added.append(("X-Request-ID", request_id))
+    for name, value in config["SECURITY_HEADERS"]:
+        headers.setdefault(name, value)
+    if request_id := g.get("request_id"):
+        headers.setdefault("X-Request-ID", request_id)
     # HTTPS only (after TrustedProxies): over http the header means nothing and would only
     # confuse a demo on localhost.
-    if request.is_secure and config["HSTS_SECONDS"] and "strict-transport-security" not in present:
-        added.append(("Strict-Transport-Security", f"max-age={config['HSTS_SECONDS']}"))
-    if present.get("content-type", "").startswith("text/html"):
+    if request.is_secure and config["HSTS_SECONDS"]:
+        headers.setdefault("Strict-Transport-Security", f"max-age={config['HSTS_SECONDS']}")
+    if response.mimetype == "text/html":
         # The form holds a CSRF token and the result page a license key: never store either.
-        headers.remove("Cache-Control")
-        added.append(("Cache-Control", "no-store"))
-        vary = present.get("vary")
-        if not vary:
-            added.append(("Vary", "Cookie"))
-        else:
-            vary_on_cookie(response, vary)
-    headers.extend(added)
+        headers["Cache-Control"] = "no-store"
+        response.vary.add("Cookie")
     return response
-
-
-def vary_on_cookie(response, vary: str | None) -> None:
-    """Vary: Cookie, given the response's Vary as it stands. Plain string work: response.vary
-    parses the header and writes it back at each use (bench R6)."""
-    if not vary:
-        response.headers["Vary"] = "Cookie"
-    elif "cookie" not in vary.lower():
-        response.headers["Vary"] = f"{vary}, Cookie"
-
-
-class _CompactJSON:
-    @staticmethod
-    def dumps(value) -> str:
-        return json.dumps(value, separators=(",", ":"))
-
-    loads = staticmethod(json.loads)
-
-
-class SessionCookies(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, with its signing serializer built once per app instead
-    of twice per request (to open and to save the session): a tenth of a GET's cost. The
-    session holds the CSRF token and nothing else, so it is plain JSON, without the tagged
-    serializer's check of every value for types JSON lacks (the same bytes for strings), and
-    never compressed (protection.SignedTokens)."""
-
-    serializer = _CompactJSON
-    # Flask's default is SHA-1 behind a Python function (so that hashlib loads lazily), which
-    # sends every HMAC down hmac's slow pure-Python path; the same SHA-1, the same signatures.
-    digest_method = staticmethod(hashlib.sha1)
-
-    def get_signing_serializer(self, app: Flask):
-        serializer = app.extensions.get("session_serializer")
-        if serializer is None:
-            serializer = app.extensions["session_serializer"] = SignedTokens(
-                # Flask's order of keys: the current one last
-                [*(app.config["SECRET_KEY_FALLBACKS"] or ()), app.secret_key],
-                salt=self.salt,
-                serializer=self.serializer,
-                signer_kwargs={
-                    "key_derivation": self.key_derivation,
-                    "digest_method": self.digest_method,
-                },
-            )
-        return serializer
-
-    def save_session(self, app: Flask, session, response) -> None:
-        """Flask's, with Vary: Cookie added once through vary_on_cookie: Flask adds it through
-        response.vary, twice for every cookie it sets, about 5% of the form page (bench R6)."""
-        if not session:
-            super().save_session(app, session, response)  # nothing to set, or a cookie to delete
-            return
-        if session.accessed:
-            vary_on_cookie(response, response.headers.get("Vary"))
-        if not self.should_set_cookie(app, session):
-            return
-        response.set_cookie(
-            self.get_cookie_name(app),
-            self.get_signing_serializer(app).dumps(dict(session)),
-            expires=self.get_expiration_time(app, session),
-            httponly=self.get_cookie_httponly(app),
-            domain=self.get_cookie_domain(app),
-            path=self.get_cookie_path(app),
-            secure=self.get_cookie_secure(app),
-            partitioned=self.get_cookie_partitioned(app),
-            samesite=self.get_cookie_samesite(app),
-        )

@@ -155,9 +155,8 @@ def wtforms_translations(language: str) -> Translations:
 
 
 class PortalForm(FlaskForm):
-    """Every form of the portal. WTForms' own messages (a validator given none of ours) come
-    in the page's language from a catalogue read once per language, where Flask-WTF reads it
-    from disk for every form built (bench/README.md)."""
+    """Every form of the portal: WTForms' own messages in the page's language, from a catalogue
+    read once per language where Flask-WTF reads it per request (kept for bench R9, 32 users)."""
 
     class Meta:
         def get_translations(self, form):

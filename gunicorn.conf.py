@@ -10,8 +10,6 @@ import tempfile
 # started from.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gunicorn.glogging import Logger as _Logger
-
 # Not `import config`: gunicorn reads every top-level name here as a setting, and has one called
 # config.
 from config import load_some as _load_settings
@@ -48,27 +46,10 @@ forwarded_allow_ips = (
 
 # gunicorn's own lines in the portal's JSON format (logs.py), unless LOG_FORMAT=text (config.py),
 # with secrets masked either way (logs.RedactSecrets). Access lines carry the request id the
-# portal echoed in X-Request-ID.
+# portal echoed in X-Request-ID (logs.py reads it from the line's {x-request-id}o field).
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
 
 
-class _AccessFields(_Logger):
-    """gunicorn's logger, minus fields the access format never uses: the stock atoms() turns
-    every request header and environ variable into a field of every line, about 5% of a signup's
-    CPU (bench/README.md). Response headers stay: the request id is read from X-Request-ID. A
-    format that names request headers or environ variables (`%({...}i)s`) gets them all."""
-
-    ENVIRON = ("REMOTE_ADDR", "REQUEST_METHOD", "RAW_URI", "SERVER_PROTOCOL", "PATH_INFO")
-    ENVIRON += ("QUERY_STRING", "HTTP_REFERER", "HTTP_USER_AGENT", "HTTP_AUTHORIZATION")
-
-    def atoms(self, resp, req, environ, request_time):
-        if "}i)" in self.cfg.access_log_format or "}e)" in self.cfg.access_log_format:
-            return super().atoms(resp, req, environ, request_time)
-        used = {name: environ[name] for name in self.ENVIRON if name in environ}
-        return super().atoms(resp, (), used, request_time)
-
-
-logger_class = _AccessFields
 _json_lines = _settings["log_format"] == "json"
 _formatter = (
     {"()": "logs.JsonFormatter"}

@@ -9,6 +9,10 @@ other request of the worker for those 2 s (tests/test_e2e.py), and under load ev
 close waits for its client's event loop. Here the same lingering close is done by the worker's
 event loop: the FIN goes out at once, the socket waits in the poller for the client's close
 (unless it has come already), and one that never comes is cut off after the same 2 s.
+
+Upstream: the lingering close came with benoitc/gunicorn#3590 (util.close_graceful); no upstream
+issue reports the stall. Built on gthread's TConn and accept(), so gunicorn stays pinned exactly
+(requirements.txt): check tests/test_e2e.py against the stock gthread worker before upgrading.
 """
 
 from __future__ import annotations

@@ -8,13 +8,8 @@ catalogues are in translations/ (``scripts/translations.sh`` extracts, updates a
 
 from __future__ import annotations
 
-from functools import cache, lru_cache
-
-from babel import Locale
 from flask import Flask, current_app, has_request_context, request
 from flask_babel import Babel, get_locale
-from werkzeug.datastructures import LanguageAccept
-from werkzeug.http import parse_accept_header
 
 # Every language the catalogues complete, in the order the switch lists them.
 LANGUAGES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español"}
@@ -38,41 +33,21 @@ def init_i18n(app: Flask) -> None:
 
 def chosen_language() -> str | None:
     """The language picked in the switch on this request, if any."""
-    if not has_request_context() or not request.environ.get("QUERY_STRING"):
-        return None  # most pages come without a query string: nothing to parse (bench R6)
     language = request.args.get("lang", "")
     return language if language in LANGUAGES else None
 
 
-def selected_locale() -> Locale:
-    """Flask-Babel parses whatever the selector returns on every request, unless it is a
-    Locale already: one parsed Locale per language saves a tenth of the form page's cost."""
-    return _locale(select_language())
-
-
-@cache
-def _locale(language: str) -> Locale:
-    return Locale.parse(language)
-
-
-def select_language() -> str:
+def selected_locale() -> str:
+    """Flask-Babel's locale selector: the switch, then the cookie, then Accept-Language."""
     if not has_request_context():  # e.g. an email rendered by the courier: flask_babel's
         return default_language(current_app)  # force_locale() chooses the person's language
     remembered = request.cookies.get(COOKIE, "")
     return (
         chosen_language()
         or (remembered if remembered in LANGUAGES else None)
-        # From the environ: request.headers raises and catches an exception for a missing one.
-        or best_match(request.environ.get("HTTP_ACCEPT_LANGUAGE", ""))
+        or request.accept_languages.best_match(LANGUAGES)
         or default_language(current_app)
     )
-
-
-@lru_cache(maxsize=512)
-def best_match(accept_language: str) -> str | None:
-    """Browsers send a handful of distinct headers, and parsing one cost as much as the rest of
-    the form page (bench R6): each is parsed once."""
-    return parse_accept_header(accept_language, LanguageAccept).best_match(LANGUAGES)
 
 
 def default_language(app: Flask) -> str:
@@ -102,7 +77,5 @@ def remember_choice(response):
             httponly=True,
             samesite="Lax",
         )
-    # Plain string work: response.vary parses and rebuilds the header on every response.
-    vary = response.headers.get("Vary")
-    response.headers["Vary"] = f"{vary}, Accept-Language" if vary else "Accept-Language"
+    response.vary.add("Accept-Language")
     return response

@@ -119,8 +119,7 @@ outbox = Table(
 
 
 # The statements of the signup path, built once with bound parameters and executed with a dict
-# of values: building one per call (`.values(**changes)`) cost a tenth of a signup's CPU
-# (bench/README.md). `_id`, `_owner`, `_now` fill the conditions; the other keys are the SET.
+# of values. `_id`, `_owner`, `_now` fill the conditions; the other keys are the SET.
 _ID, _OWNER, _NOW = bindparam("_id"), bindparam("_owner"), bindparam("_now")
 _NEW_SIGNUP = insert(signups)
 _ROW = update(signups).where(signups.c.id == _ID)

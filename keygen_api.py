@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 
 log = logging.getLogger(f"portal.{__name__}")
 
@@ -451,15 +450,8 @@ def endpoint_name(method: str, path: str) -> str:
 PROBE_EMAIL = "doctor-check@invalid"
 
 
-@dataclass(frozen=True)
-class _Transport:
-    adapter: HTTPAdapter
-    verify: str | bool
-    proxies: dict[str, str]
-
-
 class KeygenClient:
-    """Calls Keygen with a product token. One connection pool per thread, never retries itself.
+    """Calls Keygen with a product token. A requests Session per thread, never retries itself.
 
     Retries belong to the caller, which knows which requests are safe to repeat.
     """
@@ -472,7 +464,6 @@ class KeygenClient:
         *,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
-        pool_size: int = 16,
         breaker: CircuitBreaker | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
@@ -481,24 +472,18 @@ class KeygenClient:
         self.api_url = api_url.rstrip("/")
         self.account = account
         self.base_url = f"{self.api_url}/v1/accounts/{quote(account, safe='')}"
-        self._token = token
-        # requests checks the address and the token once, here: each call then builds its
-        # PreparedRequest from these (Request.prepare() per call parsed both again, about an
-        # eighth of a call's CPU).
-        try:
-            self._prefix = requests.Request("GET", self.base_url).prepare().url
-            requests.utils.check_header_validity(("Authorization", f"Bearer {token}"))
-        except requests.RequestException as error:  # the text would hold the token
-            raise ValueError(f"unusable Keygen address or token: {type(error).__name__}") from None
-        self.timeout = (connect_timeout, read_timeout)
-        self._pool_size = pool_size
-        # Sent with every call. No Accept-Encoding: the documents are small, and decompressing
-        # them would cost more CPU than the bytes saved on a connection that stays open.
+        # Sent with every call, on top of requests' own defaults.
         self._headers = {
             "Accept": MEDIA_TYPE,
+            "Authorization": f"Bearer {token}",
             "Keygen-Version": API_VERSION,
             "User-Agent": USER_AGENT,
         }
+        try:  # a bad address or a token that cannot be a header: refused now, not per call
+            requests.Request("GET", self.base_url, headers=self._headers).prepare()
+        except requests.RequestException as error:  # the text would hold the token
+            raise ValueError(f"unusable Keygen address or token: {type(error).__name__}") from None
+        self.timeout = (connect_timeout, read_timeout)
         self._local = threading.local()
         self.breaker = breaker or CircuitBreaker(clock=clock)
         self.gate = RetryAfterGate(clock=clock)
@@ -626,21 +611,22 @@ class KeygenClient:
         except (KeyError, TypeError, AttributeError):
             raise KeygenUnavailable("a response body of an unexpected shape") from None
 
-    def _transport(self) -> _Transport:
-        """This thread's connection pool, made after any fork (pools are unsafe across
-        processes), with the environment's CA bundle and proxies read once. No Session: it
-        would merge its settings, cookies and hooks into every call, and Keygen needs none."""
+    def _session(self) -> requests.Session:
+        """This thread's session, made in this process: connection pools must not cross
+        gunicorn's fork. One thread makes one call at a time, so one connection is enough."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            local.transport = _Transport(
-                HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0),
-                verify=(
-                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-                ),
-                proxies=requests.utils.get_environ_proxies(self.base_url),
-            )
-            local.pid = os.getpid()
-        return local.transport
+            session = requests.Session()
+            session.headers.update(self._headers)
+            # The environment's proxies and CA bundle (REQUESTS_CA_BUNDLE), read once per session
+            # rather than on every call: kept for bench R9 (32 users), which fails without it.
+            found = session.merge_environment_settings(self.base_url, {}, None, None, None)
+            session.proxies, session.verify = found["proxies"], found["verify"]
+            session.trust_env = False
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
+            session.mount(self.base_url, adapter)
+            local.session, local.pid = session, os.getpid()
+        return local.session
 
     def _request(
         self,
@@ -706,25 +692,19 @@ class KeygenClient:
                 log.exception("could not tell the Keygen budget that the quota is used up")
 
     def _send(self, method, path, json, params, expect, timeout, anonymous=False) -> dict:
-        headers = dict(self._headers)
-        if not anonymous:
-            headers["Authorization"] = f"Bearer {self._token}"
+        headers: dict[str, str | None] = {"Authorization": None} if anonymous else {}
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
-        transport = self._transport()
-        request = requests.PreparedRequest()
-        request.method = method
-        request.url = f"{self._prefix}/{path}" + (f"?{urlencode(params)}" if params else "")
-        request.headers = CaseInsensitiveDict(headers)
         try:
-            request.prepare_body(None, None, json)
-            response = transport.adapter.send(
-                request,
+            response = self._session().request(
+                method,
+                f"{self.base_url}/{path}",
+                json=json,
+                params=params,
+                headers=headers,
                 timeout=timeout or self.timeout,
-                verify=transport.verify,
-                proxies=transport.proxies,
+                allow_redirects=False,
             )
-            response.content  # noqa: B018 (read to the end: the connection goes back to the pool)
         except requests.RequestException as error:
             # The exception text can hold the URL (with an email) but never the body or token.
             raise KeygenUnavailable(

@@ -1,7 +1,6 @@
 """Abuse protection for the signup form: who the client is (trusting only our own proxies), how
 often it may submit (per address and per email; admission.py queues all signups together), two
-bot traps (a honeypot field and a minimum time between serving the form and submitting it), and
-the signed tokens the form page hands out (its session cookie and CSRF token).
+bot traps (a honeypot field and a minimum time between serving the form and submitting it).
 No Keygen here: everything in this module runs before the workflow and decides whether it runs."""
 
 from __future__ import annotations
@@ -9,20 +8,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
-import secrets
-import threading
 import time
-import weakref
 from collections.abc import Iterable
-from typing import ClassVar
 
-from flask import Flask, current_app, g, session
-from itsdangerous import Signer, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode
-from itsdangerous.url_safe import URLSafeSerializerMixin
+from flask import Flask
+from itsdangerous import Signer
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, storage_from_string
+from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -88,9 +80,9 @@ class RateLimits:
     All signups together are not refused here but queued for their turn at Keygen
     (admission.py), in the same storage.
 
-    No Flask-Limiter extension: it would run its hooks on every request (a third of a GET's
-    cost) to find the per-view limits the portal does not have. So nothing else (GET /,
-    /healthz, /readyz, /metrics) is counted or touches the storage. Storage errors are never
+    No Flask-Limiter extension: the limits are counted at points inside the views (per email
+    only once the form is valid), so nothing else (GET /, /healthz, /readyz, /metrics) is
+    counted or touches the storage. Storage errors are never
     swallowed and there is no in-memory fallback: a storage outage becomes LimiterUnavailable.
     """
 
@@ -104,11 +96,8 @@ class RateLimits:
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
     ):
-        if storage_uri.startswith("memory://"):
-            self.storage = SweptMemoryStorage()
-        else:
-            options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
-            self.storage = storage_from_string(storage_uri, **options)
+        options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
+        self.storage = storage_from_string(storage_uri, **options)
         # OWASP: fixed windows allow bursts at their edges.
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.per_ip = parse_many(per_ip)
@@ -155,73 +144,6 @@ class RateLimits:
             raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
 
 
-class SweptMemoryStorage(MemoryStorage):
-    """`limits`' in-process storage (memory://), its expired entries swept once a second by one
-    thread per process. The library starts a new thread for nearly every hit instead (a timer
-    that sweeps once, 10 ms later), which cost 6% of a signup's CPU (bench/README.md). Sweeping
-    less often only frees memory later: every check compares the entries' times itself."""
-
-    SWEEP_EVERY = 1.0  # seconds
-    _all: ClassVar[weakref.WeakSet[SweptMemoryStorage]] = weakref.WeakSet()
-    _sweeper_pid: int | None = None  # threads do not survive gunicorn's fork: one per process
-    _lock = threading.Lock()
-
-    def __init__(self):
-        super().__init__()
-        self._all.add(self)
-
-    def _MemoryStorage__schedule_expiry(self) -> None:  # replaces the library's timer per hit
-        if SweptMemoryStorage._sweeper_pid != os.getpid():
-            with self._lock:
-                if SweptMemoryStorage._sweeper_pid != os.getpid():
-                    SweptMemoryStorage._sweeper_pid = os.getpid()
-                    sweeper = threading.Thread(target=self._sweep, name="rate-limit-sweeper")
-                    sweeper.daemon = True
-                    sweeper.start()
-
-    @classmethod
-    def _sweep(cls) -> None:
-        while True:
-            time.sleep(cls.SWEEP_EVERY)
-            for storage in list(cls._all):
-                storage._MemoryStorage__expire_events()
-
-
-# -- Signed tokens: the session cookie and the CSRF token --------------------------------------
-
-
-class SignedTokens(URLSafeTimedSerializer):
-    """itsdangerous' URL-safe timed serializer, without its attempt to zlib every payload: the
-    session cookie and the CSRF token are some fifty bytes of JSON around hex that never shrink,
-    and every attempt set up a fresh deflate state (bench R6). Reading is unchanged, compressed
-    payloads included."""
-
-    def dump_payload(self, obj) -> bytes:
-        return base64_encode(super(URLSafeSerializerMixin, self).dump_payload(obj))
-
-
-def csrf_token() -> str:
-    """Flask-WTF's generate_csrf(), with its serializer built once per process instead of once
-    per token (a tenth of the form page's CPU, bench R6). The same raw token in the session and
-    the same signed token in g, which generate_csrf() then returns and CSRFProtect checks."""
-    if "csrf_token" not in g:
-        if "csrf_token" not in session:
-            session["csrf_token"] = secrets.token_hex(20)  # Flask-WTF's shape: 40 hex digits
-        g.csrf_token = _csrf_serializer(current_app).dumps(session["csrf_token"])
-    return g.csrf_token
-
-
-def _csrf_serializer(app: Flask) -> SignedTokens:
-    serializer = app.extensions.get("csrf_serializer")
-    if serializer is None:
-        serializer = app.extensions["csrf_serializer"] = SignedTokens(
-            app.secret_key,
-            salt="wtf-csrf-token",  # Flask-WTF's, so that its check reads these tokens
-            signer_kwargs={"digest_method": hashlib.sha1},  # hmac's fast path, the same SHA-1
-        )
-    return serializer
-
-
 # -- Bot traps ---------------------------------------------------------------------------------
 
 
@@ -232,11 +154,9 @@ class FillTimer:
     so one old note cannot be reused: the nonce makes every copy of a form the same signup."""
 
     def __init__(self, secret_key: str, minimum: float, clock=time.time):
-        # A bare signature over "nonce.time" (the nonce is in the form already): no JSON, no
-        # compression, half the cost of a serializer on every GET of the form (bench R6).
-        # SHA-1 given as hashlib's own function, for hmac's fast path (the default, a Python
-        # wrapper of the same SHA-1, takes the slow one).
-        self.signer = Signer(secret_key, salt="portal.form-served", digest_method=hashlib.sha1)
+        # A signature over "nonce.time": the nonce is in the form already, so only the time and
+        # the signature go into the note.
+        self.signer = Signer(secret_key, salt="portal.form-served")
         self.minimum = minimum
         self.clock = clock
 

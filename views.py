@@ -12,7 +12,7 @@ from flask import Blueprint, abort, current_app, g, render_template, request
 from flask_babel import get_locale, gettext
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from flask_wtf.csrf import CSRFError
+from flask_wtf.csrf import CSRFError, generate_csrf
 from markupsafe import escape
 
 import doctor
@@ -34,7 +34,7 @@ from outcomes import (
     TooBusy,
     TryLater,
 )
-from protection import LimiterUnavailable, LimitReached, csrf_token
+from protection import LimiterUnavailable, LimitReached
 
 log = logging.getLogger(f"portal.{__name__}")
 bp = Blueprint("portal", __name__)
@@ -47,7 +47,7 @@ bp = Blueprint("portal", __name__)
 def signup_form():
     nonce = new_nonce()
     return stencil("signup.html", _blank_form, "csrf_token", "nonce", "served").fill(
-        csrf_token=csrf_token(),  # also puts the raw token in the session cookie
+        csrf_token=generate_csrf(),  # Flask-WTF's: also puts the raw token in the session
         nonce=nonce,
         served=current_app.extensions["fill_timer"].stamp(nonce),
     )
@@ -77,10 +77,11 @@ def stencil(name: str, render: Callable[[dict[str, str]], str], *fields: str) ->
 class Stencil:
     """A page as rendered for every visitor, with a marker where each per-visitor value goes.
 
-    Rendering through Jinja (and WTForms) was most of a page's CPU, yet only a few values differ
-    from one visitor to the next: on the signup form the CSRF token, the nonce and its signed
-    serve time; on the key page the name, the address and the key. So the page is rendered once
-    per process and language, and each request fills in the markers, escaped as Jinja would."""
+    Only a few values differ from one visitor to the next: on the signup form the CSRF token,
+    the nonce and its signed serve time; on the key page the name, the address and the key. So
+    the page is rendered once per process and language, and each request fills in the markers,
+    escaped as Jinja would. Kept for bench R9 (32 users), which fails when both pages go through
+    Jinja and WTForms on every request."""
 
     def __init__(self, render: Callable[[dict[str, str]], str], fields: tuple[str, ...]):
         markers = {field: f"stencil-{field}-{uuid.uuid4().hex}" for field in fields}

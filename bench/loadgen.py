@@ -99,11 +99,11 @@ def cookie_header(response: aiohttp.ClientResponse) -> str:
     return "; ".join(pair for pair in pairs if "=" in pair)
 
 
-def new_session(connections: int = 0, *, keep_alive: bool = False) -> aiohttp.ClientSession:
-    """A client without a cookie jar (flows carry their own cookie). Without keep-alive every
-    request opens its own loopback connection, as a crowd of separate browsers would, and no
-    request can meet a connection the server is just closing."""
-    connector = aiohttp.TCPConnector(limit=connections, force_close=not keep_alive)
+def new_session(connections: int = 0) -> aiohttp.ClientSession:
+    """A client without a cookie jar (flows carry their own cookie). Every request opens its
+    own loopback connection, as a crowd of separate browsers would, and no request can meet a
+    connection the server is just closing."""
+    connector = aiohttp.TCPConnector(limit=connections, force_close=True)
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -251,28 +251,6 @@ async def probe_loop(
         tasks.append(asyncio.create_task(one(probe)))
     await _gather_bounded(tasks, timeout + 1)
     return probes
-
-
-async def throughput(url: str, *, connections: int, duration: float, warmup: float) -> dict:
-    """Closed loop over keep-alive connections: 200 answers per second after a warm-up."""
-    counts = Counter()
-    async with new_session(connections, keep_alive=True) as session:
-        start = time.monotonic()
-        measure_from, end = start + warmup, start + warmup + duration
-
-        async def worker() -> None:
-            while (now := time.monotonic()) < end:
-                try:
-                    async with session.get(url) as response:
-                        await response.read()
-                        status = response.status
-                except (aiohttp.ClientError, OSError):
-                    status = 0
-                if now >= measure_from:
-                    counts["ok" if status == 200 else "error"] += 1
-
-        await _gather_bounded([asyncio.create_task(worker()) for _ in range(connections)], 60)
-    return {"rps": counts["ok"] / duration, "errors": counts["error"], "tool": "python"}
 
 
 async def _gather_bounded(tasks: list[asyncio.Task], seconds: float) -> None:

@@ -5,9 +5,9 @@
 
 Everything runs on loopback, on free ports: the Keygen stand-in (bench/keygen_standin.py), the
 portal as deployed (gunicorn with its gunicorn.conf.py, configured only by environment), the
-naive baseline (bench/naive_app.py under gunicorn's default sync workers), a bare Flask page under
-the portal's gunicorn config, and the load generator (bench/loadgen.py, in this process). With two
-or more cores the servers under test are pinned to one core and everything else to another.
+naive baseline (bench/naive_app.py under gunicorn's default sync workers), and the load
+generator (bench/loadgen.py, in this process). With two or more cores the servers under test
+are pinned to one core and everything else to another.
 Each scenario runs for both variants, interleaved, and every phase is bounded in time.
 
 bench/README.md says what each ratio means; the table gives its target and PASS or FAIL.
@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import re
 import runpy
 import secrets
 import shutil
@@ -55,10 +54,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         low_seconds=20.0,
         users=32,
         users_seconds=15.0,
-        # Short pairs, many of them: the ratio of each back-to-back pair, median over pairs,
-        # moves far less with a noisy neighbour than two long runs do (bench/README.md).
-        get_seconds=2.0,
-        get_repeats=5,
         saturation_seconds=20.0,
         quota_seconds=20.0,
         stall_seconds=10.0,
@@ -73,8 +68,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         low_seconds=3.0,
         users=32,
         users_seconds=2.5,
-        get_seconds=1.0,
-        get_repeats=3,
         saturation_seconds=3.0,
         quota_seconds=3.0,
         stall_seconds=3.0,
@@ -91,8 +84,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         low_seconds=1.0,
         users=32,
         users_seconds=1.0,
-        get_seconds=1.0,
-        get_repeats=1,
         saturation_seconds=1.0,
         quota_seconds=1.0,
         stall_seconds=1.0,
@@ -130,24 +121,10 @@ def ensure_dependencies() -> None:
         os.execv(sys.executable, [sys.executable, *sys.argv])  # noqa: S606
 
 
-def ensure_wrk() -> None:
-    """R6 is measured with wrk (Debian package `wrk`) when there is one: install it as the
-    README's two commands install their system packages (scripts/apt-install.sh: as root, with
-    apt-get). Without it, R6 falls back to the asyncio client, whose own pace shows in the rates
-    it measures (the footer names the tool; bench/README.md, fourteenth measurement)."""
-    if shutil.which("wrk"):
-        return
-    say("no wrk: installing it (scripts/apt-install.sh)")
-    apt_install = ["bash", str(ROOT / "scripts" / "apt-install.sh"), "wrk"]
-    done = subprocess.run(apt_install, capture_output=True, text=True, timeout=600)  # noqa: S603
-    if done.returncode != 0 or not shutil.which("wrk"):
-        say(f"no wrk ({done.stderr.strip()[-200:]}); R6 uses the asyncio client")
-
-
 def run_under(python: str, argv: list[str]) -> None:
     """Run this benchmark again, servers and all, under another interpreter: from a venv of its
     own in .venv-bench/, made once with the portal's and the benchmark's requirements (again when
-    they change). The CPU-bound ratios (R6, R8, R9) depend on how the interpreter was built, and
+    they change). The CPU-bound ratios (R8, R9) depend on how the interpreter was built, and
     the one a checkout's .venv comes from need not be the one deployed (bench/README.md)."""
     base = shutil.which(python)
     if not base:
@@ -394,7 +371,7 @@ class Bench:
         """(busy seconds of the servers' core, CPU seconds of the servers under test)."""
         if self.server_core is None:
             return math.nan, math.nan
-        mine = sum(self.servers[name].cpu() for name in ("portal", "naive", "hello"))
+        mine = sum(self.servers[name].cpu() for name in ("portal", "naive"))
         return core_busy(self.server_core), mine
 
     def drain(self, seconds: float) -> float:
@@ -569,35 +546,6 @@ class Bench:
             "new_connections": stats1["new_connections"] - stats0["new_connections"],
             "standin_cpu_share": (stats1["cpu_seconds"] - stats0["cpu_seconds"]) / (t1 - t0),
         }
-
-    # GET-form throughput against a bare Flask page under the same gunicorn config.
-
-    async def get_throughput(self, variant: str) -> dict:
-        import loadgen
-
-        url = self.servers[variant].url + "/"
-        seconds = self.profile["get_seconds"]
-        wrk = shutil.which("wrk") if not self.args.no_wrk else None
-        if wrk:
-            output = await asyncio.to_thread(
-                subprocess.run,
-                [wrk, "-t1", "-c32", f"-d{max(1, round(seconds))}s", "--timeout", "5s", url],
-                capture_output=True,
-                text=True,
-                timeout=PHASE_LIMIT,
-            )
-            match = re.search(r"Requests/sec:\s+([\d.]+)", output.stdout)
-            if not match:
-                raise RuntimeError(f"wrk printed no rate: {output.stdout[-300:]}")
-            errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output.stdout)
-            return {
-                "rps": float(match.group(1)),
-                "errors": int(errors.group(1)) if errors else 0,
-                "tool": "wrk",
-            }
-        return await loadgen.throughput(
-            url, connections=32, duration=seconds, warmup=min(1.0, seconds / 2)
-        )
 
     # At the quota: open loop over the bound (R4), and at 3x the quota (R5).
 
@@ -934,19 +882,6 @@ def build_rows(bench: Bench) -> list[dict]:
         f"{sum(sum(run.get('outcomes', {}).values()) for run in q.get('naive', []))}",
         [q.get("portal")],
     )
-    g = r.get("get", {})
-    get_rps, hello_rps = median_of(g.get("portal"), "rps"), median_of(g.get("hello"), "rps")
-    r6 = paired(g.get("portal"), g.get("hello"), "rps")
-    tool = next((run.get("tool") for run in g.get("hello", []) if "tool" in run), "?")
-    row(
-        "R6",
-        "GET-form throughput / bare Flask hello, same gunicorn config",
-        r6,
-        ">= 0.5",
-        r6 >= 0.5,
-        f"{get_rps:.0f} / {hello_rps:.0f} req/s ({tool})",
-        [g.get("portal"), g.get("hello")],
-    )
     st = r.get("stall", {})
     r7 = median_of(st.get("portal"), "healthz_p99")
     naive7 = median_of(st.get("naive"), "healthz_p99")
@@ -1020,7 +955,7 @@ def machine() -> dict:
         "nproc": os.cpu_count(),
         "cpu": model or platform.processor(),
         "python": platform.python_version(),
-        # The interpreter the venv was made from: its build (PGO, LTO) moves R6, R8 and R9.
+        # The interpreter the venv was made from: its build (PGO, LTO) moves R8 and R9.
         "interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
         "executable": sys.executable,
         "kernel": platform.release(),
@@ -1048,7 +983,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
-    parser.add_argument("--no-wrk", action="store_true", help="use the Python client for R6")
     parser.add_argument(
         "--python", help="run under this interpreter (a venv of it in .venv-bench/, made once)"
     )
@@ -1244,13 +1178,6 @@ async def run(args: argparse.Namespace) -> int:
             "/healthz",
             BENCH,
         ),
-        "hello": server(
-            "hello",
-            [gunicorn, "-c", str(conf), "hello_app:create_app()"],
-            base_env,
-            "/",
-            BENCH,
-        ),
     }
     workers, threads = gunicorn_slots(conf, portal_env)
 
@@ -1275,7 +1202,7 @@ async def run(args: argparse.Namespace) -> int:
                     if servers[name].wait_ready():
                         notes[-1] += " (it started on the second try)"
         if server_cores:
-            for name in ("portal", "naive", "hello"):
+            for name in ("portal", "naive"):
                 if servers[name].process:
                     pin_tree(servers[name].process.pid, server_cores)
         say(f"servers ready after {time.monotonic() - started:.1f} s")
@@ -1304,10 +1231,6 @@ async def run(args: argparse.Namespace) -> int:
             for variant in variants:
                 await bench.guarded("users", variant, bench.users(variant))
 
-        for _ in range(profile["get_repeats"]):
-            await bench.guarded("get", "portal", bench.get_throughput("portal"))
-            await bench.guarded("get", "hello", bench.get_throughput("hello"))
-        servers["hello"].stop()
         say(f"servers ready and happy-path phases done after {time.monotonic() - started:.0f} s")
 
         qrps = args.quota_limit / args.quota_period
@@ -1402,8 +1325,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.python:
         run_under(args.python, without_python_option(sys.argv[1:] if argv is None else argv))
     ensure_dependencies()
-    if not (args.smoke or args.no_wrk):
-        ensure_wrk()
     sys.path.insert(0, str(BENCH))
     return asyncio.run(run(args))
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # Installs Debian packages with apt-get as root, its package lists updated once (a stamp in /tmp).
-# bootstrap.sh sources it for apt_install; run directly it installs its arguments, as the
-# benchmark does for wrk: scripts/apt-install.sh wrk
+# bootstrap.sh sources it for as_root and apt_install.
 
 as_root() { [ "$(id -u)" = 0 ]; }
 apt_install() {
@@ -14,9 +13,3 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
-
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then
-  set -euo pipefail
-  say() { printf '[apt-install] %s\n' "$*" >&2; }
-  apt_install "$@"
-fi

@@ -89,10 +89,9 @@ def test_the_key_page_is_the_one_the_template_renders_for_each_person(app, keyge
 
 
 def test_the_pages_token_and_cookie_are_the_ones_flask_and_flask_wtf_read(app):
-    """The form page signs its CSRF token and session cookie with serializers of its own
-    (protection.SignedTokens, built once): Flask-WTF's own check must accept the token, and
-    Flask's stock session interface must read the cookie, and ours the stock one's cookie, so
-    that a rollback or a mixed fleet keeps every open form working."""
+    """Flask-WTF's own check accepts the page's CSRF token, and Flask's stock session interface
+    reads its cookie and writes one the portal reads, so that a rollback or a mixed fleet keeps
+    every open form working."""
     from flask import session
     from flask.sessions import SecureCookieSessionInterface
     from flask_wtf.csrf import generate_csrf, validate_csrf
