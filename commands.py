@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
 
 import doctor
 import logs
+from services import services
 
 
 @click.command("reconcile")
@@ -16,7 +16,7 @@ import logs
 def reconcile_command(dry_run: bool) -> None:
     """Finish or undo every signup left unfinished (after a crash, deploy or Keygen outage)."""
     with logs.scope("reconcile"):
-        report = current_app.extensions["reconciler"].run_once(dry_run=dry_run)
+        report = services().reconciler.run_once(dry_run=dry_run)
     for line in report.lines():
         click.echo(line)
     click.echo(
@@ -31,13 +31,13 @@ def reconcile_command(dry_run: bool) -> None:
 def doctor_command(url: str | None) -> None:
     """Check the settings, Keygen, the database, the rate-limit storage and the proxy, and say in
     plain words what is wrong."""
-    workflow = current_app.extensions["signup"]
+    portal = services()
     findings = doctor.examine(
-        current_app.extensions["settings"],
-        workflow.keygen,
-        workflow.journal,
-        current_app.extensions["rate_limits"],
-        mailer=getattr(current_app.extensions.get("courier"), "mailer", None),
+        portal.settings,
+        portal.keygen,
+        portal.journal,
+        portal.limits,
+        mailer=portal.courier.mailer if portal.courier else None,
         url=url,
     )
     for finding in findings:

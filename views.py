@@ -35,6 +35,7 @@ from outcomes import (
     TryLater,
 )
 from protection import LimiterUnavailable, LimitReached
+from services import services
 
 log = logging.getLogger(f"portal.{__name__}")
 bp = Blueprint("portal", __name__)
@@ -49,7 +50,7 @@ def signup_form():
     return stencil("signup.html", _blank_form, "csrf_token", "nonce", "served").fill(
         csrf_token=generate_csrf(),  # Flask-WTF's: also puts the raw token in the session
         nonce=nonce,
-        served=current_app.extensions["fill_timer"].stamp(nonce),
+        served=services().fill_timer.stamp(nonce),
     )
 
 
@@ -101,7 +102,7 @@ class Stencil:
 
 @bp.post("/")
 def signup_submit():
-    limits = current_app.extensions["rate_limits"]
+    limits = services().limits
     try:
         limits.admit_client(request.remote_addr)  # after the CSRF check, before anything else
     except (LimitReached, LimiterUnavailable) as error:
@@ -111,10 +112,10 @@ def signup_submit():
         # A bot filled in the field people cannot see: a page like a real outcome, no signup.
         log.info("request %s: honeypot field filled; nothing was created", g.request_id)
         return render_template("processing.html", email=form.email.data), 202
-    if problem := current_app.extensions["captcha"].problem(request.form, request.remote_addr):
+    if problem := services().captcha.problem(request.form, request.remote_addr):
         form.form_errors.append(gettext(problem.message))  # before anything reaches Keygen
         return render_template("signup.html", form=form), problem.status
-    timer = current_app.extensions["fill_timer"]
+    timer = services().fill_timer
     age = timer.age(form.served.data, form.nonce.data)
     if age is None:
         form.served.data = timer.stamp(form.nonce.data)
@@ -134,12 +135,12 @@ def signup_submit():
         password=form.password.data,
         first_name=form.first_name.data,
         last_name=form.last_name.data,
-        consent=current_app.extensions["brand"].consent_record(),
+        consent=services().brand.consent_record(),
         locale=page_language(),
     )
-    metrics = current_app.extensions["metrics"]
+    metrics = services().metrics
     try:
-        outcome = current_app.extensions["signup"].sign_up(applicant, form.nonce.data)
+        outcome = services().signup.sign_up(applicant, form.nonce.data)
     except Rejected as rejection:
         metrics.count_signup(rejection)
         for name, message in rejection.errors.items():
@@ -220,13 +221,13 @@ def show(outcome, *, first_name: str):
 
 def wake_courier() -> None:
     """Whatever the workflow queued goes out now, not at the courier's next pass."""
-    courier = current_app.extensions.get("courier")
+    courier = services().courier
     if courier is not None:
         courier.wake()
 
 
 def courier_or_404():
-    courier = current_app.extensions.get("courier")
+    courier = services().courier
     if courier is None:
         abort(404)  # no email configured: nothing to verify or recover by email
     return courier
@@ -241,7 +242,7 @@ def verify_form(token: str):
     signup_id = verified_signup(token)
     if not isinstance(signup_id, str):
         return signup_id  # the page saying why the link does not work
-    if not current_app.extensions["signup"].link_open(signup_id):
+    if not services().signup.link_open(signup_id):
         return render_template("link.html", problem="used"), 410
     return render_template("verify.html", form=FlaskForm(), token=token)
 
@@ -251,8 +252,8 @@ def verify_submit(token: str):
     signup_id = verified_signup(token)
     if not isinstance(signup_id, str):
         return signup_id
-    workflow = current_app.extensions["signup"]
-    metrics = current_app.extensions["metrics"]
+    workflow = services().signup
+    metrics = services().metrics
     try:
         outcome = workflow.confirm(signup_id)
     except LinkUsed as error:
@@ -300,7 +301,7 @@ def lost_key_submit():
     if not form.validate():
         return render_template("lost_key.html", form=form), 422
     try:
-        current_app.extensions["rate_limits"].admit_recovery(request.remote_addr, form.email.data)
+        services().limits.admit_recovery(request.remote_addr, form.email.data)
     except (LimitReached, LimiterUnavailable) as error:
         return turned_away(error)
     courier.journal.queue(Letter(kind="recovery", email=form.email.data, locale=page_language()))
@@ -311,7 +312,7 @@ def lost_key_submit():
 @bp.get("/brand.css")
 def brand_css():
     """The accent colour (BRAND_ACCENT_COLOR), as a stylesheet: the CSP allows no inline style."""
-    css = current_app.extensions["brand"].stylesheet()
+    css = services().brand.stylesheet()
     if css is None:
         abort(404)
     return css, 200, {"Content-Type": "text/css; charset=utf-8", "Cache-Control": "max-age=300"}
@@ -327,9 +328,9 @@ def healthz():
 def readyz():
     """Whether this instance can sign people up now, with every check named. A failing check
     that is not required (the mail server) makes it "degraded", still 200."""
-    workflow = current_app.extensions["signup"]
-    limits = current_app.extensions["rate_limits"]
-    mail = current_app.extensions.get("mail_probe")
+    workflow = services().signup
+    limits = services().limits
+    mail = services().mail_probe
     checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits, mail)
     ready = all(check.ok for check in checks if check.required)
     failing = [check for check in checks if not check.ok]
@@ -365,7 +366,7 @@ def doctor_probe():
 @bp.get("/metrics")
 def prometheus_metrics():
     """Prometheus metrics, for the holder of METRICS_TOKEN (without one: this machine only)."""
-    exporter = current_app.extensions["metrics"]
+    exporter = services().metrics
     if not exporter.may_read(request.headers, request.remote_addr):
         abort(404)  # as if there were nothing here
     body, content_type = exporter.render()

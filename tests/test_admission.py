@@ -20,6 +20,7 @@ from app import create_app
 from budget import KeygenBudget, RedisKeygenBudget
 from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
+from services import services
 from test_e2e import emulator, keygen_state, portal
 from test_protection import hidden, redis_server, settings_for
 
@@ -153,7 +154,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     first, second = (Browser.open(app, email) for email in emails(2))
     started = time.monotonic()
     assert first.send().status_code == 200  # its turn is now; the next one a second later
-    slots = app.extensions["signup"].admission.slots
+    slots = services(app).signup.admission.slots
     assert slots.acquire()  # a signup elsewhere holds the only slot, and gives it back soon
     threading.Timer(0.4, slots.release).start()
     answer = second.send()

@@ -5,10 +5,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app import CONTENT_SECURITY_POLICY, create_app
+from app import create_app
 from branding import Brand, contrast
 from config import ConfigError, load_settings
 from conftest import csrf_token_from, form_data, issued_key, make_settings
+from guards import CONTENT_SECURITY_POLICY
 
 REQUIRED = {
     "KEYGEN_ACCOUNT_ID": "acme",

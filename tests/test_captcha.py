@@ -13,9 +13,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from app import CONTENT_SECURITY_POLICY, create_app
+from app import create_app
 from config import ConfigError, load_settings
 from conftest import csrf_token_from, form_data, make_settings, secret
+from guards import CONTENT_SECURITY_POLICY
 
 CAPTCHA_SECRET = secret("captcha-secret-0x4AAAAAAABkMYinukE8nzYS")
 SITE_KEY = "1x00000000000000000000AA"

@@ -28,6 +28,7 @@ from conftest import (
     secret,
 )
 from journal import Letter, MailState, State, outbox, signups
+from services import services
 
 PUBLIC_URL = "http://127.0.0.1:5999"
 SENDER = "Acme Licensing <licenses@portal.example>"
@@ -68,11 +69,11 @@ class Portal:
 
     @property
     def journal(self):
-        return self.app.extensions["signup"].journal
+        return services(self.app).signup.journal
 
     @property
     def courier(self):
-        return self.app.extensions["courier"]
+        return services(self.app).courier
 
     def deliver(self) -> dict[str, int]:
         return self.courier.run_once()
@@ -406,7 +407,7 @@ def test_an_abandoned_verification_frees_the_address_after_the_configured_time(
     )
     portal.sign_up()
     [user] = keygen.users()
-    reconciler = portal.app.extensions["reconciler"]
+    reconciler = services(portal.app).reconciler
     clock.offset += 3000
     reconciler.run_once()
     assert keygen.users() == [user]  # not yet
@@ -435,7 +436,7 @@ def test_a_verified_user_is_never_cleaned_up(portal_with, keygen, clock):
     portal.sign_up()
     press(portal, verify_link(portal))
     clock.offset += 10**5
-    portal.app.extensions["reconciler"].run_once()
+    services(portal.app).reconciler.run_once()
     assert len(keygen.users()) == 1 and len(keygen.licenses()) == 1
 
 
@@ -655,8 +656,8 @@ def test_the_demo_prints_mail_to_the_console(keygen, capsys):
     page = client.get("/lost-key")
     token = csrf_token_from(page.get_data(as_text=True))
     client.post("/lost-key", data={"email": "nobody@example.com", "csrf_token": token})
-    app.extensions["courier"].journal.queue(Letter("taken", "zoe@example.com"))
-    assert app.extensions["courier"].run_once() == {
+    services(app).courier.journal.queue(Letter("taken", "zoe@example.com"))
+    assert services(app).courier.run_once() == {
         "sent": 1,
         "retry": 0,
         "failed": 0,

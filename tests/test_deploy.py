@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from app import CONTENT_SECURITY_POLICY
 from conftest import (
     KEY_PATTERN,
     PASSWORD,
@@ -39,6 +38,7 @@ from conftest import (
     secret,
     wait_for_http,
 )
+from guards import CONTENT_SECURITY_POLICY
 from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -18,6 +18,7 @@ from app import create_app
 from conftest import KeygenWorld, free_port, make_settings, secret
 from keygen_api import PROBE_EMAIL, KeygenClient
 from keygen_emulator import Emulator, serve
+from services import services
 from test_deploy import Portal, certificate, nginx  # noqa: F401 (a fixture)
 from test_e2e import portal
 from test_protection import redis_server
@@ -186,7 +187,7 @@ def test_a_weak_secret_key_is_an_error_without_showing_it(protected, key, proble
 
 def test_the_database_down_is_an_error(protected):
     app = create_app(make_settings(protected, secret_key=STRONG_KEY))
-    app.extensions["signup"].journal.engine = create_engine(
+    services(app).signup.journal.engine = create_engine(
         "postgresql+psycopg://nobody@127.0.0.1:9/none", connect_args={"connect_timeout": 1}
     )
     result = app.test_cli_runner().invoke(args=["doctor"])

@@ -5,6 +5,7 @@ from sqlalchemy import create_engine
 from app import create_app
 from conftest import free_port, make_settings, secret
 from keygen_emulator import Emulator, serve
+from services import services
 
 
 def readyz(app):
@@ -72,7 +73,7 @@ def test_a_missing_policy_is_named(keygen):
 
 
 def test_the_database_down_is_named(app):
-    app.extensions["signup"].journal.engine = create_engine(
+    services(app).signup.journal.engine = create_engine(
         "postgresql+psycopg://nobody@127.0.0.1:9/none", connect_args={"connect_timeout": 1}
     )
     status, body = readyz(app)

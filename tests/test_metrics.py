@@ -21,6 +21,7 @@ from conftest import (
     secret,
 )
 from keygen_api import KeygenUnavailable, endpoint_name
+from services import services
 from test_e2e import emulator, portal, sign_up_over_http
 
 TOKEN = "metrics-" + "Zq3v9TfB1xWm7Lp2"
@@ -100,12 +101,12 @@ def test_keygen_refusing_the_token_counts_as_unavailable_and_no_answer_as_none(k
     assert signups(text, "unavailable") == 1
     assert keygen_requests(text, "users.create", "401") == 1
 
-    app.extensions["metrics"].keygen_call("me", None, 0.1)
+    services(app).metrics.keygen_call("me", None, 0.1)
     assert keygen_requests(scrape(client), "me", "none") == 1
 
 
 def test_rate_limits_and_an_open_breaker_are_shown(keygen, app):
-    workflow = app.extensions["signup"]
+    workflow = services(app).signup
     keygen.emulator.inject("me", retry_after=0)
     with pytest.raises(KeygenUnavailable):  # rate limited
         workflow.keygen.me()
@@ -121,7 +122,7 @@ def test_rate_limits_and_an_open_breaker_are_shown(keygen, app):
 
 
 def test_the_oldest_unfinished_signup_is_measured_from_the_journal(app):
-    journal = app.extensions["signup"].journal
+    journal = services(app).signup.journal
     journal.claim("nonce-" + "a" * 20, "old@example.com", owner="test", lease=30)
     journal.clock = lambda: time.time() + 120
     age = samples(scrape(app.test_client()))[("portal_oldest_unfinished_signup_seconds",)]

@@ -31,6 +31,7 @@ from conftest import (
     stop,
 )
 from protection import FillTimer, LimitReached, RateLimits
+from services import services
 from test_e2e import emulator, keygen_state, portal
 
 HONEYPOT_PAGE = "We are finishing your signup"
@@ -189,7 +190,7 @@ class FakeClock:
 
 def timed_client(keygen, seconds: float = 2.0):
     app = app_with(keygen, min_submit_seconds=seconds)
-    clock = app.extensions["fill_timer"].clock = FakeClock()
+    clock = services(app).fill_timer.clock = FakeClock()
     return app.test_client(), clock
 
 

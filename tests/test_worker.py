@@ -7,6 +7,7 @@ from conftest import PASSWORD, make_workflow, only_row, only_user_and_license, s
 from journal import State
 from keygen_api import KeygenClient
 from outcomes import Processing
+from services import services
 from worker import Reconciler
 
 
@@ -117,7 +118,7 @@ def cli_app(keygen, tmp_path):
 
 
 def test_flask_reconcile_command(cli_app, keygen):
-    journal = cli_app.extensions["signup"].journal
+    journal = services(cli_app).signup.journal
     row = journal.claim("cli-" + "w" * 20, "lois@example.com", owner="dead", lease=0).signup
     runner = cli_app.test_cli_runner()
     dry = runner.invoke(args=["reconcile", "--dry-run"])
