@@ -17,11 +17,12 @@ from budget import KeygenBudget, budget_for
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
 from config import Settings, check, load_settings
+from database import default_url
 from delivery import Courier, Links
 from errors import register_error_pages
 from health import MailProbe
 from i18n import init_i18n
-from journal import Journal, default_url
+from journal import Journal
 from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics

@@ -32,7 +32,7 @@ from itsdangerous import BadData, URLSafeSerializer
 
 import logs
 from i18n import default_language, known_language
-from journal import Journal, Mail, MailState
+from journal import Journal
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
 from mailer import (
     MailConfigurationError,
@@ -41,6 +41,7 @@ from mailer import (
     MailTemporaryFailure,
     compose,
 )
+from outbox import Mail, MailState
 
 log = logging.getLogger(f"portal.{__name__}")
 

@@ -93,12 +93,13 @@ def when_ready(server):
     settings = _load_settings("METRICS_PORT", "DATABASE_URL")
     port = settings["metrics_port"]
     if port:
+        import database
         import journal
         import metrics
 
         host = _interface(server.cfg.bind[0])
         instance = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance")
-        url = settings["database_url"] or journal.default_url(instance)
+        url = settings["database_url"] or database.default_url(instance)
         metrics.serve_separately(port, host, journal.Journal(url))
         server.log.info("Metrics at: http://%s:%d/metrics", host, port)
 

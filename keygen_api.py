@@ -1,8 +1,10 @@
-"""The Keygen API as the portal uses it: URLs, headers, JSON:API shapes, errors, HTTP connections.
+"""The Keygen API as the portal uses it: URLs, headers, Keygen's limits, HTTP connections.
 
-Everything the portal knows about Keygen lives here (keygen-contract.md is the reference). The
-rest of the portal sees `KeygenClient`, the `User`/`License`/`Bearer` records and the
-`KeygenError` tree, whose classes are named after what the caller should do next.
+Everything the portal knows about Keygen lives here and in the two modules this one re-exports:
+keygen_records.py (the resources read from Keygen's JSON:API documents) and keygen_errors.py
+(Keygen's answers as exceptions named after what the caller should do next). The rest of the
+portal imports `KeygenClient`, the records and the errors from here. The facts are checked
+against keygen-api's source (github.com/keygen-sh/keygen-api), whose files the comments name.
 """
 
 from __future__ import annotations
@@ -12,12 +14,46 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
+
+from keygen_errors import (
+    KeygenAccessDenied,
+    KeygenCircuitOpen,
+    KeygenConflict,
+    KeygenError,
+    KeygenInvalid,
+    KeygenNotFound,
+    KeygenRateLimited,
+    KeygenRejected,
+    KeygenUnavailable,
+    Problem,
+    error_for,
+    json_or_none,
+    seconds_until_quota_resets,
+)
+from keygen_records import Bearer, License, Policy, User
+
+__all__ = [
+    "Bearer",
+    "KeygenAccessDenied",
+    "KeygenCircuitOpen",
+    "KeygenClient",
+    "KeygenConflict",
+    "KeygenError",
+    "KeygenInvalid",
+    "KeygenNotFound",
+    "KeygenRateLimited",
+    "KeygenRejected",
+    "KeygenUnavailable",
+    "License",
+    "Policy",
+    "Problem",
+    "User",
+]
 
 log = logging.getLogger(f"portal.{__name__}")
 
@@ -48,292 +84,6 @@ _OTHER_TOKEN_KINDS = {
 def token_kind(token: str) -> str | None:
     """What kind of token other than a product token this is ("an admin token"), if any."""
     return _OTHER_TOKEN_KINDS.get(token.split("-", 1)[0])
-
-
-# -- Records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    email: str
-    first_name: str | None
-    last_name: str | None
-    metadata: dict[str, Any]
-
-    @classmethod
-    def from_document(cls, document: dict) -> User:
-        return cls.from_resource(document["data"])
-
-    @classmethod
-    def from_resource(cls, data: dict) -> User:
-        attributes = data["attributes"]
-        return cls(
-            id=data["id"],
-            email=attributes["email"],
-            first_name=attributes.get("firstName"),
-            last_name=attributes.get("lastName"),
-            metadata=attributes.get("metadata") or {},
-        )
-
-
-@dataclass(frozen=True)
-class License:
-    id: str
-    key: str = field(repr=False)
-    policy_id: str | None
-    owner_id: str | None
-    metadata: dict[str, Any]
-    expiry: str | None
-
-    @classmethod
-    def from_document(cls, document: dict) -> License:
-        return cls.from_resource(document["data"])
-
-    @classmethod
-    def from_resource(cls, data: dict) -> License:
-        attributes = data["attributes"]
-        relationships = data.get("relationships") or {}
-        # API v1.6 renamed the license's `user` relationship to `owner`; accounts pinned to an
-        # older version still answer with `user` when a proxy drops our Keygen-Version header.
-        owner = relationships.get("owner") or relationships.get("user") or {}
-        return cls(
-            id=data["id"],
-            key=attributes["key"],
-            policy_id=_related_id(relationships.get("policy")),
-            owner_id=_related_id(owner),
-            metadata=attributes.get("metadata") or {},
-            expiry=attributes.get("expiry"),
-        )
-
-
-@dataclass(frozen=True)
-class Policy:
-    id: str
-    product_id: str | None
-
-    @classmethod
-    def from_document(cls, document: dict) -> Policy:
-        data = document["data"]
-        return cls(id=data["id"], product_id=_related_id(data["relationships"].get("product")))
-
-
-@dataclass(frozen=True)
-class Bearer:
-    """Who the token belongs to (`GET /me`)."""
-
-    id: str
-    type: str  # "products", "users", ...
-    token_kind: str | None  # "product-token", ...
-
-    @property
-    def is_product(self) -> bool:
-        return self.type == "products"
-
-    @classmethod
-    def from_document(cls, document: dict) -> Bearer:
-        data = document["data"]
-        included = document.get("included") or []
-        token = next((i for i in included if i.get("type") == "tokens"), {})
-        kind = (token.get("attributes") or {}).get("kind")
-        return cls(id=data["id"], type=data["type"], token_kind=kind)
-
-
-def _related_id(relationship: dict | None) -> str | None:
-    data = (relationship or {}).get("data")
-    return data.get("id") if isinstance(data, dict) else None
-
-
-# -- Errors -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One of Keygen's 422 validation errors, in the portal's terms.
-
-    ``field`` is the attribute or relationship in snake_case ("email", "first_name", "policy");
-    ``kind`` is what is wrong with it ("taken", "invalid", "too_short", "too_long", "not_found").
-    """
-
-    field: str | None
-    kind: str | None
-
-
-class KeygenError(Exception):
-    """Keygen did not do what was asked. Never carries the request body or the token."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        errors: list[dict] | None = None,
-        request_id: str | None = None,
-    ):
-        self.status = status
-        self.errors = errors or []
-        self.request_id = request_id
-        super().__init__(message)
-
-    @property
-    def code(self) -> str | None:
-        return self.errors[0].get("code") if self.errors else None
-
-    @property
-    def pointer(self) -> str | None:
-        return _pointer(self.errors[0]) if self.errors else None
-
-    @classmethod
-    def from_response(cls, response: requests.Response) -> KeygenError:
-        document = _json_or_none(response)
-        errors = document.get("errors") if isinstance(document, dict) else None
-        errors = [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
-        meta = document.get("meta") if isinstance(document, dict) else None
-        request_id = (meta or {}).get("id") if isinstance(meta, dict) else None
-        request_id = request_id or response.headers.get("X-Request-Id")
-        return cls(
-            _describe(response.status_code, errors, request_id),
-            status=response.status_code,
-            errors=errors,
-            request_id=request_id,
-        )
-
-
-class KeygenUnavailable(KeygenError):
-    """No usable answer (network, timeout, 5xx, unreadable body). Trying later may work.
-
-    A POST that ended here may or may not have happened: look before resending.
-    """
-
-
-class KeygenRateLimited(KeygenUnavailable):
-    """429: wait ``retry_after`` seconds before calling Keygen again."""
-
-    retry_after: float = 60.0
-
-    @classmethod
-    def from_response(cls, response: requests.Response) -> KeygenError:
-        error = super().from_response(response)
-        error.retry_after = seconds_until_quota_resets(response)
-        return error
-
-
-def seconds_until_quota_resets(response: requests.Response) -> float:
-    """How long a 429 asks us to wait: Retry-After, or less when X-RateLimit-Reset (the epoch
-    second the window ends) comes sooner. Retry-After counts whole seconds from Keygen's whole
-    second, so with a 1 s window it always says 1 even when the window ends in 50 ms, and
-    waiting it out would skip the next window too. A Reset already past on our clock (clocks
-    differ) is ignored."""
-    headers = response.headers
-    try:
-        wait = max(0.0, float(headers.get("Retry-After", "")))
-    except ValueError:
-        wait = 60.0
-    try:
-        until_reset = float(headers["X-RateLimit-Reset"]) - time.time()
-    except (KeyError, ValueError):
-        return wait
-    return until_reset if 0.0 < until_reset < wait else wait
-
-
-class KeygenCircuitOpen(KeygenUnavailable):
-    """Keygen failed repeatedly just now, so this call was not even attempted. Fail fast."""
-
-
-class KeygenRejected(KeygenError):
-    """Keygen answered and refused; the same request will be refused again."""
-
-
-class KeygenInvalid(KeygenRejected):
-    """400/422: the data or the request's shape."""
-
-    @property
-    def problems(self) -> list[Problem]:
-        """Keygen's validation errors (422); empty for a structural 400, which has no codes."""
-        return [_problem(error) for error in self.errors if error.get("code")]
-
-
-class KeygenAccessDenied(KeygenRejected):
-    """401/402/403: the token, the policy's product or the plan. An operator must act."""
-
-
-class KeygenNotFound(KeygenRejected):
-    """404: no such resource (or not visible to this token)."""
-
-
-class KeygenConflict(KeygenRejected):
-    """409, or 422 ID_CONFLICT: the resource already exists. Look it up."""
-
-
-_REJECTIONS: dict[int, type[KeygenRejected]] = {
-    400: KeygenInvalid,
-    422: KeygenInvalid,
-    401: KeygenAccessDenied,
-    402: KeygenAccessDenied,
-    403: KeygenAccessDenied,
-    404: KeygenNotFound,
-    409: KeygenConflict,
-}
-
-
-def error_for(response: requests.Response) -> KeygenError:
-    """The exception for a response that is not the expected success."""
-    status = response.status_code
-    if status == 429:
-        return KeygenRateLimited.from_response(response)
-    if status >= 500 or status < 400:
-        return KeygenUnavailable.from_response(response)
-    error = _REJECTIONS.get(status, KeygenRejected).from_response(response)
-    if status == 422 and error.code == "ID_CONFLICT":
-        return KeygenConflict.from_response(response)
-    return error
-
-
-def _describe(status: int, errors: list[dict], request_id: str | None) -> str:
-    """'422 EMAIL_TAKEN: has already been taken (request 6f1c…)' — no bodies, no secrets."""
-    text = str(status)
-    if errors:
-        first = errors[0]
-        label = first.get("code") or first.get("title") or ""
-        text += f" {label}".rstrip()
-        # A 404's detail repeats what was looked up (an email, a key): keep it out of logs.
-        detail = first.get("detail") if status != 404 else None
-        pointer = _pointer(first)
-        if detail:
-            text += f": {detail}"
-        if pointer:
-            text += f" at {pointer}"
-    if request_id:
-        text += f" (request {request_id})"
-    return text
-
-
-def _pointer(error: dict) -> str | None:
-    source = error.get("source")
-    return source.get("pointer") if isinstance(source, dict) else None
-
-
-_KINDS = ("TAKEN", "INVALID", "TOO_SHORT", "TOO_LONG", "NOT_FOUND", "NOT_ALLOWED", "MISSING")
-
-
-def _problem(error: dict) -> Problem:
-    pointer = _pointer(error) or ""
-    name = pointer.rsplit("/", 1)[-1] if pointer.startswith("/data/") else ""
-    field_name = _snake(name) or None
-    code = error.get("code") or ""
-    kind = next((k.lower() for k in _KINDS if code.endswith("_" + k)), None)
-    return Problem(field=field_name, kind=kind)
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
-
-
-def _json_or_none(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 # -- Protecting Keygen and ourselves -----------------------------------------------------------
@@ -528,7 +278,8 @@ class KeygenClient:
         return self._parse(User.from_document, document)
 
     def account_is_protected(self, *, timeout: tuple[float, float] | None = None) -> bool:
-        """Whether Keygen refuses users created without a token (keygen-contract.md §4.3).
+        """Whether Keygen refuses users created without a token (app/policies/user_policy.rb,
+        `create?`).
 
         Asked with an anonymous create whose email Keygen's validation refuses: a protected
         account refuses the request before looking at the data (403), an unprotected one
@@ -540,7 +291,8 @@ class KeygenClient:
                 "POST", "users", json=body, expect=201, timeout=timeout, anonymous=True
             )
         except KeygenAccessDenied as error:
-            # A canceled account refuses everyone with 403 too, before asking who calls (§2).
+            # An account without an active subscription refuses everyone with 403 too, before
+            # asking who calls (app/controllers/concerns/current_account_constraints.rb).
             titles = " ".join(str(e.get("title", "")) for e in error.errors).lower()
             if error.status == 403 and "subscription" not in titles:
                 return True
@@ -680,7 +432,7 @@ class KeygenClient:
 
     def _note_quota(self, response: requests.Response) -> None:
         """Keygen's X-RateLimit-Remaining 0 means the next call in this window is a 429: wait
-        for X-RateLimit-Reset instead of sending it (keygen-contract.md §7)."""
+        for X-RateLimit-Reset instead of sending it (config/initializers/rack_attack.rb)."""
         resets_at = quota_used_up_until(response)
         if resets_at is None:
             return
@@ -715,7 +467,7 @@ class KeygenClient:
             raise error_for(response)
         if expect == 204:
             return {}
-        document = _json_or_none(response)
+        document = json_or_none(response)
         if not isinstance(document, dict) or not isinstance(document.get("data"), (dict, list)):
             raise KeygenUnavailable(
                 f"{response.status_code} with an unreadable body",

@@ -29,7 +29,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from config import is_loopback
 from journal import Journal
 from keygen_api import CircuitBreaker
 from outcomes import (
@@ -42,6 +41,7 @@ from outcomes import (
     TooBusy,
     TryLater,
 )
+from setting_checks import is_loopback
 
 log = logging.getLogger(f"portal.{__name__}")
 

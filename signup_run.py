@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from admission import CALLS_PER_SIGNUP, NotNow, Pacer
-from journal import Letter, Signup, State
+from journal import Signup, State
 from keygen_api import (
     KeygenConflict,
     KeygenError,
@@ -27,6 +27,7 @@ from keygen_api import (
     License,
     User,
 )
+from outbox import Letter
 from outcomes import (
     EMAIL_TAKEN,
     MESSAGES,

@@ -21,7 +21,7 @@ from errors import error_page
 from forms import RecoveryForm, SignupForm, new_nonce
 from health import readiness
 from i18n import page_language
-from journal import Letter
+from outbox import Letter
 from outcomes import (
     AlreadyIssued,
     Applicant,

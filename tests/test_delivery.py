@@ -27,7 +27,8 @@ from conftest import (
     make_settings,
     secret,
 )
-from journal import Letter, MailState, State, outbox, signups
+from journal import State, signups
+from outbox import Letter, MailState, outbox
 from services import services
 
 PUBLIC_URL = "http://127.0.0.1:5999"

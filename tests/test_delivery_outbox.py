@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import create_engine, inspect, text
 
-from journal import Journal, Letter, MailState, State
+from journal import Journal, State
+from outbox import Letter, MailState
 
 
 def test_a_letter_is_queued_once_per_purpose(journal):

@@ -23,9 +23,11 @@ from wtforms import StringField
 from wtforms.validators import DataRequired
 
 from conftest import ROOT, csrf_token_from, form_data, issued_key
+from database import metadata
 from forms import PortalForm
 from i18n import LANGUAGES
-from journal import Journal, Letter, metadata
+from journal import Journal
+from outbox import Letter
 
 TRANSLATED = [code for code in LANGUAGES if code != "en"]
 # The keywords scripts/translations.sh extracts with (gettext and _ are Babel's defaults).
