@@ -161,23 +161,29 @@ class Journal(Outbox):
         compensated) starts over with the new email; its ids are kept.
         """
         now = self.clock()
-        row = {
-            "id": str(uuid.uuid4()),
-            "nonce": nonce,
+        submitted = {
             "email": email,
-            "license_id": str(uuid.uuid4()),
-            "state": State.NEW,
-            "key_shown": False,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "lease_owner": owner,
-            "lease_until": now + lease,
-            "created_at": now,
-            "updated_at": now,
             "first_name": first_name,
             "last_name": last_name,
             "verify": verify,
             "locale": locale,
+        }
+        fresh = {
+            "state": State.NEW,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_owner": owner,
+            "lease_until": now + lease,
+        }
+        row = {
+            "id": str(uuid.uuid4()),
+            "nonce": nonce,
+            "license_id": str(uuid.uuid4()),
+            "key_shown": False,
+            "created_at": now,
+            "updated_at": now,
+            **submitted,
+            **fresh,
         }
         try:
             with self.engine.begin() as db:
@@ -187,22 +193,9 @@ class Journal(Outbox):
             pass  # the nonce was seen before
         existing = self.by_nonce(nonce)
         if existing.state in RESUBMITTABLE:
-            restarted = self._update(
-                _FREE_ROW,
-                {"_id": existing.id, "_owner": owner, "_now": now},
-                email=email,
-                first_name=first_name,
-                last_name=last_name,
-                verify=verify,
-                locale=locale,
-                state=State.NEW,
-                user_id=None,
-                attempts=0,
-                last_error=None,
-                next_attempt_at=now,
-                lease_owner=owner,
-                lease_until=now + lease,
-            )
+            where = {"_id": existing.id, "_owner": owner, "_now": now}
+            changes = {**submitted, **fresh, "user_id": None, "last_error": None}
+            restarted = self._update(_FREE_ROW, where, **changes)
             return Claim(self.get(existing.id), leased=restarted)
         if existing.state in UNFINISHED:
             return Claim(existing, leased=self.lease(existing.id, owner=owner, lease=lease))
