@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from branded_portal import branded_portal
-from conftest import KEY_PATTERN, PASSWORD, ROOT, SECRET_KEY, require, secret
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import ROOT
+from support.processes import require
 from test_browser import browser  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -17,8 +17,10 @@ import requests
 
 from admission import Bulkhead, KeygenBudget, RedisKeygenBudget
 from app import create_app
-from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
+from support.http import csrf_token_from, form_data
+from support.leaks import secret
+from support.portal import make_settings
 from test_e2e import emulator, keygen_state, portal
 from test_protection import hidden, redis_server, settings_for
 

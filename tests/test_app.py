@@ -7,7 +7,9 @@ import re
 import pytest
 
 from app import create_app
-from conftest import KEY_PATTERN, PASSWORD, csrf_token_from, issued_key, make_settings, secret
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, secret
+from support.portal import make_settings
 
 
 def html(response) -> str:

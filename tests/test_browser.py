@@ -9,7 +9,9 @@ import subprocess
 import pytest
 import requests
 
-from conftest import KEY_PATTERN, LOG_DIR, PASSWORD, ROOT, free_port, require, secret, wait_for_http
+from support.leaks import KEY_PATTERN, PASSWORD, secret
+from support.paths import LOG_DIR, ROOT
+from support.processes import free_port, require, wait_for_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -15,7 +15,9 @@ import pytest
 
 from app import CONTENT_SECURITY_POLICY, create_app
 from config import ConfigError, load_settings
-from conftest import csrf_token_from, form_data, make_settings, secret
+from support.http import csrf_token_from, form_data
+from support.leaks import secret
+from support.portal import make_settings
 
 CAPTCHA_SECRET = secret("captcha-secret-0x4AAAAAAABkMYinukE8nzYS")
 SITE_KEY = "1x00000000000000000000AA"

@@ -14,20 +14,16 @@ from dataclasses import dataclass, field
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
-from test_mailer import Recorder, text_of
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import (
-    Clock,
-    csrf_token_from,
-    form_data,
-    free_port,
-    issued_key,
-    make_settings,
-    secret,
-)
 from journal import Letter, MailState, State, outbox, signups
+from support.http import csrf_token_from, form_data, issued_key
+from support.leaks import secret
+from support.portal import make_settings
+from support.processes import free_port
+from support.workflow import Clock
+from test_mailer import Recorder, text_of
 
 PUBLIC_URL = "http://127.0.0.1:5999"
 SENDER = "Acme Licensing <licenses@portal.example>"

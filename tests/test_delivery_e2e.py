@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_delivery import Recorder, smtp_on
-from test_mailer import text_of
 
-from conftest import SECRET_KEY, free_port, issued_key
+from support.http import issued_key
+from support.leaks import SECRET_KEY
+from support.processes import free_port
+from test_delivery import Recorder, smtp_on
 from test_e2e import emulator, keygen_state, portal, sign_up_over_http
+from test_mailer import text_of
 
 pytestmark = pytest.mark.slow
 

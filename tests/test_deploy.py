@@ -27,18 +27,10 @@ import pytest
 import requests
 
 from app import CONTENT_SECURITY_POLICY
-from conftest import (
-    KEY_PATTERN,
-    PASSWORD,
-    ROOT,
-    SECRET_KEY,
-    csrf_token_from,
-    free_port,
-    issued_key,
-    require,
-    secret,
-    wait_for_http,
-)
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import ROOT
+from support.processes import free_port, require, wait_for_http
 from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

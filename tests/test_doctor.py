@@ -15,9 +15,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import KeygenWorld, free_port, make_settings, secret
 from keygen_api import PROBE_EMAIL, KeygenClient
 from keygen_emulator import Emulator, serve
+from support.leaks import secret
+from support.portal import KeygenWorld, make_settings
+from support.processes import free_port
 from test_deploy import Portal, certificate, nginx  # noqa: F401 (a fixture)
 from test_e2e import portal
 from test_protection import redis_server

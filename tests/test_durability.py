@@ -8,14 +8,16 @@ import time
 import pytest
 import requests
 
-from conftest import KEY_PATTERN, PASSWORD, csrf_token_from, issued_key, new_postgres_database
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD
+from support.servers import new_postgres_database
 from test_e2e import emulator, keygen_state, portal
 
 pytestmark = pytest.mark.slow
 
 
 def settings_for(keygen: dict, **changes) -> dict[str, str]:
-    from conftest import SECRET_KEY
+    from support.leaks import SECRET_KEY
 
     values = {
         "KEYGEN_API_URL": keygen["url"],

@@ -18,19 +18,10 @@ import pytest
 import requests
 
 import http_worker
-from conftest import (
-    KEY_PATTERN,
-    LOG_DIR,
-    PASSWORD,
-    ROOT,
-    SECRET_KEY,
-    csrf_token_from,
-    free_port,
-    issued_key,
-    secret,
-    stop,
-    wait_for_http,
-)
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import LOG_DIR, ROOT
+from support.processes import free_port, stop, wait_for_http
 
 pytestmark = pytest.mark.slow
 GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import csrf_token_from, form_data, issued_key
+from support.http import csrf_token_from, form_data, issued_key
 from test_protection import hidden
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from app import create_app
 from config import load_settings
-from conftest import csrf_token_from, form_data, make_settings
+from support.http import csrf_token_from, form_data
+from support.portal import make_settings
 
 HTTPS = "https://localhost"
 

@@ -16,16 +16,17 @@ from babel.messages.pofile import read_po
 from flask import render_template
 from flask_babel import force_locale
 from sqlalchemy import Column, MetaData, Table, create_engine, inspect
-from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
-from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
-from test_mailer import text_of
 from wtforms import StringField
 from wtforms.validators import DataRequired
 
-from conftest import ROOT, csrf_token_from, form_data, issued_key
 from forms import PortalForm
 from i18n import LANGUAGES
 from journal import Journal, Letter, metadata
+from support.http import csrf_token_from, form_data, issued_key
+from support.paths import ROOT
+from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
+from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
+from test_mailer import text_of
 
 TRANSLATED = [code for code in LANGUAGES if code != "en"]
 # The keywords scripts/translations.sh extracts with (gettext and _ are Babel's defaults).

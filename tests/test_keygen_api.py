@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 
-from conftest import PASSWORD, KeygenWorld, secret
 from keygen_api import (
     KeygenAccessDenied,
     KeygenClient,
@@ -19,6 +18,8 @@ from keygen_api import (
     Problem,
 )
 from keygen_emulator import Emulator, serve
+from support.leaks import PASSWORD, secret
+from support.portal import KeygenWorld
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ from cryptography.x509.oid import NameOID
 from flask import Flask, render_template
 from markupsafe import escape
 
-from conftest import ROOT, free_port, secret
 from i18n import init_i18n
 from mailer import (
     ConsoleMailer,
@@ -40,6 +39,9 @@ from mailer import (
     SMTPMailer,
     compose,
 )
+from support.leaks import secret
+from support.paths import ROOT
+from support.processes import free_port
 
 SENDER = "Acme Licensing <licenses@portal.example>"
 RECIPIENT = "zoe@example.com"

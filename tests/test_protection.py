@@ -20,17 +20,12 @@ from flask import Flask
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import (
-    LOG_DIR,
-    PASSWORD,
-    csrf_token_from,
-    form_data,
-    free_port,
-    make_settings,
-    require,
-    stop,
-)
 from protection import FillTimer, LimitReached, RateLimits
+from support.http import csrf_token_from, form_data
+from support.leaks import PASSWORD
+from support.paths import LOG_DIR
+from support.portal import make_settings
+from support.processes import free_port, require, stop
 from test_e2e import emulator, keygen_state, portal
 
 HONEYPOT_PAGE = "We are finishing your signup"
@@ -274,7 +269,7 @@ def wait_for_redis(port: int, proc: subprocess.Popen, timeout: float = 10) -> No
 
 
 def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
-    from conftest import SECRET_KEY
+    from support.leaks import SECRET_KEY
 
     values = {
         "KEYGEN_API_URL": keygen["url"],

@@ -16,7 +16,10 @@ from flask import request
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import SECRET_KEY, csrf_token_from, form_data, make_settings, require
+from support.http import csrf_token_from, form_data
+from support.leaks import SECRET_KEY
+from support.portal import make_settings
+from support.processes import require
 from test_deploy import NGINX, Portal, certificate, nginx  # noqa: F401 (a fixture)
 from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process, wait_for_http
 

@@ -24,21 +24,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_proxy import running_portal
 
-from conftest import (
-    KEY_PATTERN,
-    PASSWORD,
-    ROOT,
-    SECRET_KEY,
-    csrf_token_from,
-    issued_key,
-    require,
-    secret,
-)
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import ROOT
+from support.processes import require
 from test_deploy import HOST, Portal, Proxy, nginx
 from test_e2e import emulator, keygen_state
 from test_protection import redis_server
+from test_proxy import running_portal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -11,14 +11,6 @@ import uuid
 
 import pytest
 
-from conftest import (
-    PASSWORD,
-    make_workflow,
-    only_row,
-    only_user_and_license,
-    secret,
-    submit,
-)
 from forms import new_nonce
 from journal import State
 from keygen_api import KeygenClient
@@ -33,6 +25,8 @@ from signup import (
     SignupWorkflow,
     TryLater,
 )
+from support.leaks import PASSWORD, secret
+from support.workflow import make_workflow, only_row, only_user_and_license, submit
 from worker import Reconciler
 
 # -- The happy path ---------------------------------------------------------------------------

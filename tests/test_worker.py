@@ -3,10 +3,11 @@ reports what is stuck, and never works a row another worker holds."""
 
 import pytest
 
-from conftest import PASSWORD, make_workflow, only_row, only_user_and_license, submit
 from journal import State
 from keygen_api import KeygenClient
 from signup import Processing
+from support.leaks import PASSWORD
+from support.workflow import make_workflow, only_row, only_user_and_license, submit
 from worker import Reconciler
 
 
@@ -111,7 +112,7 @@ def test_dry_run_calls_nothing(workflow, keygen, journal):
 @pytest.fixture
 def cli_app(keygen, tmp_path):
     from app import create_app
-    from conftest import make_settings
+    from support.portal import make_settings
 
     return create_app(make_settings(keygen, database_url=f"sqlite:///{tmp_path}/cli.db"))
 
