@@ -18,11 +18,10 @@ import requests
 from admission import Bulkhead, KeygenBudget, RedisKeygenBudget
 from app import create_app
 from keygen_api import KeygenClient, KeygenRateLimited
-from support.http import csrf_token_from, form_data
+from support.http import csrf_token_from, form_data, hidden
 from support.leaks import secret
 from support.portal import make_settings
-from test_e2e import emulator, keygen_state, portal
-from test_protection import hidden, redis_server, settings_for
+from support.servers import emulator, keygen_state, portal, redis_server, settings_for
 
 KEY = re.compile(r'id="license-key"[^>]*>([^<]+)<')
 FINISHING = "We are finishing your signup"

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from support.http import issued_key
+from support.http import issued_key, sign_up_over_http
 from support.leaks import SECRET_KEY
 from support.processes import free_port
+from support.servers import emulator, keygen_state, portal
 from test_delivery import Recorder, smtp_on
-from test_e2e import emulator, keygen_state, portal, sign_up_over_http
 from test_mailer import text_of
 
 pytestmark = pytest.mark.slow

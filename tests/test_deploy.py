@@ -29,9 +29,9 @@ import requests
 from app import CONTENT_SECURITY_POLICY
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
-from support.paths import ROOT
-from support.processes import free_port, require, wait_for_http
-from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process
+from support.paths import GUNICORN, ROOT
+from support.processes import free_port, listening_url, process, require, wait_for_http
+from support.servers import Portal, emulator, keygen_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -83,21 +83,6 @@ def certificate() -> Iterator[tuple[Path, Path]]:
             timeout=30,
         )
         yield cert, key
-
-
-@dataclass
-class Portal:
-    url: str  # http://127.0.0.1:PORT, gunicorn itself
-    upstream: str  # 127.0.0.1:PORT
-    keygen: dict
-    log: Path
-
-    def access_lines(self) -> list[str]:
-        return [
-            line
-            for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-            if "request_id=" in line
-        ]
 
 
 @pytest.fixture(scope="module")

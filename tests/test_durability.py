@@ -10,8 +10,7 @@ import requests
 
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD
-from support.servers import new_postgres_database
-from test_e2e import emulator, keygen_state, portal
+from support.servers import emulator, keygen_state, new_postgres_database, portal
 
 pytestmark = pytest.mark.slow
 

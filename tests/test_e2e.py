@@ -6,102 +6,20 @@ import re
 import selectors
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 
 import http_worker
-from support.http import csrf_token_from, issued_key
-from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
-from support.paths import LOG_DIR, ROOT
-from support.processes import free_port, stop, wait_for_http
+from support.http import issued_key, sign_up_over_http
+from support.leaks import KEY_PATTERN, SECRET_KEY
+from support.paths import GUNICORN, LOG_DIR, ROOT
+from support.processes import free_port
+from support.servers import emulator, keygen_state, portal
 
 pytestmark = pytest.mark.slow
-GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
-
-
-@contextmanager
-def process(name: str, args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """Run a server with its output in the test logs, and stop it afterwards."""
-    log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_path
-    try:
-        yield proc
-    finally:
-        stop(proc)
-        log.close()
-
-
-def listening_url(proc: subprocess.Popen, pattern: str, *, timeout: float = 30) -> str:
-    """The URL a server started on port 0 says it listens on (no port can be taken twice)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, proc.log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {proc.log_path}")
-        time.sleep(0.05)
-    raise TimeoutError(f"no listening line in {proc.log_path} within {timeout} s")
-
-
-@contextmanager
-def emulator(*flags: str) -> Iterator[dict]:
-    ids = {
-        "account": str(uuid.uuid4()),
-        "policy": str(uuid.uuid4()),
-        "token": secret("prod-" + uuid.uuid4().hex + uuid.uuid4().hex + "v3"),
-    }
-    args = [sys.executable, "keygen_emulator.py", "--port", "0"]
-    args += ["--account-id", ids["account"], "--product-token", ids["token"]]
-    args += ["--policy-id", ids["policy"], *flags]
-    with process("emulator", args, dict(os.environ)) as proc:
-        ids["url"] = listening_url(proc, r"listening on (http://127\.0\.0\.1:\d+)")
-        wait_for_http(ids["url"] + "/v1/ping", process=proc)
-        yield ids
-
-
-def keygen_state(url: str) -> dict:
-    state = requests.get(url + "/_emulator/state", timeout=5).json()
-    secret_keys = [license["key"] for license in state["licenses"]]
-    for key in secret_keys:
-        secret(key)
-    return state
-
-
-@contextmanager
-def portal(env_changes: dict[str, str]) -> Iterator[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
-    env.update(BIND="127.0.0.1:0", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
-    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-e2e-')}/portal.db"
-    env.update(env_changes)
-    args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
-    with process("portal", args, env) as proc:
-        url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
-        wait_for_http(url + "/healthz", process=proc)
-        yield url
-
-
-def sign_up_over_http(url: str, email: str) -> requests.Response:
-    with requests.Session() as browser:
-        page = browser.get(url + "/", timeout=10)
-        data = {
-            "csrf_token": csrf_token_from(page.text),
-            "first_name": "Zoë",
-            "last_name": "O'Hara",
-            "email": email,
-            "password": PASSWORD,
-        }
-        return browser.post(url + "/", data=data, timeout=30)
 
 
 @pytest.mark.parametrize(

@@ -156,8 +156,8 @@ def test_gunicorn_lines_are_masked(tmp_path):
     import json
     import os
 
-    from support.processes import free_port, wait_for_http
-    from test_e2e import GUNICORN, listening_url, process
+    from support.paths import GUNICORN
+    from support.processes import free_port, listening_url, process, wait_for_http
 
     env = dict(os.environ, BIND=f"127.0.0.1:{free_port()}", WEB_CONCURRENCY="1")
     app_file = tmp_path / "tiny.py"

@@ -11,11 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
 from keygen_api import KeygenUnavailable, endpoint_name
-from support.http import csrf_token_from, form_data, issued_key
+from support.http import csrf_token_from, form_data, issued_key, sign_up_over_http
 from support.leaks import PASSWORD, SECRET_KEY, secret
 from support.portal import make_settings
 from support.processes import free_port
-from test_e2e import emulator, portal, sign_up_over_http
+from support.servers import emulator, portal
 
 TOKEN = "metrics-" + "Zq3v9TfB1xWm7Lp2"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -4,14 +4,10 @@ honeypot (S38) and the minimum time to fill in the form. Every refusal calls Key
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -21,12 +17,11 @@ from flask import Flask
 from app import create_app
 from config import ConfigError, load_settings
 from protection import FillTimer, LimitReached, RateLimits
-from support.http import csrf_token_from, form_data
+from support.http import csrf_token_from, form_data, hidden
 from support.leaks import PASSWORD
-from support.paths import LOG_DIR
 from support.portal import make_settings
-from support.processes import free_port, require, stop
-from test_e2e import emulator, keygen_state, portal
+from support.processes import free_port
+from support.servers import emulator, keygen_state, portal, redis_server, settings_for
 
 HONEYPOT_PAGE = "We are finishing your signup"
 TOO_MANY = "Too many attempts"
@@ -45,10 +40,6 @@ def submit(client, peer: str = "127.0.0.1", **changes):
     data.setdefault("nonce", hidden(page, "nonce"))
     data.setdefault("served", hidden(page, "served"))
     return client.post("/", data=data, environ_base=environ)
-
-
-def hidden(page: str, name: str) -> str:
-    return re.search(rf'name="{name}" type="hidden" value="([^"]*)"', page).group(1)
 
 
 def emails(n: int) -> list[str]:
@@ -236,52 +227,6 @@ def test_min_submit_seconds_off_by_default(keygen, sign_up):
 
 
 # -- Several processes sharing Redis ---------------------------------------------------------
-
-
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with open(LOG_DIR / f"redis-{port}.log", "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_redis(port, proc)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop(proc)
-
-
-def wait_for_redis(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    client = redis.Redis(port=port, socket_timeout=1)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise TimeoutError(f"redis-server did not answer on port {port} within {timeout} s")
-
-
-def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
-    from support.leaks import SECRET_KEY
-
-    values = {
-        "KEYGEN_API_URL": keygen["url"],
-        "KEYGEN_ACCOUNT_ID": keygen["account"],
-        "KEYGEN_PRODUCT_TOKEN": keygen["token"],
-        "KEYGEN_POLICY_ID": keygen["policy"],
-        "SECRET_KEY": SECRET_KEY,
-        "RECONCILE_INTERVAL": "0",
-        "WEB_CONCURRENCY": "2",
-    }
-    values.update(changes)
-    return values
 
 
 def sign_up_over_http(url: str, email: str) -> requests.Response:

@@ -29,10 +29,8 @@ from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
 from support.paths import ROOT
 from support.processes import require
-from test_deploy import HOST, Portal, Proxy, nginx
-from test_e2e import emulator, keygen_state
-from test_protection import redis_server
-from test_proxy import running_portal
+from support.servers import Portal, emulator, keygen_state, redis_server, running_portal
+from test_deploy import HOST, Proxy, nginx
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

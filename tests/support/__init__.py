@@ -7,7 +7,7 @@ processes  free ports, starting, waiting for and stopping processes; required co
 http       what a browser does with the form: hidden fields, tokens, the key on the page
 portal     the portal built in this process against the in-process emulator
 workflow   the signup workflow driven directly, with a clock the test moves
-servers    separate processes: PostgreSQL
+servers    separate processes: the emulator, the portal under gunicorn, Redis, PostgreSQL
 """
 
 import pkgutil

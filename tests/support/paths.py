@@ -8,3 +8,4 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # One directory per run, so that two runs in one checkout never delete each other's logs.
 LOG_DIR = ROOT / "test-logs" / f"run-{os.getpid()}"
+GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
