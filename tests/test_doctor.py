@@ -20,8 +20,8 @@ from keygen_emulator import Emulator, serve
 from support.leaks import secret
 from support.portal import KeygenWorld, make_settings
 from support.processes import free_port
+from support.proxies import nginx
 from support.servers import Portal, portal, redis_server
-from test_deploy import certificate, nginx  # noqa: F401 (a fixture)
 
 STRONG_KEY = secret(secrets.token_urlsafe(48))
 MISSING_POLICY = "0b7c5f0e-7d0e-4c38-9f36-1d1f4c7e2a10"

@@ -16,8 +16,8 @@ from support.http import csrf_token_from, form_data
 from support.leaks import SECRET_KEY
 from support.portal import make_settings
 from support.processes import require
+from support.proxies import NGINX, nginx
 from support.servers import emulator, keygen_state, running_portal
-from test_deploy import NGINX, certificate, nginx  # noqa: F401 (a fixture)
 
 SPOOFED = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", "X-Forwarded-Proto": "https"}
 UNTRUSTED_PEER = {"REMOTE_ADDR": "10.1.2.3"}

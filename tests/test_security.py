@@ -29,8 +29,8 @@ from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
 from support.paths import ROOT
 from support.processes import require
+from support.proxies import HOST, Proxy, nginx
 from support.servers import Portal, emulator, keygen_state, redis_server, running_portal
-from test_deploy import HOST, Proxy, nginx
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

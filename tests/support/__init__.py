@@ -8,6 +8,7 @@ http       what a browser does with the form: hidden fields, tokens, the key on 
 portal     the portal built in this process against the in-process emulator
 workflow   the signup workflow driven directly, with a clock the test moves
 servers    separate processes: the emulator, the portal under gunicorn, Redis, PostgreSQL
+proxies    nginx and Caddy with the shipped recipes, and their TLS certificate
 """
 
 import pkgutil
