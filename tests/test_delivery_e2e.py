@@ -9,10 +9,9 @@ import pytest
 
 from support.http import issued_key, sign_up_over_http
 from support.leaks import SECRET_KEY
+from support.mail import Recorder, smtp_on, text_of
 from support.processes import free_port
 from support.servers import emulator, keygen_state, portal
-from test_delivery import Recorder, smtp_on
-from test_mailer import text_of
 
 pytestmark = pytest.mark.slow
 

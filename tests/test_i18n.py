@@ -23,10 +23,9 @@ from forms import PortalForm
 from i18n import LANGUAGES
 from journal import Journal, Letter, metadata
 from support.http import csrf_token_from, form_data, issued_key
+from support.mail import PRODUCT, PUBLIC_URL, link_in, text_of
 from support.paths import ROOT
 from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
-from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
-from test_mailer import text_of
 
 TRANSLATED = [code for code in LANGUAGES if code != "en"]
 # The keywords scripts/translations.sh extracts with (gettext and _ are Babel's defaults).
