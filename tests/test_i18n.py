@@ -22,10 +22,10 @@ from wtforms.validators import DataRequired
 from forms import PortalForm
 from i18n import LANGUAGES
 from journal import Journal, Letter, metadata
+from support.captcha import captcha_app
 from support.http import csrf_token_from, form_data, issued_key
 from support.mail import PRODUCT, PUBLIC_URL, link_in, text_of
 from support.paths import ROOT
-from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
 
 TRANSLATED = [code for code in LANGUAGES if code != "en"]
 # The keywords scripts/translations.sh extracts with (gettext and _ are Babel's defaults).

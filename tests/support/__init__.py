@@ -10,6 +10,7 @@ workflow   the signup workflow driven directly, with a clock the test moves
 servers    separate processes: the emulator, the portal under gunicorn, Redis, PostgreSQL
 proxies    nginx and Caddy with the shipped recipes, and their TLS certificate
 mail       an aiosmtpd recorder, and a portal with email on against it
+captcha    a stand-in siteverify endpoint
 """
 
 import pkgutil
