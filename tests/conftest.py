@@ -29,6 +29,7 @@ from support.servers import new_postgres_database
 from support.workflow import Clock, make_workflow
 
 pytest_plugins = [
+    "support.browser",  # browser
     "support.captcha",  # verify
     "support.mail",  # portal_with
     "support.proxies",  # certificate

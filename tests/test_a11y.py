@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from branded_portal import branded_portal
+from support.branded import branded_portal
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
 from support.paths import ROOT
 from support.processes import require
-from test_browser import browser  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 AXE = ROOT / ".tools" / "node_modules" / "axe-core" / "axe.min.js"  # scripts/bootstrap.sh

@@ -567,7 +567,7 @@ def test_s19_control_bidi_and_zero_width_characters_are_refused(stack, name):
 
 @pytest.fixture(scope="module")
 def chromium():
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
+    from support.browser import CHROMIUM, CHROMIUM_ARGS
 
     require(os.path.exists(CHROMIUM), "Chromium")
     from playwright.sync_api import sync_playwright
@@ -673,7 +673,7 @@ def test_s45_the_key_is_in_no_url_cookie_or_storage_and_gone_after_back(stack, c
         )
         assert key not in storage
         page.goto(stack.proxy.https + "/healthz")
-        from test_browser import navigate, settled_content
+        from support.browser import navigate, settled_content
 
         navigate(page, page.go_back)
         assert key not in settled_content(page)

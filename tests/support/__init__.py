@@ -11,6 +11,8 @@ servers    separate processes: the emulator, the portal under gunicorn, Redis, P
 proxies    nginx and Caddy with the shipped recipes, and their TLS certificate
 mail       an aiosmtpd recorder, and a portal with email on against it
 captcha    a stand-in siteverify endpoint
+browser    headless Chromium
+branded    a fully branded portal on loopback (also for scripts/screenshots.py)
 """
 
 import pkgutil

@@ -4,21 +4,16 @@ scripts/screenshots.py, which must see every part of the page."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from werkzeug.serving import make_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app import create_app  # noqa: E402
-from config import Settings  # noqa: E402
-from keygen_emulator import Emulator, serve  # noqa: E402
+from app import create_app
+from config import Settings
+from keygen_emulator import Emulator, serve
 
 BRANDING = dict(
     product_name="Acme Pro",
