@@ -137,7 +137,7 @@ def test_the_honeypot_answers_before_the_captcha_is_asked(keygen, verify):
     ],
 )
 def test_bad_captcha_settings_refuse_to_start(env, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, **env})
@@ -146,7 +146,7 @@ def test_bad_captcha_settings_refuse_to_start(env, problem):
 
 
 def test_captcha_settings_are_parsed_and_the_secret_stays_out_of_repr():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings(
         {

@@ -129,7 +129,7 @@ def test_a_storage_that_hangs_refuses_submissions_quickly(keygen):
     ],
 )
 def test_bad_protection_settings_refuse_to_start(name, value, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, name: value})
@@ -137,7 +137,7 @@ def test_bad_protection_settings_refuse_to_start(name, value, problem):
 
 
 def test_protection_settings_are_parsed():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings({**GOOD, "RATELIMIT_PER_IP": "5 per minute; 20/hour"})
     assert settings.ratelimit_per_ip == "5 per minute,20/hour"

@@ -112,7 +112,7 @@ def test_metrics_still_refuses_what_came_through_a_proxy(keygen):
     ],
 )
 def test_bad_proxy_settings_refuse_to_start(name, value, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, name: value})
@@ -120,7 +120,7 @@ def test_bad_proxy_settings_refuse_to_start(name, value, problem):
 
 
 def test_proxy_settings_are_parsed():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings(
         {

@@ -1,4 +1,5 @@
-"""The portal built in this process against the in-process Keygen emulator (conftest.py's
+"""The portal's settings in the tests: a complete environment for load_settings(), and settings
+for a portal built in this process against the in-process Keygen emulator (conftest.py's
 `keygen`, `settings`, `app` and `client` fixtures build on these)."""
 
 from __future__ import annotations
@@ -9,6 +10,15 @@ from dataclasses import dataclass
 from config import Settings
 from keygen_emulator import Emulator
 from support.leaks import SECRET_KEY
+
+TOKEN = "prod-" + "ab" * 32 + "v3"
+# A complete, valid environment: tests add or break one setting at a time.
+GOOD = {
+    "KEYGEN_ACCOUNT_ID": "acme",
+    "KEYGEN_PRODUCT_TOKEN": TOKEN,
+    "KEYGEN_POLICY_ID": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+    "SECRET_KEY": "s" * 40,
+}
 
 
 @dataclass
