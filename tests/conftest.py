@@ -23,7 +23,7 @@ from keygen_emulator import Emulator, serve
 from signup import SignupWorkflow
 from support.http import csrf_token_from, form_data
 from support.leaks import PASSWORD, SECRET_KEY, SECRETS, find_leaks, secret
-from support.paths import LOG_DIR
+from support.paths import LOG_DIR, SCRATCH
 from support.portal import KeygenWorld, make_settings
 from support.servers import new_postgres_database
 from support.workflow import Clock, make_workflow
@@ -64,6 +64,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_folders(tmp_path_factory) -> None:
+    """The helpers that are not fixtures (make_settings, the gunicorn portals) make their folders
+    with pytest's tmp_path_factory too."""
+    SCRATCH.factory = tmp_path_factory
 
 
 # -- The Keygen emulator ------------------------------------------------------------------------

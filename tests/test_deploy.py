@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 import time
 import uuid
 import warnings
@@ -43,7 +42,7 @@ ONE_YEAR = 31536000
 
 
 @pytest.fixture(scope="module")
-def portal() -> Iterator[Portal]:
+def portal(tmp_path_factory) -> Iterator[Portal]:
     """gunicorn with gunicorn.conf.py, configured like production: secure cookies, behind TLS."""
     with emulator("--slug", "shop") as keygen:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
@@ -58,7 +57,7 @@ def portal() -> Iterator[Portal]:
             COOKIE_SECURE="true",
             TRUSTED_PROXY_HOPS="1",  # behind the proxy, as deploy/ runs it
             RECONCILE_INTERVAL="0",
-            DATABASE_URL=f"sqlite:///{tempfile.mkdtemp(prefix='portal-deploy-')}/portal.db",
+            DATABASE_URL=f"sqlite:///{tmp_path_factory.mktemp('portal-deploy')}/portal.db",
         )
         args = [GUNICORN, "-c", "gunicorn.conf.py", "--access-logformat", ACCESS_LOG_FORMAT]
         with process("portal", [*args, "app:create_app()"], env) as proc:

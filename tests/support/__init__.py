@@ -1,7 +1,7 @@
 """What the test modules share. Helpers are imported from here (``from support.http import
 issued_key``); the fixtures defined here are registered by ``pytest_plugins`` in conftest.py.
 
-paths      the checkout and the run's log folder
+paths      the checkout, the run's log folder, scratch folders under pytest's tmp dir
 leaks      secrets the tests use or see; the search of the run's logs for them
 processes  free ports, starting, waiting for and stopping processes; required components
 http       what a browser does with the form: hidden fields, tokens, the key on the page

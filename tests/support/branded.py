@@ -33,7 +33,8 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
     account = emulator.add_account(slug="acme")
     product, token = emulator.add_product(account, name="Acme Pro")
     policy = emulator.add_policy(account, product)
-    with serve(emulator) as keygen:
+    # A folder of its own, not tmp_path: scripts/screenshots.py runs this outside pytest.
+    with serve(emulator) as keygen, tempfile.TemporaryDirectory(prefix="portal-branded-") as home:
         settings = Settings(
             keygen_api_url=keygen.url,
             keygen_account_id=account,
@@ -41,7 +42,7 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
             keygen_policy_id=policy,
             secret_key=secret_key,
             cookie_secure=False,
-            database_url=f"sqlite:///{tempfile.mkdtemp(prefix='portal-branded-')}/portal.db",
+            database_url=f"sqlite:///{home}/portal.db",
             reconcile_interval=0.0,
             ratelimit_per_ip="1000/minute",  # every visit comes from 127.0.0.1
             **{**BRANDING, **changes},

@@ -4,12 +4,12 @@ for a portal built in this process against the in-process Keygen emulator (conft
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 from config import Settings
 from keygen_emulator import Emulator
 from support.leaks import SECRET_KEY
+from support.paths import SCRATCH
 
 TOKEN = "prod-" + "ab" * 32 + "v3"
 # A complete, valid environment: tests add or break one setting at a time.
@@ -55,7 +55,7 @@ def make_settings(world: KeygenWorld, **changes) -> Settings:
         keygen_connect_timeout=1.0,
         keygen_read_timeout=2.0,
         signup_deadline=4.0,
-        database_url=f"sqlite:///{tempfile.mkdtemp(prefix='portal-journal-')}/portal.db",
+        database_url=f"sqlite:///{SCRATCH.folder('journal')}/portal.db",
         reconcile_interval=0.0,  # tests run the reconciler themselves
     )
     values.update(changes)

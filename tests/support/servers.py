@@ -20,7 +20,7 @@ import redis
 import requests
 
 from support.leaks import SECRET_KEY, secret
-from support.paths import GUNICORN, LOG_DIR
+from support.paths import GUNICORN, LOG_DIR, SCRATCH
 from support.processes import free_port, listening_url, process, require, stop, wait_for_http
 
 # -- The Keygen emulator -------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def keygen_state(url: str) -> dict:
 def portal(env_changes: dict[str, str]) -> Iterator[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
     env.update(BIND="127.0.0.1:0", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
-    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-e2e-')}/portal.db"
+    env["DATABASE_URL"] = f"sqlite:///{SCRATCH.folder('portal-e2e')}/portal.db"
     env.update(env_changes)
     args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
     with process("portal", args, env) as proc:
@@ -84,7 +84,7 @@ class Portal:
 @contextmanager
 def running_portal(env_changes: dict[str, str], keygen: dict) -> Iterator[Portal]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
-    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-proxy-')}/portal.db"
+    env["DATABASE_URL"] = f"sqlite:///{SCRATCH.folder('portal-proxy')}/portal.db"
     env.update(env_changes)
     args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
     with process("portal", args, env) as proc:
@@ -149,7 +149,8 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tru
 def postgres_server() -> Iterator[str]:
     """A throwaway PostgreSQL on a loopback port; yields a URL of its server."""
     require(PG_BIN is not None and shutil.which("runuser") is not None, "PostgreSQL")
-    home = Path(tempfile.mkdtemp(prefix="portal-postgres-"))  # pytest's are root-only
+    # Not tmp_path_factory: its folders are inside a root-only (0700) one postgres cannot enter.
+    home = Path(tempfile.mkdtemp(prefix="portal-postgres-"))
     data = home / "data"
     port = free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
