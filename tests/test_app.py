@@ -163,6 +163,7 @@ def test_a_policy_of_another_product_shows_the_generic_page_and_strands_no_user(
     assert keygen.licenses() == []
 
 
+@pytest.mark.slow
 def test_keygen_down_keeps_the_form_and_asks_to_try_again(sign_up, keygen):
     keygen.emulator.inject("users.create", status=503, times=None)
     response = sign_up(first_name="Lois")

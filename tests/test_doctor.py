@@ -240,7 +240,6 @@ def gunicorn_for(world, hops: str) -> Iterator[Portal]:
         yield Portal(url, url.removeprefix("http://"), {}, Path("/dev/null"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("hops", "through", "level", "words"),
     [
@@ -282,7 +281,6 @@ def test_the_probe_endpoint_answers_only_a_signed_probe(protected):
     assert answer.get_json()["scheme"] == "http"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("hops", "scheme"), [("0", "http"), ("1", "https")])
 def test_gunicorn_believes_x_forwarded_proto_only_when_the_portal_does(protected, hops, scheme):
     """gunicorn trusts X-Forwarded-Proto from loopback unless told otherwise (forwarded_allow_ips);

@@ -19,9 +19,8 @@ from support.paths import GUNICORN, LOG_DIR, ROOT
 from support.processes import free_port
 from support.servers import emulator, keygen_state, portal
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "account_by", "version"),
     [
@@ -92,6 +91,7 @@ def test_gunicorn_refuses_to_start_and_names_every_missing_setting():
         assert re.search(rf"{name} is required but not set", result.stderr)
 
 
+@pytest.mark.slow
 def test_every_portal_log_line_is_json_and_requests_carry_their_id():
     import json
 
@@ -135,6 +135,7 @@ def answered_and_held(url: str, path: str = "/healthz") -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_clients_that_keep_their_side_open_do_not_hold_up_other_requests():
     """gunicorn's threaded worker waits on its main thread, up to 2 s per connection, for the
     client's close; three such clients stalled the next request of the worker for 6 s."""
@@ -147,6 +148,7 @@ def test_clients_that_keep_their_side_open_do_not_hold_up_other_requests():
             sock.close()
 
 
+@pytest.mark.slow
 def test_a_closing_connection_still_drains_what_the_client_sends_then_is_cut_off():
     """The close stays graceful (RFC 9112, section 9.6): bytes the client sends after the
     answer are read and dropped, not answered with a reset; a client that never closes is cut
@@ -183,6 +185,7 @@ def test_a_connection_whose_client_has_closed_is_closed_at_once():
     assert ours.fileno() == -1 and worker.nr_conns == 0
 
 
+@pytest.mark.slow
 def test_closing_connections_count_against_worker_connections():
     """Lingering sockets stay within gunicorn's limit on connections (accepting waits), so
     clients that never close cannot run the worker out of file descriptors."""

@@ -46,6 +46,7 @@ def keygen_requests(text: str, endpoint: str, status: str) -> float:
     return samples(text).get(key, 0.0)
 
 
+@pytest.mark.slow
 def test_a_success_a_rejection_and_a_keygen_failure_are_each_counted(keygen, client, sign_up):
     before = scrape(client)
     assert all(signups(before, o) == 0 for o in ("issued", "rejected", "try_later", "busy"))

@@ -255,6 +255,7 @@ def test_f19_license_garbled_answer_is_verified_before_showing(workflow, keygen,
     assert "licenses.show" in [c["route"] for c in keygen.calls()]
 
 
+@pytest.mark.slow
 def test_f6_retry_after_is_honoured_before_calling_again(keygen, journal, clock):
     workflow = make_workflow(keygen, journal, [], clock)
     workflow._sleep = time.sleep  # really wait, and measure it

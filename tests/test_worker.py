@@ -132,6 +132,7 @@ def test_flask_reconcile_command(cli_app, keygen):
     assert journal.get(row.id).state == State.ABANDONED
 
 
+@pytest.mark.slow
 def test_the_background_reconciler_runs_by_itself(workflow, keygen, journal):
     row = crashed_before_the_user(journal, keygen)
     reconciler = Reconciler(journal, workflow, interval=0.2)
