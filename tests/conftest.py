@@ -1,4 +1,6 @@
-"""Fixtures: a Keygen emulator on a loopback port, the app built against it, and `sign_up`.
+"""The run's hooks and the everyday fixtures: a Keygen emulator on a loopback port, the app built
+against it, `sign_up`, the workflow and the journal. Helpers live in tests/support/ (see its
+__init__.py); the fixtures of the support modules are registered below.
 
 Every log line of the run (this process and every server the tests start) goes under
 test-logs/. When the session ends, those files are searched for every secret the tests used
@@ -8,49 +10,31 @@ or saw (passwords, product tokens, license keys); one hit fails the run.
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from app import create_app
+from config import Settings
+from journal import Journal
+from keygen_emulator import Emulator, serve
+from signup import SignupWorkflow
+from support.http import csrf_token_from, form_data
+from support.leaks import PASSWORD, SECRET_KEY, SECRETS, find_leaks, secret
+from support.paths import LOG_DIR, SCRATCH
+from support.portal import KeygenWorld, make_settings
+from support.servers import new_postgres_database
+from support.workflow import Clock, make_workflow
 
-from admission import Admission  # noqa: E402
-from app import create_app  # noqa: E402
-from config import Settings  # noqa: E402
-from forms import new_nonce  # noqa: E402
-from journal import Journal  # noqa: E402
-from keygen_api import KeygenClient  # noqa: E402
-from keygen_emulator import Emulator, serve  # noqa: E402
-from outcomes import Applicant, Issued  # noqa: E402
-from signup import SignupWorkflow  # noqa: E402
-
-# One directory per run, so that two runs in one checkout never delete each other's logs.
-LOG_DIR = ROOT / "test-logs" / f"run-{os.getpid()}"
-SECRETS: set[str] = set()  # every secret a test used or saw; none may appear in a log
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-PASSWORD = "kent<3lois-and-krypton"
-SECRET_KEY = "test-secret-key-" + "k" * 32
-KEY_PATTERN = re.compile(r"^[0-9A-F]{6}(-[0-9A-F]{6}){4}-V3$")
-
-
-def secret(value: str) -> str:
-    """Remember a value that must never appear in a log, and return it."""
-    SECRETS.add(value)
-    return value
+pytest_plugins = [
+    "support.browser",  # browser
+    "support.captcha",  # verify
+    "support.mail",  # portal_with
+    "support.proxies",  # certificate
+    "support.servers",  # postgres_server
+]
 
 
 # -- Logs of the whole run ----------------------------------------------------------------------
@@ -82,51 +66,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def find_leaks() -> list[tuple[str, str]]:
-    """(file, what kind of secret) for every secret found in a log file."""
-    leaks = []
-    for path in sorted(LOG_DIR.rglob("*")):
-        if not path.is_file():
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for value in SECRETS:
-            if len(value) >= 6 and value in text:
-                leaks.append((path.name, describe_secret(value)))
-    return leaks
-
-
-def describe_secret(value: str) -> str:
-    if KEY_PATTERN.match(value):
-        return "a license key"
-    if value.startswith(("prod-", "admin-", "user-")):
-        return "a Keygen token"
-    return "a password or secret key"
+@pytest.fixture(scope="session", autouse=True)
+def scratch_folders(tmp_path_factory) -> None:
+    """The helpers that are not fixtures (make_settings, the gunicorn portals) make their folders
+    with pytest's tmp_path_factory too."""
+    SCRATCH.factory = tmp_path_factory
 
 
 # -- The Keygen emulator ------------------------------------------------------------------------
-
-
-@dataclass
-class KeygenWorld:
-    """The emulator and the ids of what it holds for the portal."""
-
-    emulator: Emulator
-    url: str
-    account: str
-    slug: str
-    product: str
-    token: str
-    policy: str
-    other_policy: str  # a policy of another product of the same account
-
-    def users(self) -> list[dict]:
-        return self.emulator.users(self.account)
-
-    def licenses(self) -> list[dict]:
-        return self.emulator.licenses(self.account)
-
-    def calls(self, route: str | None = None) -> list[dict]:
-        return [r for r in self.emulator.requests if route is None or r["route"] == route]
 
 
 @pytest.fixture(scope="session")
@@ -167,24 +114,6 @@ def keygen(keygen_server) -> Iterator[KeygenWorld]:
 # -- The portal ---------------------------------------------------------------------------------
 
 
-def make_settings(world: KeygenWorld, **changes) -> Settings:
-    values = dict(
-        keygen_api_url=world.url,
-        keygen_account_id=world.account,
-        keygen_product_token=world.token,
-        keygen_policy_id=world.policy,
-        secret_key=SECRET_KEY,
-        cookie_secure=False,  # the test client speaks plain http
-        keygen_connect_timeout=1.0,
-        keygen_read_timeout=2.0,
-        signup_deadline=4.0,
-        database_url=f"sqlite:///{tempfile.mkdtemp(prefix='portal-journal-')}/portal.db",
-        reconcile_interval=0.0,  # tests run the reconciler themselves
-    )
-    values.update(changes)
-    return Settings(**values)
-
-
 @pytest.fixture
 def settings(keygen: KeygenWorld) -> Settings:
     return make_settings(keygen)
@@ -200,28 +129,6 @@ def client(app):
     return app.test_client()
 
 
-CSRF_FIELD = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-
-
-def csrf_token_from(html: str) -> str:
-    match = CSRF_FIELD.search(html)
-    assert match, "the page has no CSRF token"
-    return secret(match.group(1))
-
-
-def form_data(**changes) -> dict[str, str]:
-    data = {
-        "first_name": "Clark",
-        "last_name": "Kent",
-        "email": "clark@example.com",
-        "password": PASSWORD,
-    }
-    data.update(changes)
-    if data.get("password"):
-        secret(data["password"])
-    return {k: v for k, v in data.items() if v is not None}
-
-
 @pytest.fixture
 def sign_up(client) -> Callable[..., object]:
     """Submit the real form, with the CSRF token of a freshly served page."""
@@ -235,38 +142,12 @@ def sign_up(client) -> Callable[..., object]:
     return submit
 
 
-def issued_key(html: str) -> str:
-    match = re.search(r'id="license-key"[^>]*>([^<]+)<', html)
-    assert match, "the page shows no license key"
-    return secret(match.group(1).strip())
-
-
 # -- The workflow, driven directly ----------------------------------------------------------------
 
-CLARK = Applicant(
-    email="clark@example.com", password=PASSWORD, first_name="Clark", last_name="Kent"
-)
 
-
-class Clock:
-    """Real time plus an offset the test can move forward (for Retry-After and cool-downs), whose
-    sleeps are recorded in `pauses` and skipped, unless the test wants them slept for real."""
-
-    def __init__(self, pauses: list[float]):
-        self.offset = 0.0
-        self.pauses = pauses
-        self.really_sleeps = False
-
-    def wall(self) -> float:
-        return time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.offset
-
-    def sleep(self, seconds: float) -> None:
-        self.pauses.append(seconds)
-        if self.really_sleeps:
-            time.sleep(seconds)
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture
@@ -275,111 +156,11 @@ def pauses() -> list[float]:
 
 
 @pytest.fixture
-def clock(pauses) -> Clock:
-    return Clock(pauses)
-
-
-def make_workflow(
-    keygen,
-    journal,
-    clock,
-    *,
-    token=None,
-    policy=None,
-    read_timeout=1.0,
-    concurrency=6,
-    budget=None,
-    **options,
-):
-    client = KeygenClient(
-        keygen.url,
-        keygen.account,
-        token or keygen.token,
-        connect_timeout=1,
-        read_timeout=read_timeout,
-        clock=clock.monotonic,
-    )
-    journal.clock = clock.wall
-    return SignupWorkflow(
-        client,
-        journal,
-        policy or keygen.policy,
-        admission=Admission(budget, slots=concurrency, clock=clock),
-        deadline=4.0,
-        **options,
-    )
-
-
-@pytest.fixture
-def workflow(keygen, journal, clock) -> SignupWorkflow:
+def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
     return make_workflow(keygen, journal, clock)
 
 
-def submit(workflow: SignupWorkflow, applicant: Applicant = CLARK, nonce: str | None = None):
-    outcome = workflow.sign_up(applicant, nonce or new_nonce())
-    if isinstance(outcome, Issued):
-        secret(outcome.license_key)
-    return outcome
-
-
-def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
-    [user] = keygen.users()
-    [license] = keygen.licenses()
-    assert license["owner_id"] == user["id"]
-    assert license["policy_id"] == keygen.policy
-    return user, license
-
-
-def only_row(journal: Journal):
-    [row] = journal.all()
-    return row
-
-
-# -- The journal, on SQLite and on a real PostgreSQL -------------------------------------------
-
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL on a loopback port; yields a URL of its server."""
-    require(PG_BIN is not None and shutil.which("runuser") is not None, "PostgreSQL")
-    home = Path(tempfile.mkdtemp(prefix="portal-postgres-"))  # pytest's are root-only
-    data = home / "data"
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(home, "postgres")
-    subprocess.run(
-        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
-    log = LOG_DIR / "postgres.log"
-    start = [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l"]
-    subprocess.run([*start, str(home / "server.log"), "-w", "start"], check=True, timeout=60)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            timeout=60,
-            capture_output=True,
-        )
-        shutil.copy(home / "server.log", log)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def new_postgres_database(server: str) -> str:
-    """A fresh, empty database on the server, so that tests never see each other's rows."""
-    import psycopg
-
-    name = "portal_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server + "/postgres", autocommit=True) as db:
-        db.execute(f"CREATE DATABASE {name}")
-    return f"{server}/{name}"
+# -- The journal, on SQLite and on a real PostgreSQL (support/servers.py) -----------------------
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -395,44 +176,3 @@ def journal(database_url) -> Iterator[Journal]:
     journal.create_schema()
     yield journal
     journal.engine.dispose()
-
-
-# -- Processes and components ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, *, timeout: float = 20.0, process: subprocess.Popen | None = None):
-    """Poll until the URL answers, the process dies, or the timeout passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
-        try:
-            return requests.get(url, timeout=2)
-        except (requests.ConnectionError, requests.Timeout):
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def require(available: bool, what: str) -> None:
-    """Skip when a component is missing on a developer machine; fail under CI."""
-    if available:
-        return
-    if IN_CI:
-        pytest.fail(f"{what} is required under CI but is not installed")
-    pytest.skip(f"{what} is not installed (scripts/test.sh installs it when run as root)")

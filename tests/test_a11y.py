@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from branded_portal import branded_portal
-from conftest import KEY_PATTERN, PASSWORD, ROOT, SECRET_KEY, require, secret
-from test_browser import browser  # noqa: F401 (a fixture)
+from support.branded import branded_portal
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import ROOT
+from support.processes import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 AXE = ROOT / ".tools" / "node_modules" / "axe-core" / "axe.min.js"  # scripts/bootstrap.sh

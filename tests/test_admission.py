@@ -18,11 +18,12 @@ import requests
 from admission import Bulkhead
 from app import create_app
 from budget import KeygenBudget, RedisKeygenBudget
-from conftest import csrf_token_from, form_data, make_settings, secret
 from keygen_api import KeygenClient, KeygenRateLimited
 from services import services
-from test_e2e import emulator, keygen_state, portal
-from test_protection import hidden, redis_server, settings_for
+from support.http import csrf_token_from, form_data, hidden
+from support.leaks import secret
+from support.portal import make_settings
+from support.servers import emulator, keygen_state, portal, redis_server, settings_for
 
 KEY = re.compile(r'id="license-key"[^>]*>([^<]+)<')
 FINISHING = "We are finishing your signup"
@@ -154,7 +155,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     first, second = (Browser.open(app, email) for email in emails(2))
     started = time.monotonic()
     assert first.send().status_code == 200  # its turn is now; the next one a second later
-    slots = services(app).signup.admission.slots
+    slots = services(app).signup._slots
     assert slots.acquire()  # a signup elsewhere holds the only slot, and gives it back soon
     threading.Timer(0.4, slots.release).start()
     answer = second.send()
@@ -166,6 +167,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     assert len(keygen.licenses()) == 2
 
 
+@pytest.mark.slow
 def test_a_later_turn_is_finished_in_the_background_and_the_reload_shows_the_key(keygen):
     app = create_app(make_settings(keygen, keygen_max_rps=2, admission_wait=0.5))
     first, second = (Browser.open(app, email) for email in emails(2))
@@ -323,6 +325,7 @@ def test_a_wait_for_a_slot_ends_by_the_time_given():
 # -- After a 429 -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_429_waits_until_keygens_window_resets_not_a_whole_retry_after(keygen):
     """Retry-After counts whole seconds: with a 1 s window it says 1 even when the window ends
     in a few milliseconds. X-RateLimit-Reset says when it does end."""
@@ -342,6 +345,7 @@ def test_a_429_waits_until_keygens_window_resets_not_a_whole_retry_after(keygen)
         keygen.emulator.set_rate_limit(None)
 
 
+@pytest.mark.slow
 def test_calls_keygen_turned_away_wait_for_turns_of_their_own_and_no_429_follows(keygen):
     """Another tool using the same product token took this second's quota: the signups'
     first calls are turned away. Their retries take new turns in the budget, after the

@@ -7,7 +7,9 @@ import re
 import pytest
 
 from app import create_app
-from conftest import KEY_PATTERN, PASSWORD, csrf_token_from, issued_key, make_settings, secret
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, secret
+from support.portal import make_settings
 
 
 def html(response) -> str:
@@ -161,6 +163,7 @@ def test_a_policy_of_another_product_shows_the_generic_page_and_strands_no_user(
     assert keygen.licenses() == []
 
 
+@pytest.mark.slow
 def test_keygen_down_keeps_the_form_and_asks_to_try_again(sign_up, keygen):
     keygen.emulator.inject("users.create", status=503, times=None)
     response = sign_up(first_name="Lois")

@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from conftest import LOG_DIR, ROOT, secret
+from support.leaks import secret
+from support.paths import LOG_DIR, ROOT
 
 pytestmark = pytest.mark.slow
 RATIOS = ("R1", "R2a", "R2b", "R3a", "R3b", "R4", "R5a", "R5b", "R7", "R8", "R9")

@@ -8,8 +8,9 @@ import pytest
 from app import create_app
 from branding import Brand, contrast
 from config import ConfigError, load_settings
-from conftest import csrf_token_from, form_data, issued_key, make_settings
 from guards import CONTENT_SECURITY_POLICY
+from support.http import csrf_token_from, form_data, issued_key
+from support.portal import make_settings
 
 REQUIRED = {
     "KEYGEN_ACCOUNT_ID": "acme",

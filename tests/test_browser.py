@@ -2,25 +2,18 @@
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 
 import pytest
 import requests
 
-from conftest import KEY_PATTERN, LOG_DIR, PASSWORD, ROOT, free_port, require, secret, wait_for_http
+from support.browser import navigate, settled_content
+from support.leaks import KEY_PATTERN, PASSWORD, secret
+from support.paths import LOG_DIR, ROOT
+from support.processes import free_port, wait_for_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -67,49 +60,11 @@ def demo(tmp_path_factory):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    require(os.path.exists(CHROMIUM), "Chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 def keygen_state(url: str) -> dict:
     state = requests.get(url + "/_emulator/state", timeout=5).json()
     for license in state["licenses"]:
         secret(license["key"])
     return state
-
-
-def navigate(page, step) -> None:
-    """A history step; Chromium answers ERR_CACHE_MISS where a no-store POST result would be."""
-    from playwright.sync_api import Error
-
-    try:
-        step()
-    except Error as error:
-        assert "ERR_CACHE_MISS" in str(error), error
-
-
-def settled_content(page) -> str:
-    """The page's HTML once it stops navigating (Chromium may still be showing its error page)."""
-    import time
-
-    from playwright.sync_api import Error
-
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            page.wait_for_load_state("load")
-            return page.content()
-        except Error:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def fill_and_submit(page, email: str) -> None:

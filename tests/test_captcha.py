@@ -4,85 +4,14 @@ Whatever goes wrong, the form says so and Keygen is never called."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs
 
 import pytest
 
-from app import create_app
 from config import ConfigError, load_settings
-from conftest import csrf_token_from, form_data, make_settings, secret
 from guards import CONTENT_SECURITY_POLICY
-
-CAPTCHA_SECRET = secret("captcha-secret-0x4AAAAAAABkMYinukE8nzYS")
-SITE_KEY = "1x00000000000000000000AA"
-
-
-class VerifyEndpoint:
-    """What the provider's siteverify would say; records every check it was asked for."""
-
-    def __init__(self):
-        self.mode = "success"  # success | refuse | error | garbage | hang
-        self.checks: list[dict[str, str]] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                fields = parse_qs(self.rfile.read(length).decode())
-                endpoint.checks.append({k: v[0] for k, v in fields.items()})
-                if endpoint.mode == "hang":
-                    time.sleep(3)
-                status, body = {
-                    "success": (200, {"success": True, "hostname": "localhost"}),
-                    "refuse": (200, {"success": False, "error-codes": ["invalid-input-response"]}),
-                    "error": (500, {"success": True}),  # a 5xx is never believed
-                    "garbage": (200, "<html>oops</html>"),
-                    "hang": (200, {"success": True}),
-                }[endpoint.mode]
-                payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the portal gave up waiting, as it should
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/turnstile/v0/siteverify"
-
-
-@pytest.fixture
-def verify() -> Iterator[VerifyEndpoint]:
-    endpoint = VerifyEndpoint()
-    thread = threading.Thread(target=endpoint.server.serve_forever, daemon=True)
-    thread.start()
-    yield endpoint
-    endpoint.server.shutdown()
-    endpoint.server.server_close()
-
-
-def captcha_app(keygen, verify: VerifyEndpoint, provider: str = "turnstile", **changes):
-    settings = make_settings(
-        keygen,
-        captcha_provider=provider,
-        captcha_site_key=SITE_KEY,
-        captcha_secret_key=CAPTCHA_SECRET,
-        captcha_verify_url=verify.url,
-        captcha_timeout=1.0,
-        **changes,
-    )
-    return create_app(settings).test_client()
+from support.captcha import CAPTCHA_SECRET, SITE_KEY, captcha_app
+from support.http import csrf_token_from, form_data
 
 
 def submit(client, **fields):
@@ -208,7 +137,7 @@ def test_the_honeypot_answers_before_the_captcha_is_asked(keygen, verify):
     ],
 )
 def test_bad_captcha_settings_refuse_to_start(env, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, **env})
@@ -217,7 +146,7 @@ def test_bad_captcha_settings_refuse_to_start(env, problem):
 
 
 def test_captcha_settings_are_parsed_and_the_secret_stays_out_of_repr():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings(
         {

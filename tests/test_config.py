@@ -4,14 +4,7 @@ import pytest
 
 from app import create_app
 from config import ConfigError, load_settings
-
-TOKEN = "prod-" + "ab" * 32 + "v3"
-GOOD = {
-    "KEYGEN_ACCOUNT_ID": "acme",
-    "KEYGEN_PRODUCT_TOKEN": TOKEN,
-    "KEYGEN_POLICY_ID": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
-    "SECRET_KEY": "s" * 40,
-}
+from support.portal import GOOD, TOKEN
 
 
 def problems_of(env: dict) -> list[str]:

@@ -23,17 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (
-    KEY_PATTERN,
-    LOG_DIR,
-    ROOT,
-    SECRET_KEY,
-    free_port,
-    issued_key,
-    require,
-    wait_for_http,
-)
-from test_e2e import emulator, keygen_state, process, sign_up_over_http
+from support.http import issued_key, sign_up_over_http
+from support.leaks import KEY_PATTERN, SECRET_KEY
+from support.paths import LOG_DIR, ROOT
+from support.processes import free_port, process, require, wait_for_http
+from support.servers import emulator, keygen_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(540)]  # the first test builds the images
 

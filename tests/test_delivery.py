@@ -7,33 +7,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import select
-from test_mailer import Recorder, text_of
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import (
-    Clock,
-    csrf_token_from,
-    form_data,
-    free_port,
-    issued_key,
-    make_settings,
-    secret,
-)
 from journal import State, signups
 from outbox import Letter, MailState, outbox
 from services import services
-
-PUBLIC_URL = "http://127.0.0.1:5999"
-SENDER = "Acme Licensing <licenses@portal.example>"
-PRODUCT = "Acme Pro"
+from support.http import csrf_token_from, form_data, issued_key
+from support.leaks import secret
+from support.mail import PRODUCT, PUBLIC_URL, SENDER, Recorder, link_in, smtp_on, text_of
+from support.portal import make_settings
 
 
 @dataclass
@@ -48,87 +35,8 @@ class Flaky(Recorder):
         return await super().handle_DATA(server, session, envelope)
 
 
-@contextmanager
-def smtp_on(port: int, handler: Recorder) -> Iterator[Recorder]:
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, ready_timeout=5.0, enable_SMTPUTF8=False
-    )
-    controller.start()
-    try:
-        yield handler
-    finally:
-        controller.stop()
-
-
-@dataclass
-class Portal:
-    app: object
-    client: object
-    handler: Recorder
-    port: int
-    clock: Clock
-
-    @property
-    def journal(self):
-        return services(self.app).signup.journal
-
-    @property
-    def courier(self):
-        return services(self.app).courier
-
-    def deliver(self) -> dict[str, int]:
-        return self.courier.run_once()
-
-    def mails(self):
-        return [received.parsed() for received in self.handler.received]
-
-    def sign_up(self, **changes):
-        page = self.client.get("/")
-        data = form_data(**changes)
-        data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
-        return self.client.post("/", data=data)
-
-
-@pytest.fixture
-def portal_with(keygen, clock) -> Iterator:
-    """A portal with email on, against a running SMTP server; `portal_with(**settings)`."""
-    servers = []
-
-    def build(*, smtp_running: bool = True, handler: Recorder | None = None, **changes):
-        port = free_port()
-        handler = handler or Recorder()
-        if smtp_running:
-            server = smtp_on(port, handler)
-            server.__enter__()
-            servers.append(server)
-        values = dict(
-            mail_server="127.0.0.1",
-            mail_port=port,
-            mail_use_tls=False,
-            mail_timeout=2.0,
-            mail_default_sender=SENDER,
-            public_url=PUBLIC_URL,
-            product_name=PRODUCT,
-            outbox_interval=0.0,  # the tests run the courier themselves
-        )
-        values.update(changes)
-        app = create_app(make_settings(keygen, **values))
-        portal = Portal(app, app.test_client(), handler, port, clock)
-        portal.journal.clock = clock.wall
-        return portal
-
-    yield build
-    for server in servers:
-        server.__exit__(None, None, None)
-
-
 def keys_in_keygen(keygen) -> list[str]:
     return [secret(license["key"]) for license in keygen.licenses()]
-
-
-def link_in(message) -> str:
-    [link] = re.findall(r"http://\S+/verify/[A-Za-z0-9_.-]+", text_of(message, "plain"))
-    return link
 
 
 # -- Each mode delivers what it promises ------------------------------------------------------

@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_delivery import Recorder, smtp_on
-from test_mailer import text_of
 
-from conftest import SECRET_KEY, free_port, issued_key
-from test_e2e import emulator, keygen_state, portal, sign_up_over_http
+from support.http import issued_key, sign_up_over_http
+from support.leaks import SECRET_KEY
+from support.mail import Recorder, smtp_on, text_of
+from support.processes import free_port
+from support.servers import emulator, keygen_state, portal
 
 pytestmark = pytest.mark.slow
 

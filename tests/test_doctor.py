@@ -15,13 +15,14 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import KeygenWorld, free_port, make_settings, secret
 from keygen_api import PROBE_EMAIL, KeygenClient
 from keygen_emulator import Emulator, serve
 from services import services
-from test_deploy import Portal, certificate, nginx  # noqa: F401 (a fixture)
-from test_e2e import portal
-from test_protection import redis_server
+from support.leaks import secret
+from support.portal import KeygenWorld, make_settings
+from support.processes import free_port
+from support.proxies import nginx
+from support.servers import Portal, portal, redis_server
 
 STRONG_KEY = secret(secrets.token_urlsafe(48))
 MISSING_POLICY = "0b7c5f0e-7d0e-4c38-9f36-1d1f4c7e2a10"
@@ -240,7 +241,6 @@ def gunicorn_for(world, hops: str) -> Iterator[Portal]:
         yield Portal(url, url.removeprefix("http://"), {}, Path("/dev/null"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("hops", "through", "level", "words"),
     [
@@ -282,7 +282,6 @@ def test_the_probe_endpoint_answers_only_a_signed_probe(protected):
     assert answer.get_json()["scheme"] == "http"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("hops", "scheme"), [("0", "http"), ("1", "https")])
 def test_gunicorn_believes_x_forwarded_proto_only_when_the_portal_does(protected, hops, scheme):
     """gunicorn trusts X-Forwarded-Proto from loopback unless told otherwise (forwarded_allow_ips);

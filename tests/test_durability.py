@@ -8,14 +8,15 @@ import time
 import pytest
 import requests
 
-from conftest import KEY_PATTERN, PASSWORD, csrf_token_from, issued_key, new_postgres_database
-from test_e2e import emulator, keygen_state, portal
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD
+from support.servers import emulator, keygen_state, new_postgres_database, portal
 
 pytestmark = pytest.mark.slow
 
 
 def settings_for(keygen: dict, **changes) -> dict[str, str]:
-    from conftest import SECRET_KEY
+    from support.leaks import SECRET_KEY
 
     values = {
         "KEYGEN_API_URL": keygen["url"],

@@ -6,113 +6,21 @@ import re
 import selectors
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 
 import http_worker
-from conftest import (
-    KEY_PATTERN,
-    LOG_DIR,
-    PASSWORD,
-    ROOT,
-    SECRET_KEY,
-    csrf_token_from,
-    free_port,
-    issued_key,
-    secret,
-    stop,
-    wait_for_http,
-)
-
-pytestmark = pytest.mark.slow
-GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
+from support.http import issued_key, sign_up_over_http
+from support.leaks import KEY_PATTERN, SECRET_KEY
+from support.paths import GUNICORN, LOG_DIR, ROOT
+from support.processes import free_port
+from support.servers import emulator, keygen_state, portal
 
 
-@contextmanager
-def process(name: str, args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """Run a server with its output in the test logs, and stop it afterwards."""
-    log_path = LOG_DIR / f"{name}-{uuid.uuid4().hex[:8]}.log"
-    log = open(log_path, "ab")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc.log_path = log_path
-    try:
-        yield proc
-    finally:
-        stop(proc)
-        log.close()
-
-
-def listening_url(proc: subprocess.Popen, pattern: str, *, timeout: float = 30) -> str:
-    """The URL a server started on port 0 says it listens on (no port can be taken twice)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(pattern, proc.log_path.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {proc.log_path}")
-        time.sleep(0.05)
-    raise TimeoutError(f"no listening line in {proc.log_path} within {timeout} s")
-
-
-@contextmanager
-def emulator(*flags: str) -> Iterator[dict]:
-    ids = {
-        "account": str(uuid.uuid4()),
-        "policy": str(uuid.uuid4()),
-        "token": secret("prod-" + uuid.uuid4().hex + uuid.uuid4().hex + "v3"),
-    }
-    args = [sys.executable, "-m", "keygen_emulator", "--port", "0"]
-    args += ["--account-id", ids["account"], "--product-token", ids["token"]]
-    args += ["--policy-id", ids["policy"], *flags]
-    with process("emulator", args, dict(os.environ)) as proc:
-        ids["url"] = listening_url(proc, r"listening on (http://127\.0\.0\.1:\d+)")
-        wait_for_http(ids["url"] + "/v1/ping", process=proc)
-        yield ids
-
-
-def keygen_state(url: str) -> dict:
-    state = requests.get(url + "/_emulator/state", timeout=5).json()
-    secret_keys = [license["key"] for license in state["licenses"]]
-    for key in secret_keys:
-        secret(key)
-    return state
-
-
-@contextmanager
-def portal(env_changes: dict[str, str]) -> Iterator[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
-    env.update(BIND="127.0.0.1:0", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
-    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-e2e-')}/portal.db"
-    env.update(env_changes)
-    args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
-    with process("portal", args, env) as proc:
-        url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
-        wait_for_http(url + "/healthz", process=proc)
-        yield url
-
-
-def sign_up_over_http(url: str, email: str) -> requests.Response:
-    with requests.Session() as browser:
-        page = browser.get(url + "/", timeout=10)
-        data = {
-            "csrf_token": csrf_token_from(page.text),
-            "first_name": "Zoë",
-            "last_name": "O'Hara",
-            "email": email,
-            "password": PASSWORD,
-        }
-        return browser.post(url + "/", data=data, timeout=30)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "account_by", "version"),
     [
@@ -183,6 +91,7 @@ def test_gunicorn_refuses_to_start_and_names_every_missing_setting():
         assert re.search(rf"{name} is required but not set", result.stderr)
 
 
+@pytest.mark.slow
 def test_every_portal_log_line_is_json_and_requests_carry_their_id():
     import json
 
@@ -226,6 +135,7 @@ def answered_and_held(url: str, path: str = "/healthz") -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_clients_that_keep_their_side_open_do_not_hold_up_other_requests():
     """gunicorn's threaded worker waits on its main thread, up to 2 s per connection, for the
     client's close; three such clients stalled the next request of the worker for 6 s."""
@@ -238,6 +148,7 @@ def test_clients_that_keep_their_side_open_do_not_hold_up_other_requests():
             sock.close()
 
 
+@pytest.mark.slow
 def test_a_closing_connection_still_drains_what_the_client_sends_then_is_cut_off():
     """The close stays graceful (RFC 9112, section 9.6): bytes the client sends after the
     answer are read and dropped, not answered with a reset; a client that never closes is cut
@@ -274,6 +185,7 @@ def test_a_connection_whose_client_has_closed_is_closed_at_once():
     assert ours.fileno() == -1 and worker.nr_conns == 0
 
 
+@pytest.mark.slow
 def test_closing_connections_count_against_worker_connections():
     """Lingering sockets stay within gunicorn's limit on connections (accepting waits), so
     clients that never close cannot run the worker out of file descriptors."""

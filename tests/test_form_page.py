@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import csrf_token_from, form_data, issued_key
-from test_protection import hidden
+from support.http import csrf_token_from, form_data, hidden, issued_key
 
 
 def test_each_visitor_gets_their_own_token_nonce_and_serve_time(app):

@@ -163,7 +163,7 @@ def test_one_password_message_at_a_time(validate):
 
 
 def test_no_composition_rule_is_mentioned_anywhere():
-    from conftest import ROOT
+    from support.paths import ROOT
 
     for page in (ROOT / "templates").rglob("*.html"):
         text = page.read_text(encoding="utf-8").lower()

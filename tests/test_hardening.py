@@ -11,7 +11,8 @@ import pytest
 
 from app import create_app
 from config import load_settings
-from conftest import csrf_token_from, form_data, make_settings
+from support.http import csrf_token_from, form_data
+from support.portal import make_settings
 
 HTTPS = "https://localhost"
 
@@ -47,7 +48,7 @@ def test_hsts_only_over_https(keygen):
 
 
 def test_hsts_seconds_is_configurable_and_0_turns_it_off(keygen):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     assert load_settings({**GOOD, "HSTS_SECONDS": "31536000"}).hsts_seconds == 31536000
     off = create_app(make_settings(keygen, hsts_seconds=0)).test_client()

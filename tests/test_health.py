@@ -3,9 +3,11 @@
 from sqlalchemy import create_engine
 
 from app import create_app
-from conftest import free_port, make_settings, secret
 from keygen_emulator import Emulator, serve
 from services import services
+from support.leaks import secret
+from support.portal import make_settings
+from support.processes import free_port
 
 
 def readyz(app):

@@ -16,18 +16,18 @@ from babel.messages.pofile import read_po
 from flask import render_template
 from flask_babel import force_locale
 from sqlalchemy import Column, MetaData, Table, create_engine, inspect
-from test_captcha import captcha_app, verify  # noqa: F401 (a fixture)
-from test_delivery import PRODUCT, PUBLIC_URL, link_in, portal_with  # noqa: F401 (a fixture)
-from test_mailer import text_of
 from wtforms import StringField
 from wtforms.validators import DataRequired
 
-from conftest import ROOT, csrf_token_from, form_data, issued_key
 from database import metadata
 from forms import PortalForm
 from i18n import LANGUAGES
 from journal import Journal
 from outbox import Letter
+from support.captcha import captcha_app
+from support.http import csrf_token_from, form_data, issued_key
+from support.mail import PRODUCT, PUBLIC_URL, link_in, text_of
+from support.paths import ROOT
 
 TRANSLATED = [code for code in LANGUAGES if code != "en"]
 # The keywords scripts/translations.sh extracts with (gettext and _ are Babel's defaults).

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from conftest import LOG_DIR, ROOT, SECRETS, find_leaks, secret
+from support.leaks import SECRETS, find_leaks, secret
+from support.paths import LOG_DIR, ROOT
 
 
 def test_app_logs_land_in_the_scanned_directory(keygen):
@@ -128,7 +129,8 @@ def test_ordinary_lines_pass_unchanged(line):
 def test_the_settings_secrets_are_masked_wherever_they_appear(keygen, caplog):
     """create_app hands logs.py the product token and SECRET_KEY, whatever their shape."""
     from app import create_app
-    from conftest import SECRET_KEY, make_settings
+    from support.leaks import SECRET_KEY
+    from support.portal import make_settings
 
     create_app(make_settings(keygen))
     caplog.set_level(logging.INFO)
@@ -155,8 +157,8 @@ def test_gunicorn_lines_are_masked(tmp_path):
     import json
     import os
 
-    from conftest import free_port, wait_for_http
-    from test_e2e import GUNICORN, listening_url, process
+    from support.paths import GUNICORN
+    from support.processes import free_port, listening_url, process, wait_for_http
 
     env = dict(os.environ, BIND=f"127.0.0.1:{free_port()}", WEB_CONCURRENCY="1")
     app_file = tmp_path / "tiny.py"
@@ -245,7 +247,7 @@ def test_log_level_reaches_the_logger_of_every_module_of_the_portal(keygen):
     import importlib
 
     from app import create_app
-    from conftest import make_settings
+    from support.portal import make_settings
 
     modules = [
         importlib.import_module(path.stem)

@@ -3,7 +3,6 @@ with AUTH, implicit TLS, 4xx/5xx replies, refused and silent servers); the conso
 mailers; the key email's templates rendered by Flask."""
 
 import datetime
-import email
 import io
 import ipaddress
 import logging
@@ -13,8 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from email import policy
+from dataclasses import dataclass
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
@@ -29,7 +27,6 @@ from cryptography.x509.oid import NameOID
 from flask import Flask, render_template
 from markupsafe import escape
 
-from conftest import ROOT, free_port, secret
 from i18n import init_i18n
 from mailer import (
     ConsoleMailer,
@@ -40,6 +37,10 @@ from mailer import (
     SMTPMailer,
     compose,
 )
+from support.leaks import secret
+from support.mail import Recorder, text_of
+from support.paths import ROOT
+from support.processes import free_port
 
 SENDER = "Acme Licensing <licenses@portal.example>"
 RECIPIENT = "zoe@example.com"
@@ -63,10 +64,6 @@ def message(**changes) -> EmailMessage:
     return compose(**values)
 
 
-def text_of(message: EmailMessage, subtype: str) -> str:
-    return message.get_body(preferencelist=(subtype,)).get_content().replace("\r\n", "\n")
-
-
 def assert_nothing_secret_in(error: Exception) -> None:
     text = f"{error} {error!r}"
     for value in (SMTP_PASSWORD, KEY, RECIPIENT):
@@ -74,67 +71,6 @@ def assert_nothing_secret_in(error: Exception) -> None:
 
 
 # -- An SMTP server on loopback -------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    mail_options: list[str]
-    content: bytes
-    tls: bool
-    authenticated: bool
-
-    def parsed(self) -> EmailMessage:
-        if "SMTPUTF8" in self.mail_options:  # headers in raw UTF-8
-            return email.message_from_string(self.content.decode(), policy=policy.default)
-        return email.message_from_bytes(self.content, policy=policy.default)
-
-
-@dataclass
-class Recorder:
-    """An aiosmtpd handler that keeps what it receives and, when told, refuses with a reply.
-
-    A reply may hold ``{address}``: servers do quote the recipient back.
-    """
-
-    received: list[Received] = field(default_factory=list)
-    greetings: int = 0
-    mail_commands: int = 0
-    rcpt_reply: str | None = None
-    data_reply: str | None = None
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        self.greetings += 1
-        session.host_name = hostname
-        return responses
-
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        self.mail_commands += 1
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if self.rcpt_reply:
-            return self.rcpt_reply.format(address=address)
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.data_reply:
-            return self.data_reply.format(address=envelope.rcpt_tos[0])
-        self.received.append(
-            Received(
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                mail_options=list(envelope.mail_options),
-                content=envelope.content,
-                tls=server.transport.get_extra_info("ssl_object") is not None,
-                authenticated=bool(session.authenticated),
-            )
-        )
-        return "250 2.0.0 Message accepted"
 
 
 @dataclass

@@ -10,19 +10,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from conftest import (
-    PASSWORD,
-    SECRET_KEY,
-    csrf_token_from,
-    form_data,
-    free_port,
-    issued_key,
-    make_settings,
-    secret,
-)
 from keygen_api import KeygenUnavailable, endpoint_name
 from services import services
-from test_e2e import emulator, portal, sign_up_over_http
+from support.http import csrf_token_from, form_data, issued_key, sign_up_over_http
+from support.leaks import PASSWORD, SECRET_KEY, secret
+from support.portal import make_settings
+from support.processes import free_port
+from support.servers import emulator, portal
 
 TOKEN = "metrics-" + "Zq3v9TfB1xWm7Lp2"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,6 +47,7 @@ def keygen_requests(text: str, endpoint: str, status: str) -> float:
     return samples(text).get(key, 0.0)
 
 
+@pytest.mark.slow
 def test_a_success_a_rejection_and_a_keygen_failure_are_each_counted(keygen, client, sign_up):
     before = scrape(client)
     assert all(signups(before, o) == 0 for o in ("issued", "rejected", "try_later", "busy"))

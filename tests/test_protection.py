@@ -4,14 +4,10 @@ honeypot (S38) and the minimum time to fill in the form. Every refusal calls Key
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
@@ -20,19 +16,13 @@ from flask import Flask
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import (
-    LOG_DIR,
-    PASSWORD,
-    csrf_token_from,
-    form_data,
-    free_port,
-    make_settings,
-    require,
-    stop,
-)
 from protection import FillTimer, LimitReached, RateLimits
 from services import services
-from test_e2e import emulator, keygen_state, portal
+from support.http import csrf_token_from, form_data, hidden
+from support.leaks import PASSWORD
+from support.portal import make_settings
+from support.processes import free_port
+from support.servers import emulator, keygen_state, portal, redis_server, settings_for
 
 HONEYPOT_PAGE = "We are finishing your signup"
 TOO_MANY = "Too many attempts"
@@ -51,10 +41,6 @@ def submit(client, peer: str = "127.0.0.1", **changes):
     data.setdefault("nonce", hidden(page, "nonce"))
     data.setdefault("served", hidden(page, "served"))
     return client.post("/", data=data, environ_base=environ)
-
-
-def hidden(page: str, name: str) -> str:
-    return re.search(rf'name="{name}" type="hidden" value="([^"]*)"', page).group(1)
 
 
 def emails(n: int) -> list[str]:
@@ -144,7 +130,7 @@ def test_a_storage_that_hangs_refuses_submissions_quickly(keygen):
     ],
 )
 def test_bad_protection_settings_refuse_to_start(name, value, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, name: value})
@@ -152,7 +138,7 @@ def test_bad_protection_settings_refuse_to_start(name, value, problem):
 
 
 def test_protection_settings_are_parsed():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings({**GOOD, "RATELIMIT_PER_IP": "5 per minute; 20/hour"})
     assert settings.ratelimit_per_ip == "5 per minute,20/hour"
@@ -244,52 +230,6 @@ def test_min_submit_seconds_off_by_default(keygen, sign_up):
 # -- Several processes sharing Redis ---------------------------------------------------------
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
-    binary = shutil.which("redis-server")
-    require(binary is not None, "redis-server")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with open(LOG_DIR / f"redis-{port}.log", "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for_redis(port, proc)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop(proc)
-
-
-def wait_for_redis(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    client = redis.Redis(port=port, socket_timeout=1)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise TimeoutError(f"redis-server did not answer on port {port} within {timeout} s")
-
-
-def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
-    from conftest import SECRET_KEY
-
-    values = {
-        "KEYGEN_API_URL": keygen["url"],
-        "KEYGEN_ACCOUNT_ID": keygen["account"],
-        "KEYGEN_PRODUCT_TOKEN": keygen["token"],
-        "KEYGEN_POLICY_ID": keygen["policy"],
-        "SECRET_KEY": SECRET_KEY,
-        "RECONCILE_INTERVAL": "0",
-        "WEB_CONCURRENCY": "2",
-    }
-    values.update(changes)
-    return values
-
-
 def sign_up_over_http(url: str, email: str) -> requests.Response:
     """A new browser each time, a new connection for each request."""
     with requests.Session() as browser:
@@ -368,17 +308,31 @@ def test_s39_with_redis_stopped_submissions_get_503_and_keygen_sees_nothing():
             assert requests.get(url + "/", timeout=5).status_code == 200
 
 
-def test_the_in_process_limits_refuse_past_the_limit_and_forget_after_the_window():
+def test_the_in_process_limits_start_no_thread_per_hit(monkeypatch):
+    """limits' memory storage started a thread for nearly every hit; ours sweeps from one."""
+    import protection
+
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread):
+        started.append(thread.name)
+        return real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    monkeypatch.setattr(protection.SweptMemoryStorage, "_sweeper_pid", None)
     flask_app = Flask(__name__)
     flask_app.config["SECRET_KEY"] = "a test key"
     limits = RateLimits(flask_app, storage_uri="memory://", per_ip="3/second", per_email="5/hour")
     for _ in range(3):
         limits.admit_client("192.0.2.1")
+        time.sleep(0.02)  # longer than the library's 10 ms timer
     with pytest.raises(LimitReached):
         limits.admit_client("192.0.2.1")
-    limits.admit_client("192.0.2.2")  # another address has its own bucket
-    time.sleep(1.1)  # the window has passed
+    time.sleep(1.1)  # the window has passed, and the sweeper has run
     limits.admit_client("192.0.2.1")
+    assert started.count("rate-limit-sweeper") == 1
+    assert len(started) <= 2  # the sweeper, and the storage's own first timer at most
 
 
 def test_a_serve_time_note_is_bound_to_its_form_and_cannot_be_backdated():

@@ -4,11 +4,7 @@ only as many hops as configured, and only the Host names it serves (S33, S34, S3
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
@@ -16,9 +12,12 @@ from flask import request
 
 from app import create_app
 from config import ConfigError, load_settings
-from conftest import SECRET_KEY, csrf_token_from, form_data, make_settings, require
-from test_deploy import NGINX, Portal, certificate, nginx  # noqa: F401 (a fixture)
-from test_e2e import GUNICORN, emulator, keygen_state, listening_url, process, wait_for_http
+from support.http import csrf_token_from, form_data
+from support.leaks import SECRET_KEY
+from support.portal import make_settings
+from support.processes import require
+from support.proxies import NGINX, nginx
+from support.servers import emulator, keygen_state, running_portal
 
 SPOOFED = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7", "X-Forwarded-Proto": "https"}
 UNTRUSTED_PEER = {"REMOTE_ADDR": "10.1.2.3"}
@@ -113,7 +112,7 @@ def test_metrics_still_refuses_what_came_through_a_proxy(keygen):
     ],
 )
 def test_bad_proxy_settings_refuse_to_start(name, value, problem):
-    from test_config import GOOD
+    from support.portal import GOOD
 
     with pytest.raises(ConfigError) as caught:
         load_settings({**GOOD, name: value})
@@ -121,7 +120,7 @@ def test_bad_proxy_settings_refuse_to_start(name, value, problem):
 
 
 def test_proxy_settings_are_parsed():
-    from test_config import GOOD
+    from support.portal import GOOD
 
     settings = load_settings(
         {
@@ -181,15 +180,3 @@ def sign_up_with(browser: requests.Session, proxy, email: str) -> int:
         timeout=30,
     )
     return response.status_code
-
-
-@contextmanager
-def running_portal(env_changes: dict[str, str], keygen: dict) -> Iterator[Portal]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
-    env["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='portal-proxy-')}/portal.db"
-    env.update(env_changes)
-    args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
-    with process("portal", args, env) as proc:
-        url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
-        wait_for_http(url + "/healthz", process=proc)
-        yield Portal(url, url.removeprefix("http://"), keygen, proc.log_path)

@@ -24,21 +24,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_proxy import running_portal
 
-from conftest import (
-    KEY_PATTERN,
-    PASSWORD,
-    ROOT,
-    SECRET_KEY,
-    csrf_token_from,
-    issued_key,
-    require,
-    secret,
-)
-from test_deploy import HOST, Portal, Proxy, nginx
-from test_e2e import emulator, keygen_state
-from test_protection import redis_server
+from support.http import csrf_token_from, issued_key
+from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
+from support.paths import ROOT
+from support.processes import require
+from support.proxies import HOST, Proxy, nginx
+from support.servers import Portal, emulator, keygen_state, redis_server, running_portal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -575,7 +567,7 @@ def test_s19_control_bidi_and_zero_width_characters_are_refused(stack, name):
 
 @pytest.fixture(scope="module")
 def chromium():
-    from test_browser import CHROMIUM, CHROMIUM_ARGS
+    from support.browser import CHROMIUM, CHROMIUM_ARGS
 
     require(os.path.exists(CHROMIUM), "Chromium")
     from playwright.sync_api import sync_playwright
@@ -681,7 +673,7 @@ def test_s45_the_key_is_in_no_url_cookie_or_storage_and_gone_after_back(stack, c
         )
         assert key not in storage
         page.goto(stack.proxy.https + "/healthz")
-        from test_browser import navigate, settled_content
+        from support.browser import navigate, settled_content
 
         navigate(page, page.go_back)
         assert key not in settled_content(page)

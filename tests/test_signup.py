@@ -12,14 +12,6 @@ import uuid
 import pytest
 
 from admission import Admission
-from conftest import (
-    PASSWORD,
-    make_workflow,
-    only_row,
-    only_user_and_license,
-    secret,
-    submit,
-)
 from forms import new_nonce
 from journal import State
 from keygen_api import KeygenClient
@@ -34,6 +26,8 @@ from outcomes import (
 )
 from signup import SignupWorkflow
 from signup_run import CREATED_BY
+from support.leaks import PASSWORD, secret
+from support.workflow import make_workflow, only_row, only_user_and_license, submit
 from worker import Reconciler
 
 # -- The happy path ---------------------------------------------------------------------------
@@ -262,6 +256,7 @@ def test_f19_license_garbled_answer_is_verified_before_showing(workflow, keygen,
     assert "licenses.show" in [c["route"] for c in keygen.calls()]
 
 
+@pytest.mark.slow
 def test_f6_retry_after_is_honoured_before_calling_again(keygen, journal, clock):
     workflow = make_workflow(keygen, journal, clock)
     clock.really_sleeps = True  # really wait, and measure it

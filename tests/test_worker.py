@@ -3,11 +3,12 @@ reports what is stuck, and never works a row another worker holds."""
 
 import pytest
 
-from conftest import PASSWORD, make_workflow, only_row, only_user_and_license, submit
 from journal import State
 from keygen_api import KeygenClient
 from outcomes import Processing
 from services import services
+from support.leaks import PASSWORD
+from support.workflow import make_workflow, only_row, only_user_and_license, submit
 from worker import Reconciler
 
 
@@ -112,7 +113,7 @@ def test_dry_run_calls_nothing(workflow, keygen, journal):
 @pytest.fixture
 def cli_app(keygen, tmp_path):
     from app import create_app
-    from conftest import make_settings
+    from support.portal import make_settings
 
     return create_app(make_settings(keygen, database_url=f"sqlite:///{tmp_path}/cli.db"))
 
@@ -132,6 +133,7 @@ def test_flask_reconcile_command(cli_app, keygen):
     assert journal.get(row.id).state == State.ABANDONED
 
 
+@pytest.mark.slow
 def test_the_background_reconciler_runs_by_itself(workflow, keygen, journal):
     row = crashed_before_the_user(journal, keygen)
     reconciler = Reconciler(journal, workflow, interval=0.2)

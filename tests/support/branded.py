@@ -4,21 +4,16 @@ scripts/screenshots.py, which must see every part of the page."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from werkzeug.serving import make_server
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from app import create_app  # noqa: E402
-from config import Settings  # noqa: E402
-from keygen_emulator import Emulator, serve  # noqa: E402
+from app import create_app
+from config import Settings
+from keygen_emulator import Emulator, serve
 
 BRANDING = dict(
     product_name="Acme Pro",
@@ -38,7 +33,8 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
     account = emulator.add_account(slug="acme")
     product, token = emulator.add_product(account, name="Acme Pro")
     policy = emulator.add_policy(account, product)
-    with serve(emulator) as keygen:
+    # A folder of its own, not tmp_path: scripts/screenshots.py runs this outside pytest.
+    with serve(emulator) as keygen, tempfile.TemporaryDirectory(prefix="portal-branded-") as home:
         settings = Settings(
             keygen_api_url=keygen.url,
             keygen_account_id=account,
@@ -46,7 +42,7 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
             keygen_policy_id=policy,
             secret_key=secret_key,
             cookie_secure=False,
-            database_url=f"sqlite:///{tempfile.mkdtemp(prefix='portal-branded-')}/portal.db",
+            database_url=f"sqlite:///{home}/portal.db",
             reconcile_interval=0.0,
             ratelimit_per_ip="1000/minute",  # every visit comes from 127.0.0.1
             **{**BRANDING, **changes},
