@@ -76,17 +76,20 @@ def one_user_and_license(keygen: dict) -> tuple[dict, dict]:
     return user, license
 
 
-@pytest.mark.parametrize("crash_at", ["after_user_created", "after_license_created"])
-def test_f13_f14_a_killed_process_is_finished_after_restart_and_no_key_is_lost(crash_at, tmp_path):
+@pytest.mark.parametrize("crash_after", ["create_user", "create_license"])
+def test_f13_f14_a_killed_process_is_finished_after_restart_and_no_key_is_lost(
+    crash_after, tmp_path
+):
     database = {"DATABASE_URL": f"sqlite:///{tmp_path}/portal.db", "WEB_CONCURRENCY": "1"}
     with emulator() as keygen:
-        with portal(settings_for(keygen, TEST_CRASH_AT=crash_at, **database)) as url:
+        crashing = settings_for(keygen, PORTAL_TEST_CRASH_AFTER=crash_after, **database)
+        with portal(crashing, app="support.crashing:create_app()") as url:
             browser = Browser(url)
             with pytest.raises(requests.ConnectionError):
                 browser.submit(url)  # the worker died mid-request
             state = keygen_state(keygen["url"])
             assert len(state["users"]) == 1
-            assert len(state["licenses"]) == (1 if crash_at == "after_license_created" else 0)
+            assert len(state["licenses"]) == (1 if crash_after == "create_license" else 0)
 
         restarted = settings_for(keygen, RECONCILE_INTERVAL="0.5", **database)
         with portal(restarted) as url:

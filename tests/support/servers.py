@@ -20,7 +20,7 @@ import redis
 import requests
 
 from support.leaks import SECRET_KEY, secret
-from support.paths import GUNICORN, LOG_DIR, SCRATCH
+from support.paths import GUNICORN, LOG_DIR, ROOT, SCRATCH
 from support.processes import free_port, listening_url, process, require, stop, wait_for_http
 
 # -- The Keygen emulator -------------------------------------------------------------------------
@@ -54,12 +54,13 @@ def keygen_state(url: str) -> dict:
 
 
 @contextmanager
-def portal(env_changes: dict[str, str]) -> Iterator[str]:
+def portal(env_changes: dict[str, str], *, app: str = "app:create_app()") -> Iterator[str]:
+    """The portal under gunicorn; ``app`` may be a test-only entry point of tests/support."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYGEN_", "SECRET_KEY"))}
     env.update(BIND="127.0.0.1:0", WEB_CONCURRENCY="2", COOKIE_SECURE="false")
     env["DATABASE_URL"] = f"sqlite:///{SCRATCH.folder('portal-e2e')}/portal.db"
     env.update(env_changes)
-    args = [GUNICORN, "-c", "gunicorn.conf.py", "app:create_app()"]
+    args = [GUNICORN, "-c", "gunicorn.conf.py", "--pythonpath", str(ROOT / "tests"), app]
     with process("portal", args, env) as proc:
         url = listening_url(proc, r"Listening at: (http://127\.0\.0\.1:\d+)")
         wait_for_http(url + "/healthz", process=proc)
