@@ -146,8 +146,8 @@ def sign_up(client) -> Callable[..., object]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock(pauses) -> Clock:
+    return Clock(pauses)
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def pauses() -> list[float]:
 
 
 @pytest.fixture
-def workflow(keygen, journal, pauses, clock) -> SignupWorkflow:
+def workflow(keygen, journal, clock) -> SignupWorkflow:
     return make_workflow(keygen, journal, clock)
 
 
