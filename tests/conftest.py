@@ -34,6 +34,7 @@ pytest_plugins = [
     "support.mail",  # portal_with
     "support.proxies",  # certificate
     "support.servers",  # postgres_server
+    "support.tls",  # loopback_certificate
 ]
 
 

@@ -155,7 +155,7 @@ def test_a_slot_freed_before_the_turn_is_taken_and_keygen_is_called_on_time(keyg
     first, second = (Browser.open(app, email) for email in emails(2))
     started = time.monotonic()
     assert first.send().status_code == 200  # its turn is now; the next one a second later
-    slots = services(app).signup._slots
+    slots = services(app).signup.admission.slots
     assert slots.acquire()  # a signup elsewhere holds the only slot, and gives it back soon
     threading.Timer(0.4, slots.release).start()
     answer = second.send()

@@ -5,6 +5,7 @@ import threading
 import uuid
 
 import pytest
+from werkzeug.serving import make_server
 
 from keygen_api import (
     KeygenAccessDenied,
@@ -17,7 +18,7 @@ from keygen_api import (
     KeygenUnavailable,
     Problem,
 )
-from keygen_emulator import Emulator, serve
+from keygen_emulator import Emulator, create_app, serve
 from support.leaks import PASSWORD, secret
 from support.portal import KeygenWorld
 
@@ -290,19 +291,36 @@ def test_a_policy_is_visible_only_to_its_products_token(api, keygen):
         api.get_policy(keygen.other_policy)
 
 
-def test_the_environment_is_read_once_per_thread(keygen, monkeypatch, tmp_path):
-    bundle = tmp_path / "ca.pem"
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+def test_the_environments_proxy_settings_apply(keygen, monkeypatch):
+    """HTTP_PROXY and NO_PROXY work as they do for requests everywhere."""
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "")
-    api = KeygenClient("https://keygen.example.com", keygen.account, keygen.token)
-    transport = api._transport()
-    assert transport.verify == str(bundle)
-    assert transport.proxies.get("https") == "http://proxy.invalid:3128"
-    monkeypatch.setenv("HTTPS_PROXY", "http://elsewhere.invalid:3128")
-    assert api._transport().proxies.get("https") == "http://proxy.invalid:3128"  # read once
-    local = KeygenClient(keygen.url, keygen.account, keygen.token)
+    monkeypatch.setenv("HTTP_PROXY", keygen.url)  # the emulator answers by the path it is sent
+    proxied = KeygenClient("http://keygen.invalid", keygen.account, keygen.token)
+    assert proxied.me().is_product  # keygen.invalid resolves nowhere: it went through the proxy
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert local._transport().proxies.get("http") is None  # NO_PROXY honoured; still works:
-    assert local.me().is_product
+    assert KeygenClient(keygen.url, keygen.account, keygen.token).me().is_product
+
+
+def test_the_ca_bundle_in_the_environment_is_trusted(keygen, loopback_certificate, monkeypatch):
+    """REQUESTS_CA_BUNDLE: a Keygen behind a private CA (the benchmark's stand-in is one)."""
+    server = make_server(
+        "127.0.0.1",
+        0,
+        create_app(keygen.emulator),
+        threaded=True,
+        ssl_context=(str(loopback_certificate.cert), str(loopback_certificate.key)),
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.port}"
+    try:
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        with pytest.raises(KeygenUnavailable):  # not trusted without the bundle
+            KeygenClient(url, keygen.account, keygen.token).me()
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(loopback_certificate.cert))
+        assert KeygenClient(url, keygen.account, keygen.token).me().is_product
+    finally:
+        server.shutdown()

@@ -4,10 +4,8 @@ mailers; the key email's templates rendered by Flask."""
 
 import datetime
 import io
-import ipaddress
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,15 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from flask import Flask, render_template
 from markupsafe import escape
 
@@ -41,6 +34,7 @@ from support.leaks import secret
 from support.mail import Recorder, text_of
 from support.paths import ROOT
 from support.processes import free_port
+from support.tls import Certificate
 
 SENDER = "Acme Licensing <licenses@portal.example>"
 RECIPIENT = "zoe@example.com"
@@ -138,61 +132,6 @@ def silent_server() -> Iterator[int]:
             thread.join(timeout=2)
             for connection in held:
                 connection.close()
-
-
-# -- TLS: a self-signed certificate for 127.0.0.1 --------------------------------------------------
-
-
-@dataclass
-class Certificate:
-    cert: Path
-    key: Path
-
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        return context
-
-    def client_context(self) -> ssl.SSLContext:
-        """Trusts this certificate only, with host name checks on, as in production."""
-        return ssl.create_default_context(cafile=str(self.cert))
-
-
-@pytest.fixture(scope="session")
-def certificate(tmp_path_factory) -> Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    directory = tmp_path_factory.mktemp("tls")
-    paths = Certificate(cert=directory / "cert.pem", key=directory / "key.pem")
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return paths
 
 
 def authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
@@ -391,12 +330,12 @@ def test_check_passes_against_a_working_server(smtp):
 
 
 @pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN"])
-def test_starttls_and_auth(certificate, mechanism):
+def test_starttls_and_auth(loopback_certificate, mechanism):
     other = {"LOGIN": "PLAIN", "PLAIN": "LOGIN"}[mechanism]
-    with starttls_server(certificate, auth_exclude_mechanism=[other]) as server:
+    with starttls_server(loopback_certificate, auth_exclude_mechanism=[other]) as server:
         mailer = server.mailer(
             use_tls=True,
-            ssl_context=certificate.client_context(),
+            ssl_context=loopback_certificate.client_context(),
             username=SMTP_USER,
             password=SMTP_PASSWORD,
         )
@@ -408,11 +347,11 @@ def test_starttls_and_auth(certificate, mechanism):
     assert received.rcpt_tos == [RECIPIENT]
 
 
-def test_a_wrong_password_is_an_operator_problem(certificate):
-    with starttls_server(certificate) as server:
+def test_a_wrong_password_is_an_operator_problem(loopback_certificate):
+    with starttls_server(loopback_certificate) as server:
         mailer = server.mailer(
             use_tls=True,
-            ssl_context=certificate.client_context(),
+            ssl_context=loopback_certificate.client_context(),
             username=SMTP_USER,
             password=secret("not-the-smtp-password"),
         )
@@ -425,8 +364,13 @@ def test_a_wrong_password_is_an_operator_problem(certificate):
         assert server.handler.mail_commands == 0
 
 
-def test_sending_without_starttls_to_a_server_that_requires_it_fails_permanently(certificate):
-    with starttls_server(certificate) as server, pytest.raises(MailConfigurationError) as failed:
+def test_sending_without_starttls_to_a_server_that_requires_it_fails_permanently(
+    loopback_certificate,
+):
+    with (
+        starttls_server(loopback_certificate) as server,
+        pytest.raises(MailConfigurationError) as failed,
+    ):
         server.mailer().send(message())
     assert failed.value.code == 530
     assert server.handler.received == []
@@ -440,8 +384,8 @@ def test_starttls_never_falls_back_to_plain_text(smtp):
     assert smtp.handler.mail_commands == 0
 
 
-def test_an_untrusted_certificate_is_refused_by_default(certificate):
-    with starttls_server(certificate) as server:
+def test_an_untrusted_certificate_is_refused_by_default(loopback_certificate):
+    with starttls_server(loopback_certificate) as server:
         mailer = server.mailer(use_tls=True, username=SMTP_USER, password=SMTP_PASSWORD)
         with pytest.raises(MailConfigurationError, match="certificate") as failed:
             mailer.check()
@@ -449,9 +393,9 @@ def test_an_untrusted_certificate_is_refused_by_default(certificate):
     assert server.handler.received == []
 
 
-def test_implicit_tls(certificate):
-    with smtp_server(ssl_context=certificate.server_context()) as server:
-        mailer = server.mailer(use_ssl=True, ssl_context=certificate.client_context())
+def test_implicit_tls(loopback_certificate):
+    with smtp_server(ssl_context=loopback_certificate.server_context()) as server:
+        mailer = server.mailer(use_ssl=True, ssl_context=loopback_certificate.client_context())
         mailer.check()
         mailer.send(message())
 

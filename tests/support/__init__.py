@@ -9,6 +9,7 @@ portal     the portal built in this process against the in-process emulator
 workflow   the signup workflow driven directly, with a clock the test moves
 servers    separate processes: the emulator, the portal under gunicorn, Redis, PostgreSQL
 proxies    nginx and Caddy with the shipped recipes, and their TLS certificate
+tls        a self-signed certificate for 127.0.0.1 (SMTP over TLS, the Keygen client)
 mail       an aiosmtpd recorder, and a portal with email on against it
 captcha    a stand-in siteverify endpoint
 browser    headless Chromium
