@@ -94,6 +94,9 @@ _FREE_ROW = _ROW.where(
     )
 )
 _VERIFYING_ROW = _FREE_ROW.where(signups.c.state == State.PENDING_VERIFICATION)
+# The state is part of each condition: between reading a row and leasing it, its holder may
+# have finished it and let it go.
+_RESUBMITTABLE_ROW = _FREE_ROW.where(signups.c.state.in_(RESUBMITTABLE))
 _UNSHOWN_ROW = _ROW.where(signups.c.key_shown.is_(False))
 _BY_ID = select(signups).where(signups.c.id == _ID)
 _BY_NONCE = select(signups).where(signups.c.nonce == bindparam("_nonce"))
@@ -195,17 +198,20 @@ class Journal(Outbox):
         if existing.state in RESUBMITTABLE:
             where = {"_id": existing.id, "_owner": owner, "_now": now}
             changes = {**submitted, **fresh, "user_id": None, "last_error": None}
-            restarted = self._update(_FREE_ROW, where, **changes)
+            restarted = self._update(_RESUBMITTABLE_ROW, where, **changes)
             return Claim(self.get(existing.id), leased=restarted)
-        if existing.state in UNFINISHED:
-            return Claim(existing, leased=self.lease(existing.id, owner=owner, lease=lease))
+        if existing.state in UNFINISHED and self.lease(existing.id, owner=owner, lease=lease):
+            return Claim(self.get(existing.id), leased=True)
         return Claim(existing, leased=False)
 
-    def lease(self, signup_id: str, *, owner: str, lease: float) -> bool:
-        """Take the row if nobody holds it (or their lease ran out)."""
+    def lease(
+        self, signup_id: str, *, owner: str, lease: float, states: tuple[State, ...] = UNFINISHED
+    ) -> bool:
+        """Take the row if it is still in one of ``states`` and nobody holds it (or their lease
+        ran out)."""
         now = self.clock()
         return self._update(
-            _FREE_ROW,
+            _FREE_ROW.where(signups.c.state.in_(states)),
             {"_id": signup_id, "_owner": owner, "_now": now},
             lease_owner=owner,
             lease_until=now + lease,

@@ -75,7 +75,9 @@ class Reconciler:
                 self.journal.release(signup.id, owner=self.owner)
         for signup in [] if dry_run else self.journal.unverified_due():
             # REQUIRE_EMAIL_VERIFICATION: free the address of a verification never completed.
-            if not self.journal.lease(signup.id, owner=self.owner, lease=self.workflow.lease):
+            verifying = (State.PENDING_VERIFICATION,)
+            lease = self.workflow.lease
+            if not self.journal.lease(signup.id, owner=self.owner, lease=lease, states=verifying):
                 report.skipped += 1
                 continue
             try:

@@ -86,6 +86,18 @@ def test_an_issued_row_is_never_leased_again(journal):
     assert again.signup.state == State.ISSUED
 
 
+def test_a_row_finished_after_it_was_read_is_not_leased(journal):
+    """A copy of a submission reads the row while its holder is working, the holder finishes
+    it and lets it go, and only then does the copy try to lease it: it must not get it, or it
+    would drive a finished signup again."""
+    first = claim(journal)
+    seen = journal.by_nonce(first.signup.nonce)
+    assert seen.state == State.NEW
+    journal.record(first.signup.id, owner="worker-1", state=State.ISSUED, lease_owner=None)
+    assert not journal.lease(seen.id, owner="worker-2", lease=30)
+    assert journal.get(seen.id).lease_owner is None
+
+
 def test_the_key_is_shown_to_exactly_one_caller(journal):
     signup_id = claim(journal).signup.id
     results = []
