@@ -278,7 +278,7 @@ class Emulator:
                 if account_id in (None, lic["account_id"])
             ]
 
-    def _state(self) -> dict:
+    def snapshot(self) -> dict:
         """Everything at once, as GET /_emulator/state shows it."""
         with self.lock:
             return {

@@ -46,7 +46,7 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
 
     @app.get("/_emulator/state")
     def state():
-        return flask.jsonify(emulator._state())
+        return flask.jsonify(emulator.snapshot())
 
     @app.post("/_emulator/faults")
     def add_fault():

@@ -1142,7 +1142,7 @@ def test_create_app_seeds_from_the_environment(monkeypatch):
     monkeypatch.setenv("EMULATOR_PRODUCT_TOKEN", token)
     monkeypatch.setenv("EMULATOR_POLICY_ID", policy)
     emulator = create_app().extensions["keygen_emulator"]
-    state = emulator._state()
+    state = emulator.snapshot()
     assert state["accounts"] == [
         {"id": ACCOUNT, "slug": "shop", "protected": True, "api_version": "1.5"}
     ]
