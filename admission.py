@@ -169,26 +169,6 @@ class Admission:
             return 0.0
         return self.budget.reserve(1, within=max(0.0, within))
 
-    def pacer(
-        self,
-        *,
-        ends_at: float,
-        timeout: tuple[float, float],
-        retries: int,
-        turns: int = 0,
-        attempts: int = 0,
-        on_pause: Callable[[str, KeygenError, float], None] | None = None,
-    ) -> Pacer:
-        return Pacer(
-            self,
-            ends_at=ends_at,
-            timeout=timeout,
-            retries=retries,
-            turns=turns,
-            attempts=attempts,
-            on_pause=on_pause,
-        )
-
     def _ticket(self, within: float) -> Ticket:
         turn = 0.0
         if self.budget is not None:

@@ -78,7 +78,8 @@ class SignupRun:
         self.released = False
         self.applicant: Applicant | None = None  # with it, a late turn waits in the backlog
         self.log = _SignupLog(log, {"signup_id": signup.id})
-        self.pacer: Pacer = workflow.admission.pacer(
+        self.pacer = Pacer(
+            workflow.admission,
             ends_at=ends_at,
             timeout=self.keygen.timeout,
             retries=retries,

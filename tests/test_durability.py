@@ -8,6 +8,7 @@ import time
 import pytest
 import requests
 
+from support import servers
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD
 from support.servers import emulator, keygen_state, new_postgres_database, portal
@@ -15,26 +16,18 @@ from support.servers import emulator, keygen_state, new_postgres_database, porta
 pytestmark = pytest.mark.slow
 
 
-def settings_for(keygen: dict, **changes) -> dict[str, str]:
-    from support.leaks import SECRET_KEY
-
-    values = {
-        "KEYGEN_API_URL": keygen["url"],
-        "KEYGEN_ACCOUNT_ID": keygen["account"],
-        "KEYGEN_PRODUCT_TOKEN": keygen["token"],
-        "KEYGEN_POLICY_ID": keygen["policy"],
-        "SECRET_KEY": SECRET_KEY,
+def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
+    """Short timeouts, and no per-client limits: these tests send many forms from one address at
+    once (the limits are tested elsewhere)."""
+    quick = {
         "KEYGEN_CONNECT_TIMEOUT": "1",
         "KEYGEN_READ_TIMEOUT": "2",
         "SIGNUP_DEADLINE": "2",
-        "RECONCILE_INTERVAL": "0",
-        # These tests send many forms from one address at once; the limits are tested elsewhere.
         "RATELIMIT_PER_IP": "1000/minute",
         "RATELIMIT_PER_EMAIL": "1000/minute",
         "KEYGEN_MAX_RPS": "1000",
     }
-    values.update(changes)
-    return values
+    return servers.settings_for(keygen, **{**quick, **changes})
 
 
 class Browser:

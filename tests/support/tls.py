@@ -31,10 +31,13 @@ class Certificate:
         return ssl.create_default_context(cafile=str(self.cert))
 
 
-@pytest.fixture(scope="session")
-def loopback_certificate(tmp_path_factory) -> Certificate:
+def make_certificate(folder: Path, *, dns_name: str | None = None) -> Certificate:
+    """A self-signed ECDSA certificate for 127.0.0.1 (and ``dns_name``), valid for two days."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name or "127.0.0.1")])
+    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    if dns_name:
+        names.insert(0, x509.DNSName(dns_name))
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -43,11 +46,8 @@ def loopback_certificate(tmp_path_factory) -> Certificate:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -55,8 +55,7 @@ def loopback_certificate(tmp_path_factory) -> Certificate:
         )
         .sign(key, hashes.SHA256())
     )
-    directory = tmp_path_factory.mktemp("tls")
-    paths = Certificate(cert=directory / "cert.pem", key=directory / "key.pem")
+    paths = Certificate(cert=folder / "cert.pem", key=folder / "key.pem")
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     paths.key.write_bytes(
         key.private_bytes(
@@ -66,3 +65,8 @@ def loopback_certificate(tmp_path_factory) -> Certificate:
         )
     )
     return paths
+
+
+@pytest.fixture(scope="session")
+def loopback_certificate(tmp_path_factory) -> Certificate:
+    return make_certificate(tmp_path_factory.mktemp("tls"))
