@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from admission import CALLS_PER_SIGNUP, NotNow, Pacer
-from journal import Signup, State
+from admission import CALLS_PER_SIGNUP, Admission, NotNow, Pacer
+from journal import Journal, Signup, State
 from keygen_api import (
+    KeygenClient,
     KeygenConflict,
     KeygenError,
     KeygenInvalid,
@@ -38,8 +39,21 @@ from outcomes import (
     TryLater,
 )
 
-if TYPE_CHECKING:
-    from signup import SignupWorkflow
+
+class Workflow(Protocol):
+    """What a run needs of the workflow that started it (signup.SignupWorkflow)."""
+
+    keygen: KeygenClient
+    journal: Journal
+    admission: Admission
+    policy_id: str
+    key_by_email: bool
+    enumeration_safe: bool
+    unverified_lifetime: float
+    give_up_after: float
+
+    def on_retry(self, when: str) -> None: ...
+
 
 log = logging.getLogger(f"portal.{__name__}")
 
@@ -60,7 +74,7 @@ class SignupRun:
 
     def __init__(
         self,
-        workflow: SignupWorkflow,
+        workflow: Workflow,
         signup: Signup,
         *,
         owner: str,

@@ -14,16 +14,37 @@ import http
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import flask
 
 from keygen_emulator.errors import Halt, error
 from keygen_emulator.formats import basic_pair, token_from
 
-if TYPE_CHECKING:
-    from keygen_emulator.pipeline import Call
-    from keygen_emulator.state import Emulator
+
+class Emulator(Protocol):
+    """What faults and limits need of the emulator's state (state.Emulator)."""
+
+    epoch: int
+    rate_limit: tuple[int, int] | None
+
+    def clock(self) -> float: ...
+
+    def count_hit(self, key: tuple, period: int, now: float) -> int: ...
+
+
+class Call(Protocol):
+    """What a fault needs of the request being answered (pipeline.Call)."""
+
+    emu: Emulator
+    id: str
+
+    def process(self) -> flask.Response: ...
+
+    def render(self, status: int, document: dict | None) -> flask.Response: ...
+
+    def render_halt(self, halt: Halt) -> flask.Response: ...
+
 
 ROUTES = (
     "ping",
