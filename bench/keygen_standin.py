@@ -1,11 +1,11 @@
 """A Keygen stand-in for the benchmark: asyncio (aiohttp), so that it costs little CPU.
 
-It speaks the slice of Keygen's API the portal and the naive baseline use, in the JSON:API shapes
-of keygen-contract.md (§4-§7): POST /users, GET and DELETE /users/{id-or-email}, POST /licenses
+It speaks the slice of Keygen's API the portal and the naive baseline use, in Keygen's JSON:API
+shapes: POST /users, GET and DELETE /users/{id-or-email}, POST /licenses
 (a client-chosen data.id, 422 ID_CONFLICT on repeat), GET /licenses/{id-or-key},
 GET /licenses?owner=, GET /me. It is written independently of the portal's client (it never
-imports keygen_api) and keeps no more rules than a benchmark needs: keygen_emulator.py is the
-faithful one, tested against the contract.
+imports keygen_api) and keeps no more rules than a benchmark needs: keygen_emulator/ is the
+faithful one.
 
 What it models, each switchable at run time through the control plane:
 

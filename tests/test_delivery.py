@@ -1,6 +1,6 @@
-"""Delivering the key (issue #4), end to end through the real form, the Keygen emulator over HTTP
-and a real SMTP server (aiosmtpd) on loopback: each KEY_DELIVERY mode, the outbox when SMTP is
-down, refuses or answers 4xx (reliability.md F10-F12), email verification, enumeration-safe
+"""Delivering the key, end to end through the real form, the Keygen emulator over HTTP and a real
+SMTP server (aiosmtpd) on loopback: each KEY_DELIVERY mode, the outbox when SMTP is down, refuses
+or answers 4xx (F10-F12 of docs/reference/reliability.md), email verification, enumeration-safe
 answers, and lost-key recovery."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The Keygen emulator against the contract's acceptance cases (keygen-contract.md §12).
+"""The Keygen emulator against the contract's acceptance cases
+(docs/reference/keygen-contract.md §12).
 
 Every test talks to a real emulator over loopback HTTP with plain `requests` and JSON:API
 payloads written by hand from the contract, never through the portal's Keygen client.

@@ -1,5 +1,5 @@
-"""The security checklist of reliability.md §A.10, each test named after its S-id, run against
-the portal as deployed: gunicorn (2 workers, gunicorn.conf.py) behind the shipped
+"""The security checklist of docs/reference/reliability.md §A.10, each test named after its S-id,
+run against the portal as deployed: gunicorn (2 workers, gunicorn.conf.py) behind the shipped
 deploy/nginx.conf with TLS on loopback (a certificate made with `cryptography`), rate limits in a
 real Redis, and a Keygen emulator process that counts every call ("0 upstream").
 

@@ -2,7 +2,7 @@
 path, Keygen's refusals, retries that never duplicate, resubmissions, and compensation.
 
 Each test asserts what Keygen ends up holding, what the journal says, and what the person saw.
-The F-numbers are those of reliability.md's fault list."""
+The F-numbers are those of the fault list in docs/reference/reliability.md."""
 
 import logging
 import threading
