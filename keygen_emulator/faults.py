@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 ROUTES = (
     "ping",
     "me",
+    "users.index",
     "users.create",
     "users.show",
     "users.destroy",
