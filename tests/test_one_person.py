@@ -6,6 +6,8 @@ what the operator sees, and each setting off restores the behaviour from before.
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
 
 import pytest
 import requests
@@ -14,9 +16,10 @@ from app import create_app
 from email_rules import METADATA_KEY, disposable_list
 from outcomes import EMAIL_TAKEN, TryLater
 from services import services
-from support.http import csrf_token_from, form_submitter, issued_key
+from support.http import csrf_token_from, form_submitter, issued_key, sign_up_over_http
 from support.leaks import PASSWORD, secret
 from support.portal import make_settings
+from support.servers import emulator, keygen_state, portal, redis_server, settings_for
 from support.workflow import CLARK, make_workflow, submit
 
 TAKEN = EMAIL_TAKEN
@@ -25,7 +28,7 @@ WORK_EMAIL = "work email address"
 DENIED = "cannot be used to sign up"
 
 
-def portal(keygen, **changes):
+def built(keygen, **changes):
     """A portal built against the emulator, and its form submitter."""
     app = create_app(make_settings(keygen, **changes))
     return app, form_submitter(app.test_client())
@@ -62,7 +65,7 @@ def refused_as(response, text: str) -> bool:
 
 
 def test_plus_tags_dots_and_googlemail_are_refused_as_taken(keygen):
-    app, sign_up = portal(keygen)
+    app, sign_up = built(keygen)
     assert issued(sign_up(email="jane.doe@gmail.com"))
     variants = ("jane.doe+1@gmail.com", "J.A.N.E.doe@gmail.com", "janedoe+trial@googlemail.com")
     for variant in variants:
@@ -76,7 +79,7 @@ def test_plus_tags_dots_and_googlemail_are_refused_as_taken(keygen):
 
 
 def test_different_mailboxes_are_not_merged_where_dots_and_tags_count(keygen):
-    _, sign_up = portal(keygen)
+    _, sign_up = built(keygen)
     addresses = [
         "jane@yahoo.com",
         "j.ane@yahoo.com",  # Yahoo: a dot makes another mailbox
@@ -93,7 +96,7 @@ def test_different_mailboxes_are_not_merged_where_dots_and_tags_count(keygen):
 
 
 def test_the_happy_path_is_the_lookup_then_two_creates(keygen):
-    app, sign_up = portal(keygen)
+    app, sign_up = built(keygen)
     assert issued(sign_up(email="Jane+News@GMail.com"))
     routes = [c["route"] for c in keygen.calls()]
     assert routes == ["users.index", "users.create", "licenses.create"]
@@ -113,7 +116,7 @@ def test_a_user_from_before_the_canonical_form_is_still_found_by_exact_address(k
     body = {"data": {"type": "users", "attributes": {"email": "old@example.com"}}}
     url = f"{keygen.url}/v1/accounts/{keygen.account}/users"
     assert requests.post(url, json=body, headers=headers, timeout=5).status_code == 201
-    app, sign_up = portal(keygen)
+    app, sign_up = built(keygen)
     assert refused_as(sign_up(email="old@example.com"), TAKEN)
     assert len(keygen.users()) == 1
     assert keygen.licenses() == []
@@ -138,7 +141,7 @@ def test_an_earlier_send_of_the_same_submission_is_ours_not_taken(keygen, journa
 
 
 def test_a_lookup_keygen_refuses_stops_the_signup_and_names_the_problem(keygen, caplog):
-    _, sign_up = portal(keygen)
+    _, sign_up = built(keygen)
     keygen.emulator.inject("users.index", status=403, times=None)
     with caplog.at_level(logging.ERROR, logger="portal.signup_run"):
         response = sign_up(email="jane@example.com")
@@ -148,38 +151,38 @@ def test_a_lookup_keygen_refuses_stops_the_signup_and_names_the_problem(keygen, 
 
 
 def test_a_lookup_that_fails_once_is_asked_again(keygen):
-    _, sign_up = portal(keygen)
+    _, sign_up = built(keygen)
     keygen.emulator.inject("users.index", status=503)
     assert issued(sign_up(email="jane@example.com"))
     assert [c["status"] for c in keygen.calls("users.index")] == [503, 200]
 
 
 def test_with_enumeration_safety_the_same_mailbox_gets_a_new_addresss_answer(portal_with, keygen):
-    portal = portal_with(enumeration_safe=True, key_delivery="email")
-    portal.sign_up(email="jane@gmail.com")
-    portal.deliver()
-    portal.handler.received.clear()
-    same = portal.sign_up(email="j.ane+2@gmail.com", first_name="Mallory")
-    new = portal.sign_up(email="someone.new@gmail.com")
+    mailed = portal_with(enumeration_safe=True, key_delivery="email")
+    mailed.sign_up(email="jane@gmail.com")
+    mailed.deliver()
+    mailed.handler.received.clear()
+    same = mailed.sign_up(email="j.ane+2@gmail.com", first_name="Mallory")
+    new = mailed.sign_up(email="someone.new@gmail.com")
     assert same.status_code == new.status_code == 200
     assert same.data == new.data
-    portal.deliver()
-    by_address = {m["To"].addresses[0].addr_spec: m for m in portal.mails()}
+    mailed.deliver()
+    by_address = {m["To"].addresses[0].addr_spec: m for m in mailed.mails()}
     taken = by_address["j.ane+2@gmail.com"]  # the address typed, which is jane's mailbox
     assert "already has an account" in taken.get_body(("plain",)).get_content()
     assert "someone.new@gmail.com" in by_address
     assert len([u for u in keygen.users() if "jane" in u["email"] or "j.ane" in u["email"]]) == 1
-    assert counted(portal.app, "same_person") == 1
+    assert counted(mailed.app, "same_person") == 1
 
 
 def test_lost_keys_are_found_for_another_spelling_of_the_mailbox(portal_with, keygen):
-    portal = portal_with()
-    assert issued(portal.sign_up(email="jane@gmail.com"))
-    page = portal.client.get("/lost-key")
+    mailed = portal_with()
+    assert issued(mailed.sign_up(email="jane@gmail.com"))
+    page = mailed.client.get("/lost-key")
     data = {"email": "ja.ne+keys@gmail.com", "csrf_token": csrf_token_from(page.text)}
-    assert portal.client.post("/lost-key", data=data).status_code == 200
-    portal.deliver()
-    [mail] = portal.mails()
+    assert mailed.client.post("/lost-key", data=data).status_code == 200
+    mailed.deliver()
+    [mail] = mailed.mails()
     assert mail["To"].addresses[0].addr_spec == "ja.ne+keys@gmail.com"
     [license] = keygen.licenses()
     assert secret(license["key"]) in mail.get_body(("plain",)).get_content()
@@ -190,7 +193,7 @@ def test_lost_keys_are_found_for_another_spelling_of_the_mailbox(portal_with, ke
 
 @pytest.mark.parametrize("email", ["t@mailinator.com", "t@inbox.mailinator.com"])
 def test_a_disposable_domain_and_its_subdomains_are_refused_before_keygen(keygen, caplog, email):
-    app, sign_up = portal(keygen)
+    app, sign_up = built(keygen)
     with caplog.at_level(logging.INFO, logger="portal.views"):
         response = sign_up(email=email)
     assert refused_as(response, DISPOSABLE)
@@ -203,7 +206,7 @@ def test_a_disposable_domain_and_its_subdomains_are_refused_before_keygen(keygen
 
 
 def test_the_deny_list_refuses_its_domains_and_subdomains(keygen):
-    app, sign_up = portal(keygen, email_domains_deny=("rival.example",))
+    app, sign_up = built(keygen, email_domains_deny=("rival.example",))
     assert refused_as(sign_up(email="spy@rival.example"), DENIED)
     assert refused_as(sign_up(email="spy@eu.rival.example"), DENIED)
     assert issued(sign_up(email="friend@example.com"))
@@ -212,7 +215,7 @@ def test_the_deny_list_refuses_its_domains_and_subdomains(keygen):
 
 
 def test_with_an_allow_list_only_work_addresses_there_sign_up(keygen):
-    app, sign_up = portal(keygen, email_domains_allow=("acme.example",))
+    app, sign_up = built(keygen, email_domains_allow=("acme.example",))
     response = sign_up(email="jane@gmail.com")
     assert refused_as(response, WORK_EMAIL)
     assert issued(sign_up(email="jane@acme.example"))
@@ -222,7 +225,7 @@ def test_with_an_allow_list_only_work_addresses_there_sign_up(keygen):
 
 
 def test_the_messages_are_translated(keygen):
-    app, _ = portal(keygen)
+    app, _ = built(keygen)
     client = app.test_client()
     page = client.get("/", headers={"Accept-Language": "de"})
     data = {
@@ -242,7 +245,7 @@ def test_the_messages_are_translated(keygen):
 
 
 def test_the_per_email_limit_counts_the_mailbox(keygen):
-    _, sign_up = portal(keygen, ratelimit_per_email="2/hour")
+    _, sign_up = built(keygen, ratelimit_per_email="2/hour")
     sign_up(email="jane+1@gmail.com")
     sign_up(email="jane+2@gmail.com")
     assert sign_up(email="j.ane+3@gmail.com").status_code == 429
@@ -250,19 +253,19 @@ def test_the_per_email_limit_counts_the_mailbox(keygen):
 
 
 def test_the_lost_key_limit_counts_the_mailbox(portal_with, keygen):
-    portal = portal_with(ratelimit_recovery_per_email="1/hour")
+    mailed = portal_with(ratelimit_recovery_per_email="1/hour")
 
     def ask(email):
-        page = portal.client.get("/lost-key")
+        page = mailed.client.get("/lost-key")
         data = {"email": email, "csrf_token": csrf_token_from(page.text)}
-        return portal.client.post("/lost-key", data=data)
+        return mailed.client.post("/lost-key", data=data)
 
     assert ask("jane+1@gmail.com").status_code == 200
     assert ask("ja.ne+2@googlemail.com").status_code == 429
 
 
 def test_the_per_domain_cap_counts_an_organisation_but_not_public_providers(keygen, caplog):
-    app, sign_up = portal(keygen, ratelimit_per_domain="2/day")
+    app, sign_up = built(keygen, ratelimit_per_domain="2/day")
     assert issued(sign_up(email="a@acme.example"))
     assert issued(sign_up(email="b@mail.acme.example"))
     with caplog.at_level(logging.INFO, logger="portal.views"):
@@ -280,7 +283,7 @@ def test_the_per_domain_cap_counts_an_organisation_but_not_public_providers(keyg
 
 
 def test_one_account_per_person_off_compares_exact_addresses_in_two_calls(keygen):
-    app, sign_up = portal(keygen, one_account_per_person=False, ratelimit_per_email="2/hour")
+    app, sign_up = built(keygen, one_account_per_person=False, ratelimit_per_email="2/hour")
     assert issued(sign_up(email="jane@gmail.com"))
     assert issued(sign_up(email="jane+1@gmail.com"))
     assert issued(sign_up(email="j.ane@gmail.com"))
@@ -294,12 +297,12 @@ def test_one_account_per_person_off_compares_exact_addresses_in_two_calls(keygen
 
 
 def test_disposable_blocking_off_lets_throwaway_inboxes_sign_up(keygen):
-    _, sign_up = portal(keygen, block_disposable_email=False)
+    _, sign_up = built(keygen, block_disposable_email=False)
     assert issued(sign_up(email="t@mailinator.com"))
 
 
 def test_the_per_domain_cap_off_counts_no_domain(keygen):
-    _, sign_up = portal(keygen, ratelimit_per_domain="")
+    _, sign_up = built(keygen, ratelimit_per_domain="")
     for n in range(3):
         assert issued(sign_up(email=f"p{n}@acme.example"))
 
@@ -318,7 +321,7 @@ def test_the_doctor_names_the_disposable_list_size_and_version(keygen):
 
 
 def test_every_refusal_reason_is_a_label_from_the_start(keygen):
-    app, _ = portal(keygen)
+    app, _ = built(keygen)
     for reason in (
         "same_person",
         "disposable_email",
@@ -327,3 +330,66 @@ def test_every_refusal_reason_is_a_label_from_the_start(keygen):
         "domain_limit",
     ):
         assert counted(app, reason) == 0
+
+
+def test_a_ticket_reserves_every_call_of_the_happy_path(keygen):
+    """At 3 calls a second, a signup with the lookup takes a second of Keygen's budget; without
+    it two thirds of one."""
+    for setting, calls in ((True, 3), (False, 2)):
+        app = create_app(make_settings(keygen, keygen_max_rps=3, one_account_per_person=setting))
+        admission = services(app).signup.admission
+        first, second = admission.ticket(), admission.ticket()
+        assert first.turn == 0.0
+        assert second.turn == pytest.approx(calls / 3, abs=0.05)
+
+
+# -- The per-domain cap across two gunicorn workers ----------------------------------------------
+
+TWO_SINGLE_THREADED_WORKERS = {
+    "WEB_CONCURRENCY": "2",
+    "GUNICORN_THREADS": "1",
+    "GUNICORN_CMD_ARGS": "--worker-connections 1",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_the_per_domain_cap_holds_across_two_workers_only_with_redis(storage):
+    with redis_server() as redis_url, emulator() as keygen:
+        slow_lookup = {"route": "users.index", "delay": 0.3, "times": None}
+        requests.post(keygen["url"] + "/_emulator/faults", json=slow_lookup, timeout=5)
+        uri = {"memory": "memory://", "redis": redis_url}[storage]
+        env = settings_for(
+            keygen,
+            RATELIMIT_STORAGE_URI=uri,
+            RATELIMIT_PER_DOMAIN="4/day",
+            RATELIMIT_PER_IP="100/minute",
+            KEYGEN_MAX_RPS="100",
+        )
+        emails = [f"p{n}-{uuid.uuid4().hex[:6]}@farm.example.com" for n in range(10)]
+        with portal({**env, **TWO_SINGLE_THREADED_WORKERS}) as url:
+            statuses = at_once(url, emails)
+            users = keygen_state(keygen["url"])["users"]
+    if storage == "redis":
+        assert statuses == [200] * 4 + [429] * 6
+        assert len(users) == 4
+    else:  # each worker counts on its own: the test can tell the difference
+        assert statuses.count(200) > 4, statuses
+
+
+def at_once(url: str, emails: list[str]) -> list[int]:
+    """Everyone submits at the same moment; the answers' statuses, sorted."""
+    statuses: list[int] = []
+    start = threading.Barrier(len(emails))
+
+    def one(email: str) -> None:
+        start.wait(timeout=30)
+        statuses.append(sign_up_over_http(url, email).status_code)
+
+    threads = [threading.Thread(target=one, args=(email,)) for email in emails]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return sorted(statuses)
