@@ -1,9 +1,9 @@
 """Admission to Keygen: when each signup may call Keygen, and whether it runs in the request,
 waits for its turn, or is finished in the background.
 
-A signup reserves its two calls in the shared budget (budget.py) before it starts and learns
-when it may make them; it waits that long (in the request, or queued in the background) instead
-of being refused.
+A signup reserves its calls (budget.calls_per_signup) in the shared budget (budget.py) before it
+starts and learns when it may make them; it waits that long (in the request, or queued in the
+background) instead of being refused.
 
 What signup.py sees: ``Admission`` (a signup's ``Ticket``, a ``seat`` to work in, the backlog)
 and, for each run over a journal row, a ``Pacer`` (each call's turn, timeout and retry pause).
@@ -96,8 +96,10 @@ class Admission:
         queue_wait: float = 2.0,
         backlog: float = 60.0,
         clock: Clock | None = None,
+        calls_per_signup: int = CALLS_PER_SIGNUP,
     ):
         self.budget = budget
+        self.calls_per_signup = calls_per_signup  # reserved together by each signup's ticket
         self.slots = Bulkhead(slots)
         self.queue_wait = queue_wait
         self.backlog = backlog
@@ -172,7 +174,7 @@ class Admission:
     def _ticket(self, within: float) -> Ticket:
         turn = 0.0
         if self.budget is not None:
-            reserved = self.budget.reserve(CALLS_PER_SIGNUP, within=within)
+            reserved = self.budget.reserve(self.calls_per_signup, within=within)
             if reserved is None:
                 raise Busy(f"no turn at Keygen within {within:g} s")
             turn = reserved

@@ -13,12 +13,13 @@ import guards
 import logs
 from admission import Admission
 from branding import Brand
-from budget import KeygenBudget, budget_for
+from budget import KeygenBudget, budget_for, calls_per_signup
 from captcha import Captcha
 from commands import doctor_command, reconcile_command
 from config import Settings, check, load_settings
 from database import default_url
 from delivery import Courier, Links
+from email_rules import DomainRules
 from errors import register_error_pages
 from health import MailProbe
 from i18n import init_i18n
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         served_elsewhere=settings.metrics_port > 0,
     )
     # One budget of Keygen calls for every process, kept where the rate limits are.
-    budget = budget_for(limits.storage, settings.keygen_max_rps)
+    calls = calls_per_signup(one_account_per_person=settings.one_account_per_person)
+    budget = budget_for(limits.storage, settings.keygen_max_rps, signup_calls=calls)
     keygen = keygen_client(settings, budget, metrics, breaker)
     signup = signup_workflow(settings, journal, keygen, budget, metrics)
     courier, mail_probe = start_courier(app, settings, journal, keygen)
@@ -104,6 +106,11 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
         SECURITY_HEADERS=guards.security_headers(policy),
         PASSWORD_MIN_LENGTH=settings.password_min_length,  # forms.py
         TERMS_URL=settings.terms_url,  # forms.py: consent is required with terms
+        EMAIL_DOMAIN_RULES=DomainRules(  # forms.py and views.py: who may sign up, who is capped
+            allow=frozenset(settings.email_domains_allow),
+            deny=frozenset(settings.email_domains_deny),
+            block_disposable=settings.block_disposable_email,
+        ),
     )
     app.jinja_env.globals.update(
         product_name=settings.product_name,
@@ -159,6 +166,7 @@ def rate_limits(app: Flask, settings: Settings) -> RateLimits:
         per_email=settings.ratelimit_per_email,
         recovery_per_ip=settings.ratelimit_recovery_per_ip,
         recovery_per_email=settings.ratelimit_recovery_per_email,
+        per_domain=settings.ratelimit_per_domain,
     )
 
 
@@ -198,6 +206,7 @@ def signup_workflow(
         # The wait for a turn comes out of the signup's deadline; Keygen's calls need the rest.
         queue_wait=min(settings.admission_wait, settings.signup_deadline / 2),
         backlog=settings.admission_backlog,
+        calls_per_signup=budget.signup_calls,
     )
     return SignupWorkflow(
         keygen,
@@ -211,6 +220,7 @@ def signup_workflow(
         # With verification, a taken address must get the answer a new one gets, too.
         enumeration_safe=settings.enumeration_safe or settings.require_email_verification,
         unverified_lifetime=settings.unverified_user_lifetime,
+        one_account_per_person=settings.one_account_per_person,
         on_retry=metrics.count_retry,
     )
 
@@ -260,6 +270,7 @@ def start_courier(
         interval=settings.outbox_interval,
         give_up_after=settings.mail_give_up_after,
         backoff_base=settings.mail_retry_delay,
+        same_mailbox=settings.one_account_per_person,
     )
     if settings.outbox_interval > 0:
         courier.start()

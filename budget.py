@@ -19,10 +19,16 @@ from collections.abc import Callable
 
 from keygen_api import MAX_QUOTA_WAIT
 
-# A signup makes two Keygen calls (create the user, create the license). A burst of exactly one
-# signup keeps the calls evenly spaced: Keygen's windows are fixed, so any larger burst can put
-# more than the quota into one window while the budget is running at its full rate.
+# A signup makes two Keygen calls (create the user, create the license), and with
+# ONE_ACCOUNT_PER_PERSON a third before them (the lookup of the same person). A burst of exactly
+# one signup keeps the calls evenly spaced: Keygen's windows are fixed, so any larger burst can
+# put more than the quota into one window while the budget is running at its full rate.
 CALLS_PER_SIGNUP = 2
+
+
+def calls_per_signup(*, one_account_per_person: bool) -> int:
+    """The Keygen calls of a signup's happy path, each of which takes a turn in the budget."""
+    return CALLS_PER_SIGNUP + (1 if one_account_per_person else 0)
 
 
 class BudgetUnavailable(Exception):
@@ -33,17 +39,24 @@ class KeygenBudget:
     """The turns at which Keygen may be called, ``rate`` calls a second, in this process."""
 
     def __init__(
-        self, rate: float, *, burst: int = CALLS_PER_SIGNUP, clock: Callable[[], float] = time.time
+        self,
+        rate: float,
+        *,
+        burst: int | None = None,
+        signup_calls: int = CALLS_PER_SIGNUP,
+        clock: Callable[[], float] = time.time,
     ):
         self.interval = 1.0 / rate
-        self.burst = burst
+        self.signup_calls = signup_calls  # what reserve() takes unless told
+        self.burst = signup_calls if burst is None else burst
         self._clock = clock
         self._free_at = 0.0  # when the schedule is next free (GCRA's "theoretical arrival time")
         self._lock = threading.Lock()
 
-    def reserve(self, calls: int = CALLS_PER_SIGNUP, *, within: float) -> float | None:
-        """Reserve ``calls`` calls: the seconds to wait before making the first, or None (and
-        nothing reserved) if that wait would be longer than ``within``."""
+    def reserve(self, calls: int | None = None, *, within: float) -> float | None:
+        """Reserve ``calls`` calls (a signup's, unless told): the seconds to wait before making
+        the first, or None (and nothing reserved) if that wait would be longer than ``within``."""
+        calls = self.signup_calls if calls is None else calls
         with self._lock:
             now = self._clock()
             free_at = max(self._free_at, now) + calls * self.interval
@@ -60,7 +73,7 @@ class KeygenBudget:
 
     def _hold(self, moment: float) -> float:
         moment = min(moment, self._clock() + MAX_QUOTA_WAIT)
-        return moment + max(0, self.burst - CALLS_PER_SIGNUP) * self.interval
+        return moment + max(0, self.burst - self.signup_calls) * self.interval
 
 
 # KEYS[1]: the schedule's key. ARGV: interval, calls, burst, within. Redis's clock (TIME) is the
@@ -96,12 +109,21 @@ class RedisKeygenBudget(KeygenBudget):
 
     KEY = "portal:keygen-budget"
 
-    def __init__(self, client, rate: float, *, burst: int = CALLS_PER_SIGNUP, clock=time.time):
-        super().__init__(rate, burst=burst, clock=clock)
+    def __init__(
+        self,
+        client,
+        rate: float,
+        *,
+        burst: int | None = None,
+        signup_calls: int = CALLS_PER_SIGNUP,
+        clock=time.time,
+    ):
+        super().__init__(rate, burst=burst, signup_calls=signup_calls, clock=clock)
         self._reserve = client.register_script(_RESERVE)
         self._hold_script = client.register_script(_HOLD)
 
-    def reserve(self, calls: int = CALLS_PER_SIGNUP, *, within: float) -> float | None:
+    def reserve(self, calls: int | None = None, *, within: float) -> float | None:
+        calls = self.signup_calls if calls is None else calls
         args = [self.interval, calls, self.burst, within]
         answer = self._run(self._reserve, args)
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
@@ -117,9 +139,9 @@ class RedisKeygenBudget(KeygenBudget):
             raise BudgetUnavailable(f"Keygen budget storage failed: {error!r}") from error
 
 
-def budget_for(storage, rate: float) -> KeygenBudget:
+def budget_for(storage, rate: float, *, signup_calls: int = CALLS_PER_SIGNUP) -> KeygenBudget:
     """A budget in the rate-limit storage when it is shared (Redis), otherwise in memory."""
     connection = getattr(storage, "get_connection", None)
     if connection is None:
-        return KeygenBudget(rate)
-    return RedisKeygenBudget(connection(), rate)
+        return KeygenBudget(rate, signup_calls=signup_calls)
+    return RedisKeygenBudget(connection(), rate, signup_calls=signup_calls)

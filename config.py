@@ -121,6 +121,13 @@ class Settings:
     privacy_url: str = setting("", parse=checks.page_url)
     terms_version: str = setting("", parse=checks.terms_version)
 
+    # One trial per person (docs/configuration.md, "One trial per person")
+    one_account_per_person: bool = setting(True, parse=checks.boolean)
+    block_disposable_email: bool = setting(True, parse=checks.boolean)
+    email_domains_allow: tuple[str, ...] = setting((), parse=checks.email_domains)
+    email_domains_deny: tuple[str, ...] = setting((), parse=checks.email_domains)
+    ratelimit_per_domain: str = setting("20/day", parse=checks.rates_or_off)  # "": off
+
     @property
     def mail_enabled(self) -> bool:
         """Whether the portal sends email: through an SMTP server, or the demo's console."""

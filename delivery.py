@@ -30,6 +30,7 @@ from flask_babel import force_locale
 from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 
+import email_rules
 import logs
 from i18n import default_language, known_language
 from journal import Journal
@@ -148,8 +149,10 @@ class Courier:
         give_up_after: float = 259200.0,
         backoff_base: float = 30.0,
         backoff_cap: float = 3600.0,
+        same_mailbox: bool = False,
     ):
         self.app = app
+        self.same_mailbox = same_mailbox  # ONE_ACCOUNT_PER_PERSON: recovery finds the mailbox
         self.journal = journal
         self.keygen = keygen
         self.mailer = mailer
@@ -300,11 +303,22 @@ class Courier:
         try:
             user = self.keygen.get_user(email)
         except KeygenNotFound:
-            raise _Nothing() from None
+            user = self.mailbox_user(email)
+            if user is None:
+                raise _Nothing() from None
         licenses = self.keygen.list_licenses(owner=user.id)
         if not licenses:
             raise _Nothing()
         return user, [license.key for license in licenses]
+
+    def mailbox_user(self, email: str):
+        """The user of the same mailbox (jane+1@ asking for jane@'s keys): the keys then go to
+        the address asked with, which reaches that mailbox. None without ONE_ACCOUNT_PER_PERSON."""
+        if not self.same_mailbox:
+            return None
+        canonical = email_rules.canonical(email)
+        users = self.keygen.list_users(metadata={email_rules.METADATA_KEY: canonical})
+        return users[0] if users else None
 
     # -- In the background -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+import email_rules
 from config import Settings
 from health import ERROR, OK, SKIP, WARN, Check, keygen_checks
 from journal import Journal
@@ -59,6 +60,7 @@ def examine(
         ratelimit_check(settings, limits),
         mail_check(settings, mailer),
         proxy_check(settings, url),
+        disposable_check(settings),
     ]
 
 
@@ -149,6 +151,18 @@ def mail_check(settings: Settings, mailer: Mailer | None) -> Check:
         )
     login = " and accepts the login" if settings.mail_username else ""
     return Check("mail", OK, f"The mail server {where} answers{login}.")
+
+
+def disposable_check(settings: Settings) -> Check:
+    """The bundled list of throwaway-inbox domains: an operator updates it by bumping the pin."""
+    count, version = email_rules.disposable_list()
+    held = f"The disposable-mail list ({email_rules.DISPOSABLE_PACKAGE} {version}) holds"
+    if not settings.block_disposable_email:
+        return Check("disposable", SKIP, f"BLOCK_DISPOSABLE_EMAIL is off. {held} {count} domains.")
+    if settings.email_domains_allow:
+        detail = f"{held} {count} domains; EMAIL_DOMAINS_ALLOW decides first."
+        return Check("disposable", OK, detail)
+    return Check("disposable", OK, f"{held} {count} domains, refused at signup.")
 
 
 # -- The proxy, as a request sees it -------------------------------------------------------------

@@ -26,6 +26,7 @@ from wtforms.validators import (
     ValidationError,
 )
 
+import email_rules
 from keygen_api import MAX_PASSWORD_BYTES
 
 NAME_MAX = 255  # Keygen's limit for first_name and last_name (user.rb)
@@ -149,6 +150,31 @@ def consent_to_terms(form: FlaskForm, field: BooleanField) -> None:
         raise ValidationError(gettext("Accept the terms of service to create your account."))
 
 
+DOMAIN_REFUSED = {
+    email_rules.DISPOSABLE: _l(
+        "This looks like a temporary inbox. Please use a permanent email address."
+    ),
+    email_rules.DENIED: _l(
+        "Addresses at this domain cannot be used to sign up. Please use another email address."
+    ),
+    email_rules.NOT_ALLOWED: _l(
+        "Signing up needs your work email address: addresses at this domain are not accepted."
+    ),
+}
+
+
+def permitted_domain(form: FlaskForm, field: EmailField) -> None:
+    """EMAIL_DOMAINS_DENY, EMAIL_DOMAINS_ALLOW and BLOCK_DISPOSABLE_EMAIL, from lists that ship
+    with the portal (no lookup). The reason stays on the form for the metrics."""
+    rules = current_app.config.get("EMAIL_DOMAIN_RULES")
+    if rules is None or field.errors or not field.data:
+        return
+    refusal = rules.refusal(field.data)
+    if refusal is not None:
+        form.refusal = refusal
+        raise ValidationError(DOMAIN_REFUSED[refusal])
+
+
 @cache
 def wtforms_translations(language: str) -> Translations:
     return Translations.load(messages_path(), [language], domain="wtforms")
@@ -167,7 +193,7 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
-def email_field() -> EmailField:
+def email_field(*checks) -> EmailField:
     """The email field of every form: shaped here, looked up in Keygen by the workflow."""
     return EmailField(
         _l("Email"),
@@ -176,6 +202,7 @@ def email_field() -> EmailField:
             DataRequired(_l("Enter your email address.")),
             Length(max=EMAIL_MAX, message=_l("Use at most %(max)d characters.")),
             email_address,
+            *checks,
         ],
     )
 
@@ -209,7 +236,7 @@ class SignupForm(PortalForm):
             printable_name,
         ],
     )
-    email = email_field()
+    email = email_field(permitted_domain)
     # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
     password = PasswordField(
         _l("Password"),

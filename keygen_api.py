@@ -309,6 +309,17 @@ class KeygenClient:
         path = "users/" + quote(id_or_email.lower(), safe="@")
         return self._parse(User.from_document, self._request("GET", path, timeout=timeout))
 
+    def list_users(
+        self, *, metadata: dict[str, str], timeout: tuple[float, float] | None = None
+    ) -> list[User]:
+        """Users whose metadata holds each key with exactly that value, newest first, up to 100
+        (`has_scope :metadata` in app/controllers/api/v1/users_controller.rb, `search_metadata`
+        in app/models/user.rb). A product token sees the users with the role user."""
+        params = {f"metadata[{key}]": value for key, value in metadata.items()}
+        params["limit"] = "100"
+        document = self._request("GET", "users", params=params, timeout=timeout)
+        return self._parse(lambda doc: [User.from_resource(item) for item in doc["data"]], document)
+
     def delete_user(self, user_id: str, *, timeout: tuple[float, float] | None = None) -> None:
         self._request("DELETE", "users/" + quote(user_id, safe=""), expect=204, timeout=timeout)
 

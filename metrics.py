@@ -55,6 +55,15 @@ OUTCOMES: dict[type, str] = {
     TooBusy: "busy",
     CheckInbox: "check_inbox",
 }
+# Submissions refused to keep to one trial per person (email_rules, signup_run): counted under
+# their reason instead of "rejected" (a form error) or "check_inbox" (ENUMERATION_SAFE).
+REFUSALS = (
+    "same_person",
+    "disposable_email",
+    "domain_denied",
+    "domain_not_allowed",
+    "domain_limit",
+)
 # Seconds; Keygen usually answers in tens of milliseconds, and a read may wait up to 10 s.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 # A request that came through a reverse proxy carries one of these (every recipe in deploy/
@@ -117,7 +126,7 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
-        for outcome in OUTCOMES.values():
+        for outcome in (*OUTCOMES.values(), *REFUSALS):
             self.signups.labels(outcome=outcome)
         self._refresh_breaker()
 
@@ -135,7 +144,12 @@ class Metrics:
 
     def count_signup(self, result: object) -> None:
         """Count an outcome (Issued, …) or a SignupError (Rejected, …) of one submission."""
-        self.signups.labels(outcome=OUTCOMES[type(result)]).inc()
+        refusal = getattr(result, "refusal", None)
+        self.signups.labels(outcome=refusal or OUTCOMES[type(result)]).inc()
+
+    def count_refusal(self, reason: str) -> None:
+        """A submission refused before the workflow: one of REFUSALS."""
+        self.signups.labels(outcome=reason).inc()
 
     def may_read(self, headers: Mapping[str, str], remote_addr: str | None) -> bool:
         """With METRICS_TOKEN: its bearer only. Without: this machine, not through a proxy."""

@@ -65,6 +65,8 @@ class CheckInbox:
 
     email: str
     about: str
+    # Why an address was answered like this instead of being signed up (for the metrics only).
+    refusal: str | None = field(default=None, compare=False)
 
 
 Outcome = Issued | AlreadyIssued | Processing | CheckInbox
@@ -75,10 +77,12 @@ class SignupError(Exception):
 
 
 class Rejected(SignupError):
-    """The person can fix the submission: ``errors`` maps form fields to messages."""
+    """The person can fix the submission: ``errors`` maps form fields to messages. ``refusal``
+    names a reason the metrics count apart ("same_person"), if any."""
 
-    def __init__(self, errors: dict[str, str]):
+    def __init__(self, errors: dict[str, str], *, refusal: str | None = None):
         self.errors = errors
+        self.refusal = refusal
         super().__init__(", ".join(f"{name} rejected" for name in errors))
 
 

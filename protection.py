@@ -74,7 +74,9 @@ class RateLimits:
     (the library under Flask-Limiter):
 
     * per client address, for every POST that passed the CSRF check;
-    * per email address, once the form is valid (a keyed hash, so the store holds no emails);
+    * per email address, once the form is valid (a keyed hash, so the store holds no emails), in
+      the form the caller passes (the canonical one with ONE_ACCOUNT_PER_PERSON);
+    * per organisation's mail domain, RATELIMIT_PER_DOMAIN, for the domains email_rules caps;
     * per client address and per email address for lost-key requests, buckets of their own.
 
     All signups together are not refused here but queued for their turn at Keygen
@@ -95,6 +97,7 @@ class RateLimits:
         per_email: str,
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
+        per_domain: str = "",
     ):
         options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
         self.storage = storage_from_string(storage_uri, **options)
@@ -105,15 +108,23 @@ class RateLimits:
         self.email_key = app.config["SECRET_KEY"].encode()
         self.recovery_per_ip = parse_many(recovery_per_ip)
         self.recovery_per_email = parse_many(recovery_per_email)
+        self.per_domain = parse_many(per_domain) if per_domain else []  # "": off
 
     def admit_client(self, address: str | None) -> None:
         """Count one submission from this address, or raise LimitReached."""
         self._hit([("ip", self.per_ip, address or "unknown")])
 
-    def admit_signup(self, email: str) -> None:
-        """Count one valid signup for this email, or raise LimitReached."""
-        digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
-        self._hit([("email", self.per_email, digest)])
+    def admit_signup(self, email: str, organisation: str | None = None) -> None:
+        """Count one valid signup for this email and, unless None, for this organisation's
+        domain, or raise LimitReached. Both are tested before either is counted."""
+        buckets = [("email", self.per_email, self._digest(email))]
+        if organisation is not None and self.per_domain:
+            buckets.append(("domain", self.per_domain, self._digest(organisation)))
+            self._test(buckets)
+        self._hit(buckets)
+
+    def _digest(self, text: str) -> str:
+        return hmac.new(self.email_key, text.encode(), hashlib.sha256).hexdigest()[:32]
 
     def admit_recovery(self, address: str | None, email: str) -> None:
         """Count one lost-key request from this client and for this email (separate buckets of
@@ -123,10 +134,13 @@ class RateLimits:
             ("recovery-ip", self.recovery_per_ip, address or "unknown"),
             ("recovery-email", self.recovery_per_email, digest),
         ]
+        self._test(buckets)
+        self._hit(buckets)
+
+    def _test(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
         for name, limits, key in buckets:
             if not all(self._call("test", limit, name, key) for limit in limits):
                 raise LimitReached(name)
-        self._hit(buckets)
 
     def _hit(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
         for name, limits, key in buckets:

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import idna
+
 from keygen_api import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PRODUCT_TOKEN_PREFIX, token_kind
 
 MAX_SIGNUP_DEADLINE = 25.0  # gunicorn.conf.py kills a worker after 30 s
@@ -293,3 +295,31 @@ def terms_version(value: str) -> str:
     if len(value) > 64 or _CONTROL.search(value):
         raise ValueError("must be a short label such as 2025-01 (at most 64 characters)")
     return value
+
+
+# -- One trial per person -------------------------------------------------------------------------
+
+
+def rates_or_off(value: str) -> str:
+    """Limits such as 20/day, or "off" (stored as "")."""
+    if value.strip().lower() == "off":
+        return ""
+    try:
+        return rates(value)
+    except ValueError:
+        raise ValueError("must be limits such as 20/day (comma-separated), or off") from None
+
+
+def email_domains(value: str) -> tuple[str, ...]:
+    """Mail domains such as example.com (each covers its subdomains), in their ASCII spelling."""
+    found = []
+    for part in comma_items(value):
+        domain = part.lower().lstrip("@").removeprefix("*.").strip(".")
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            domain = ""
+        if "." not in domain:
+            raise ValueError("must be mail domains such as example.com, separated by commas")
+        found.append(domain)
+    return tuple(found)

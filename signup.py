@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 
-from admission import CALLS_PER_SIGNUP, Admission, Busy, Later, NotNow, Ticket
+from admission import Admission, Busy, Later, NotNow, Ticket
 from budget import BudgetUnavailable
 from journal import RESUBMITTABLE, UNFINISHED, Claim, Journal, Signup, State
 from keygen_api import KeygenClient, KeygenError, KeygenRateLimited, License
@@ -64,6 +64,7 @@ class SignupWorkflow:
         key_delivery: str = "page",
         verify: bool = False,
         enumeration_safe: bool = False,
+        one_account_per_person: bool = False,
         unverified_lifetime: float = 172800.0,
         on_retry: Callable[[str], None] | None = None,
     ):
@@ -79,6 +80,8 @@ class SignupWorkflow:
         self.key_by_email = key_delivery in ("email", "both")
         self.verify = verify  # the license waits until the address is confirmed
         self.enumeration_safe = enumeration_safe  # a taken address answered like a new one
+        # A mailbox, not an address, is a person: looked up by its canonical form (email_rules).
+        self.one_account_per_person = one_account_per_person
         self.unverified_lifetime = unverified_lifetime
         # Told of each step tried again: "now" (within the request) or "later" (the reconciler).
         self.on_retry: Callable[[str], None] = on_retry or (lambda when: None)
@@ -104,7 +107,8 @@ class SignupWorkflow:
             if self.enumeration_safe and rejection.errors == {"email": EMAIL_TAKEN}:
                 # The run queued an email to the address's owner; the page says what it says
                 # to a new address.
-                return CheckInbox(applicant.email, "verify" if self.verify else "key")
+                about = "verify" if self.verify else "key"
+                return CheckInbox(applicant.email, about, refusal=rejection.refusal)
             raise
 
     def _sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
@@ -140,7 +144,8 @@ class SignupWorkflow:
                 claim = self._claim(applicant, nonce, owner, lease=self.lease)
                 if not claim.leased:
                     return claim.signup
-                return self._drive(claim.signup, applicant, ends_at, owner, turns=CALLS_PER_SIGNUP)
+                turns = self.admission.calls_per_signup
+                return self._drive(claim.signup, applicant, ends_at, owner, turns=turns)
         found = self.journal.find_nonce(nonce)
         if found is not None and found.state not in RESUBMITTABLE:
             return found
@@ -303,7 +308,7 @@ class SignupWorkflow:
         return True
 
     def _finish_later(
-        self, signup: Signup, applicant: Applicant, owner: str, turns: int = CALLS_PER_SIGNUP
+        self, signup: Signup, applicant: Applicant, owner: str, turns: int | None = None
     ) -> None:
         """A queued signup, at its turn (in a backlog thread). The key is not shown here: the
         person's reload resends the form, and that request shows it (key_shown stays false)."""
@@ -314,6 +319,8 @@ class SignupWorkflow:
             self.journal.release(signup.id, owner=owner)
             return
         # The calls reserved when the signup was queued: this is their turn.
+        if turns is None:
+            turns = self.admission.calls_per_signup
         run = self._run(signup, owner=owner, retries=3, turns=turns)
         try:
             with contextlib.suppress(SignupError):  # the run recorded what happened

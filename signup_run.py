@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from typing import Protocol
 
+import email_rules
 from admission import CALLS_PER_SIGNUP, Admission, NotNow, Pacer
 from journal import Journal, Signup, State
 from keygen_api import (
@@ -49,6 +50,7 @@ class Workflow(Protocol):
     policy_id: str
     key_by_email: bool
     enumeration_safe: bool
+    one_account_per_person: bool
     unverified_lifetime: float
     give_up_after: float
 
@@ -91,6 +93,7 @@ class SignupRun:
         self.shows_key = shows_key  # a request shows the key it issues; the reconciler does not
         self.released = False
         self.applicant: Applicant | None = None  # with it, a late turn waits in the backlog
+        self.looked_up = False  # for the same person (ONE_ACCOUNT_PER_PERSON), in this run
         self.log = _SignupLog(log, {"signup_id": signup.id})
         self.pacer = Pacer(
             workflow.admission,
@@ -206,6 +209,12 @@ class SignupRun:
 
     def create_user(self, applicant: Applicant) -> User:
         metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id, **applicant.consent}
+        if self.workflow.one_account_per_person:
+            canonical = email_rules.canonical(applicant.email)
+            ours = self.same_person(applicant.email, canonical)
+            if ours is not None:
+                return ours
+            metadata[email_rules.METADATA_KEY] = canonical
         while True:
             self.take_turn()
             try:
@@ -244,6 +253,30 @@ class SignupRun:
                     return self.ours_or_taken(applicant.email, user)
                 self.pacer.pause(error, "creating a user")
 
+    def same_person(self, email: str, canonical: str) -> User | None:
+        """Refuse the address if a user of the same mailbox exists (by the canonical form in
+        their metadata), as an address Keygen already has; but a user of ours is an earlier
+        send of this very submission: returned. Users from before the canonical form are found
+        by their exact address, by Keygen's create."""
+        while True:
+            self.take_turn()
+            try:
+                users = self.keygen.list_users(
+                    metadata={email_rules.METADATA_KEY: canonical}, timeout=self.pacer.timeout()
+                )
+                break
+            except KeygenRejected as error:  # token or permission: fail closed, loudly
+                raise self.refused(self.operator_problem("looking up the person", error)) from None
+            except KeygenUnavailable as error:  # nothing is created here: just ask again
+                self.pacer.pause(error, "looking up the person")
+        self.looked_up = True
+        ours = next((user for user in users if self.is_ours(user)), None)
+        if ours is not None or not users:
+            return ours
+        exact = any(user.email.lower() == email.lower() for user in users)
+        self.log.info("signup %s: refused: user %s has this mailbox", self.id, users[0].id)
+        raise self.taken(refusal=None if exact else "same_person")
+
     def find_our_user(self) -> User:
         """Without the password we cannot create the user; we can only learn whether our
         earlier attempt did. If it did not, the person has to submit the form again."""
@@ -265,13 +298,14 @@ class SignupRun:
         """Whether no earlier create of this submission can have reached Keygen."""
         return self.signup.attempts == 0 and self.pacer.attempt == 0
 
-    def taken(self) -> SignupError:
-        """Someone else has this address. With ENUMERATION_SAFE the person sees what a new
-        address sees, and the address's owner gets an email on how to recover their key."""
+    def taken(self, refusal: str | None = None) -> SignupError:
+        """Someone else has this address (or, ``refusal`` "same_person", this mailbox). With
+        ENUMERATION_SAFE the person sees what a new address sees, and the address's owner gets
+        an email on how to recover their key."""
         mail = ()
         if self.workflow.enumeration_safe:
             mail = (self.letter("taken", ref=self.id),)
-        return self.refused(Rejected({"email": EMAIL_TAKEN}), mail=mail)
+        return self.refused(Rejected({"email": EMAIL_TAKEN}, refusal=refusal), mail=mail)
 
     def is_ours(self, user: User) -> bool:
         return user.metadata.get("portalSignupId") == self.id
@@ -366,8 +400,15 @@ class SignupRun:
         wait in the backlog: its calls are reserved together, as a queued signup's are."""
         backlog_calls = 0
         if self.applicant is not None:
-            backlog_calls = CALLS_PER_SIGNUP if self.signup.state == State.NEW else 1
+            backlog_calls = self.calls_left()
         self.pacer.take_turn(final=final, backlog_calls=backlog_calls)
+
+    def calls_left(self) -> int:
+        """The calls of the happy path this run has still to make, the next one included."""
+        if self.signup.state != State.NEW:
+            return 1
+        lookup = self.workflow.one_account_per_person and not self.looked_up
+        return CALLS_PER_SIGNUP + (1 if lookup else 0)
 
     def paused(self, step: str, error: KeygenError, seconds: float) -> None:
         self.log.warning(

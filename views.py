@@ -16,6 +16,7 @@ from flask_wtf.csrf import CSRFError, generate_csrf
 from markupsafe import escape
 
 import doctor
+import email_rules
 from delivery import LinkExpired, LinkInvalid
 from errors import error_page
 from forms import RecoveryForm, SignupForm, new_nonce
@@ -125,10 +126,14 @@ def signup_submit():
         form.form_errors.append(TOO_FAST)
         return render_template("signup.html", form=form), 422
     if not form.validate():
+        refused(getattr(form, "refusal", None))
         return render_template("signup.html", form=form), 422
+    organisation = current_app.config["EMAIL_DOMAIN_RULES"].capped(form.email.data)
     try:
-        limits.admit_signup(form.email.data)
+        limits.admit_signup(person(form.email.data), organisation)
     except (LimitReached, LimiterUnavailable) as error:
+        if isinstance(error, LimitReached) and error.bucket == "domain":
+            refused("domain_limit")
         return turned_away(error)
     applicant = Applicant(
         email=form.email.data,
@@ -160,6 +165,20 @@ def signup_submit():
     metrics.count_signup(outcome)
     wake_courier()
     return show(outcome, first_name=applicant.first_name)
+
+
+def person(email: str) -> str:
+    """Who the per-email limits count: the mailbox (ONE_ACCOUNT_PER_PERSON), or the address."""
+    if services().settings.one_account_per_person:
+        return email_rules.canonical(email)
+    return email
+
+
+def refused(reason: str | None) -> None:
+    """A refusal to keep to one trial per person: counted and logged, without the address."""
+    if reason is not None:
+        services().metrics.count_refusal(reason)
+        log.info("request %s: signup refused: %s", g.request_id, reason)
 
 
 TOO_FAST = _l("That was quicker than we expected. Please check the form and send it again.")
@@ -301,7 +320,7 @@ def lost_key_submit():
     if not form.validate():
         return render_template("lost_key.html", form=form), 422
     try:
-        services().limits.admit_recovery(request.remote_addr, form.email.data)
+        services().limits.admit_recovery(request.remote_addr, person(form.email.data))
     except (LimitReached, LimiterUnavailable) as error:
         return turned_away(error)
     courier.journal.queue(Letter(kind="recovery", email=form.email.data, locale=page_language()))

@@ -1,7 +1,8 @@
 """A Keygen stand-in for the benchmark: asyncio (aiohttp), so that it costs little CPU.
 
 It speaks the slice of Keygen's API the portal and the naive baseline use, in Keygen's JSON:API
-shapes: POST /users, GET and DELETE /users/{id-or-email}, POST /licenses
+shapes: POST /users, GET /users?metadata[key]=value, GET and DELETE /users/{id-or-email},
+POST /licenses
 (a client-chosen data.id, 422 ID_CONFLICT on repeat), GET /licenses/{id-or-key},
 GET /licenses?owner=, GET /me. It is written independently of the portal's client (it never
 imports keygen_api) and keeps no more rules than a benchmark needs: keygen_emulator/ is the
@@ -170,6 +171,7 @@ class Keygen:
         if data:
             self.users: dict[str, dict] = {}
             self.emails: dict[str, str] = {}
+            self.by_metadata: dict[tuple[str, str], set[str]] = {}  # (key, text) -> user ids
             self.licenses: dict[str, dict] = {}
             self.keys: dict[str, str] = {}
 
@@ -270,6 +272,7 @@ class Keygen:
         table = {
             ("GET", "me", False): "me",
             ("POST", "users", False): "users.create",
+            ("GET", "users", False): "users.index",
             ("GET", "users", True): "users.show",
             ("DELETE", "users", True): "users.destroy",
             ("POST", "licenses", False): "licenses.create",
@@ -342,12 +345,16 @@ class Keygen:
             return 200, self.me_doc(), {}
         if route == "users.create":
             return self.create_user(document["data"])
+        if route == "users.index":
+            return 200, {"data": [self.user_doc(user) for user in self.list_users(request)]}, {}
         if route == "users.show":
             return 200, {"data": self.user_doc(self.find_user(ident))}, {}
         if route == "users.destroy":
             user = self.find_user(ident)
             del self.users[user["id"]]
             del self.emails[user["email"]]
+            for pair in self.metadata_pairs(user):
+                self.by_metadata[pair].discard(user["id"])
             for lic in [lic for lic in self.licenses.values() if lic["owner"] == user["id"]]:
                 del self.licenses[lic["id"]]
                 del self.keys[lic["key"]]
@@ -423,8 +430,26 @@ class Keygen:
         }
         self.users[user["id"]] = user
         self.emails[email] = user["id"]
+        for pair in self.metadata_pairs(user):
+            self.by_metadata.setdefault(pair, set()).add(user["id"])
         location = f"/v1/accounts/{self.account}/users/{user['id']}"
         return 201, {"data": self.user_doc(user)}, {"Location": location}
+
+    @staticmethod
+    def metadata_pairs(user: dict) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in user["metadata"].items() if isinstance(v, str)]
+
+    def list_users(self, request: web.Request) -> list[dict]:
+        """Users whose metadata has each `metadata[key]=value` of the query (string values),
+        newest first, up to `limit` (10)."""
+        found: set[str] | None = None
+        for name, value in request.query.items():
+            if name.startswith("metadata[") and name.endswith("]"):
+                ids = self.by_metadata.get((name[9:-1], value), set())
+                found = ids if found is None else found & ids
+        users = [self.users[i] for i in found] if found is not None else list(self.users.values())
+        users.sort(key=lambda user: user["created"], reverse=True)
+        return users[: int(request.query.get("limit") or 10)]
 
     def find_user(self, ident: str) -> dict:
         ident = ident.lower()

@@ -49,6 +49,7 @@ class Call(Protocol):
 ROUTES = (
     "ping",
     "me",
+    "users.index",
     "users.create",
     "users.show",
     "users.destroy",

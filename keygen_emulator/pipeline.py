@@ -50,6 +50,7 @@ _CREDENTIAL_CODES = frozenset(
 
 _ROUTE_TABLE = [
     ("GET", re.compile(r"me"), "me"),
+    ("GET", re.compile(r"users"), "users.index"),
     ("POST", re.compile(r"users"), "users.create"),
     ("GET", re.compile(r"users/(?P<id>[^/]+)"), "users.show"),
     ("DELETE", re.compile(r"users/(?P<id>[^/]+)"), "users.destroy"),

@@ -13,13 +13,12 @@ import uuid
 
 import flask
 
-from keygen_emulator import documents
+from keygen_emulator import documents, listing
 from keygen_emulator.errors import (
     DENIED_ANONYMOUS,
     DENIED_BEARER,
     DENIED_OTHER_PRODUCT,
     Halt,
-    error,
     forbidden,
     invalid,
     not_found,
@@ -132,6 +131,26 @@ class Api(Call):
                 raise not_found("user", self.args["id"].lower())
             document = self._user_doc(user)
         return self.render(200, {"data": document})
+
+    def users_index(self) -> flask.Response:
+        """`index` of app/controllers/api/v1/users_controller.rb: the `roles` scope keeps users
+        with the role user unless asked; `metadata[key]=value` filters; newest first."""
+        self.authenticate(required=True)
+        limit = listing.page_limit(self.request.args)
+        filters = listing.metadata_filters(self.request.args)
+        account_id = self.account["id"]
+        with self.emu.lock:
+            found = [
+                (user["created"], n, user)
+                for n, user in enumerate(self.emu.store.users.values())
+                if user["account_id"] == account_id
+                and user["role"] == "user"
+                and self._sees_user(user)
+                and listing.metadata_matches(user["metadata"], filters)
+            ]
+            found.sort(key=lambda item: item[:2], reverse=True)
+            data = [self._user_doc(user) for _, _, user in found[:limit]]
+        return self.render(200, {"data": data})
 
     def users_destroy(self) -> flask.Response:
         self.authenticate(required=True)
@@ -300,13 +319,7 @@ class Api(Call):
     def licenses_index(self) -> flask.Response:
         self.authenticate(required=True)
         query = self.request.args
-        limit = 10
-        if "limit" in query:
-            raw = query["limit"]
-            limit = int(raw) if re.fullmatch(r"[+-]?\d{1,9}", raw.strip()) else 0
-            if not 1 <= limit <= 100:
-                detail = f"limit must be a number between 1 and 100 (got {raw})"
-                raise Halt(400, [error("Bad request", detail, parameter="limit")])
+        limit = listing.page_limit(query)
         filters = [query[name] for name in ("owner", "user") if name in query]
         account_id = self.account["id"]
         with self.emu.lock:
@@ -434,12 +447,17 @@ class Api(Call):
         user = store.users.get(user_id or "")
         if user is None or user["account_id"] != account_id:
             return None
+        return user if self._sees_user(user) else None
+
+    def _sees_user(self, user: dict) -> bool:
+        """`User.accessible_by`: a product sees the users with the role user, staff everyone,
+        a user itself."""
         role = self.role()
         if role == "product":
-            return user if user["role"] == "user" else None
+            return user["role"] == "user"
         if role in _STAFF_READ:
-            return user
-        return user if self.bearer is not None and user["id"] == self.bearer["id"] else None
+            return True
+        return self.bearer is not None and user["id"] == self.bearer["id"]
 
     def _find_license(self, ident: str) -> dict | None:
         """By id or key."""

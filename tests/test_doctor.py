@@ -82,7 +82,7 @@ def line_with(lines: list[str], text: str) -> str:
 def test_a_good_configuration_passes(protected):
     code, lines = doctor(protected)
     assert code == 0
-    assert levels(lines) == ["OK"] * 6 + ["SKIP", "SKIP"]
+    assert levels(lines) == ["OK"] * 6 + ["SKIP", "SKIP", "OK"]
     assert "the token is product" in lines[0]
     assert line_with(lines, "belongs to the token's product")
     assert line_with(lines, "account is protected")
@@ -98,7 +98,7 @@ def test_an_unprotected_account_is_a_warning_only(keygen):
     line = line_with(lines, "not protected")
     assert line.startswith("WARN ")
     assert "anyone can create users directly against Keygen" in line
-    assert levels(lines).count("OK") == 5
+    assert levels(lines).count("OK") == 6  # the disposable list's line too
     # The probe created nothing, and asked without a token.
     assert keygen.users() == []
     [probe] = keygen.calls("users.create")
@@ -118,8 +118,9 @@ def test_a_wrong_token_is_an_error_without_showing_it(protected):
     token = secret("prod-" + "5" * 64 + "v3")
     code, lines = doctor(protected, keygen_product_token=token)
     assert code == 1
-    # Keygen, then the secret, the database, the rate limits, mail (off) and the proxy (not asked)
-    assert levels(lines) == ["ERROR", "SKIP", "OK", "OK", "OK", "SKIP", "SKIP"]
+    # Keygen, then the secret, the database, the rate limits, mail (off), the proxy (not asked)
+    # and the disposable list
+    assert levels(lines) == ["ERROR", "SKIP", "OK", "OK", "OK", "SKIP", "SKIP", "OK"]
     assert "Keygen refused KEYGEN_PRODUCT_TOKEN" in lines[0]
     assert "401" in lines[0]
     assert token not in "\n".join(lines)

@@ -25,6 +25,7 @@ def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
         "SIGNUP_DEADLINE": "2",
         "RATELIMIT_PER_IP": "1000/minute",
         "RATELIMIT_PER_EMAIL": "1000/minute",
+        "RATELIMIT_PER_DOMAIN": "off",
         "KEYGEN_MAX_RPS": "1000",
     }
     return servers.settings_for(keygen, **{**quick, **changes})

@@ -52,3 +52,15 @@ def sign_up_over_http(url: str, email: str) -> requests.Response:
             "password": PASSWORD,
         }
         return browser.post(url + "/", data=data, timeout=30)
+
+
+def form_submitter(client):
+    """conftest's `sign_up` for another test client: the real form with a fresh CSRF token."""
+
+    def submit(**changes):
+        page = client.get("/")
+        data = form_data(**changes)
+        data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
+        return client.post("/", data=data)
+
+    return submit
