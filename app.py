@@ -177,6 +177,8 @@ def keygen_client(
         settings.keygen_api_url,
         settings.keygen_account_id,
         settings.keygen_product_token,
+        api_version=settings.keygen_api_version,
+        environment=settings.keygen_environment,
         connect_timeout=settings.keygen_connect_timeout,
         read_timeout=settings.keygen_read_timeout,
         breaker=breaker,
