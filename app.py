@@ -27,6 +27,7 @@ from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
 from protection import FillTimer, RateLimits, TrustedProxies
+from sealing import Sealer
 from services import Services
 from signup import SignupWorkflow
 from views import bp
@@ -57,8 +58,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # One budget of Keygen calls for every process, kept where the rate limits are.
     budget = budget_for(limits.storage, settings.keygen_max_rps)
     keygen = keygen_client(settings, budget, metrics, breaker)
-    signup = signup_workflow(settings, journal, keygen, budget, metrics)
-    courier, mail_probe = start_courier(app, settings, journal, keygen)
+    sealer = Sealer(settings.secret_key)  # keys Keygen shows only once, until delivered
+    signup = signup_workflow(settings, journal, keygen, budget, metrics, sealer)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, sealer)
     Services(
         settings=settings,
         brand=brand,
@@ -193,6 +195,7 @@ def signup_workflow(
     keygen: KeygenClient,
     budget: KeygenBudget,
     metrics: Metrics,
+    sealer: Sealer,
 ) -> SignupWorkflow:
     admission = Admission(
         budget,
@@ -214,6 +217,8 @@ def signup_workflow(
         enumeration_safe=settings.enumeration_safe or settings.require_email_verification,
         unverified_lifetime=settings.unverified_user_lifetime,
         on_retry=metrics.count_retry,
+        sealer=sealer,
+        on_operator_problem=metrics.count_operator_problem,
     )
 
 
@@ -231,7 +236,7 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 
 def start_courier(
-    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient
+    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient, sealer: Sealer
 ) -> tuple[Courier | None, MailProbe | None]:
     """The outbox's sender and /readyz's probe of it, when email is on: through SMTP, or to
     the console in the demo."""
@@ -262,6 +267,7 @@ def start_courier(
         interval=settings.outbox_interval,
         give_up_after=settings.mail_give_up_after,
         backoff_base=settings.mail_retry_delay,
+        sealer=sealer,
     )
     if settings.outbox_interval > 0:
         courier.start()

@@ -58,6 +58,20 @@ def what_to_do(error: KeygenError) -> str:
     return sentence.format(permission=error.permission or "the call needs")
 
 
+def refused_for_good(error: KeygenError) -> bool:
+    """A 403 to a delete that no retry will change: the user holds or is attached to a license
+    of another product (`UserPolicy#destroy?`, app/policies/user_policy.rb), or the token may
+    not delete users. A lapsed subscription's 403 passes once it is renewed."""
+    return error.status == 403 and error.reason in ("denied", "permission")
+
+
+def why_kept(error: KeygenError) -> str:
+    """Why Keygen refused to delete a user, for the log line of a KEPT signup."""
+    if error.reason == "denied":
+        return "the user holds, or is attached to, a license of another product"
+    return what_to_do(error)
+
+
 def account_problem(error: KeygenError) -> str | None:
     """The sentence for a refusal of the account itself (its plan, its subscription), which
     Keygen gives on every call it checks the subscription for, or None."""

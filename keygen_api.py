@@ -127,6 +127,9 @@ ENDPOINT_PERMISSIONS: dict[str, str] = {
     "licenses.create": "license.create",
     "licenses.show": "license.read",
     "licenses.index": "license.read",
+    # Only to delete a LEGACY_ENCRYPT license whose key was lost with Keygen's answer; without
+    # it the portal logs the license for the operator instead, so NEEDED_PERMISSIONS omits it.
+    "licenses.destroy": "license.delete",
 }
 WILDCARD_PERMISSION = "*"  # app/models/permission.rb
 
@@ -342,6 +345,12 @@ class KeygenClient:
     ) -> License:
         path = "licenses/" + quote(license_id, safe="")
         return self._parse(License.from_document, self._request("GET", path, timeout=timeout))
+
+    def delete_license(
+        self, license_id: str, *, timeout: tuple[float, float] | None = None
+    ) -> None:
+        path = "licenses/" + quote(license_id, safe="")
+        self._request("DELETE", path, expect=204, timeout=timeout)
 
     def list_licenses(
         self, *, owner: str, timeout: tuple[float, float] | None = None

@@ -86,6 +86,10 @@ class Reconciler:
                 log.exception("reconciler: signup %s failed unexpectedly", signup.id)
             finally:
                 self.journal.release(signup.id, owner=self.owner)
+        if not dry_run:
+            # Sealed keys (sealing.py) of signups shown long enough ago that no copy of the
+            # submission can be waiting to show them again.
+            self.journal.wipe_shown_keys(older_than=self.workflow.lease)
         for signup in report.stale:
             log.warning(
                 "reconciler: signup %s is still %s after %.0fs (%d attempts): %s",
