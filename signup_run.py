@@ -311,9 +311,12 @@ class SignupRun:
                 # Our id is taken: an earlier send of this same request went through (422
                 # ID_CONFLICT), or two sends raced inside Keygen (409) and one did. As after a
                 # timeout: look, then use it, or send again (a 409's twin may not be committed).
+                sent_as = self.signup.license_id
                 license = self.existing_license(user_id)
                 if license is not None:
                     return license
+                if self.signup.license_id != sent_as:
+                    continue  # it was keyless, and is replaced: create the new one now
                 if error.status != 409:
                     delay = self.pacer.backoff()
                     raise NotNow("license id taken but not readable", delay=delay) from None

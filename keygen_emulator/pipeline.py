@@ -121,6 +121,7 @@ class Call:
             "route": self.route,
             "status": None,
             "keygen_version": request.headers.get("Keygen-Version"),
+            "keygen_environment": request.headers.get("Keygen-Environment"),
             "accept": request.headers.get("Accept"),
             "content_type": request.headers.get("Content-Type"),
             "json": None,

@@ -187,8 +187,8 @@ class Emulator(Switches):
 
     `requests` logs every API request it handled except /v1/ping and the /_emulator/ control
     plane: method, path, query, route, status (None when the connection was dropped), the
-    Keygen-Version, Accept and Content-Type headers, the parsed JSON body and whether a
-    credential was accepted. It never holds the Authorization header.
+    Keygen-Version, Keygen-Environment, Accept and Content-Type headers, the parsed JSON body
+    and whether a credential was accepted. It never holds the Authorization header.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
