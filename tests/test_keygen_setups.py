@@ -6,6 +6,8 @@ and /readyz say precisely what is wrong and which setting to change (docs/keygen
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +264,20 @@ def test_a_signup_meeting_lacks_permission_is_an_operator_problem_never_retried(
     assert record.keygen_request_id
     assert record.keygen_reason == "permission"
     assert setups.users() == []
+
+
+def test_the_compatibility_doc_names_only_tests_that_exist():
+    """docs/keygen-compatibility.md cites a test for each behaviour: each must exist."""
+    root = Path(__file__).resolve().parent
+    doc = (root.parent / "docs" / "keygen-compatibility.md").read_text()
+    cited, module = [], ""
+    for named, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)`", doc):
+        module = named or module  # `::test_x` is in the module named before it
+        cited.append((module, name))
+    assert len(cited) > 40
+    missing = [
+        f"{module}::{name}"
+        for module, name in cited
+        if not re.search(rf"^def {name}\(", (root / module).read_text(), re.M)
+    ]
+    assert not missing
