@@ -5,6 +5,7 @@ user and one license, or with the operator told once, never in a retry loop."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 import requests
@@ -184,6 +185,34 @@ def test_a_reload_shows_a_key_keygen_will_not_show_again_from_its_sealed_copy(
     assert shown.license_key == license["key"]
     assert setups.calls()[calls:] == []  # not read back: Keygen would not show it
     assert only_row(journal).sealed_key is None  # shown: wiped
+
+
+def test_a_double_click_gets_a_key_keygen_will_not_show_again_and_the_copy_is_wiped(
+    setups, journal, clock
+):
+    workflow = legacy_workflow(setups, journal, clock, read_timeout=3.0)
+    setups.emulator.inject("users.create", delay=0.6)  # the second click arrives meanwhile
+    nonce = new_nonce()
+    outcomes: list = []
+    together = threading.Barrier(2)
+
+    def click():
+        together.wait(timeout=10)
+        outcomes.append(submit(workflow, nonce=nonce))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    [license] = setups.licenses()
+    # The browser shows the last answer of a double click: both must carry the key.
+    assert [outcome.license_key for outcome in outcomes] == [license["key"]] * 2
+    assert "licenses.show" not in routes(setups)
+    assert only_row(journal).sealed_key  # kept while a copy could still be waiting
+    clock.offset += workflow.lease + 1
+    Reconciler(journal, workflow, interval=0).run_once()
+    assert only_row(journal).sealed_key is None
 
 
 def test_a_key_lost_with_keygens_answer_is_replaced(setups, journal, clock):
