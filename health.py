@@ -143,7 +143,9 @@ def _permissions_checks(bearer: Bearer) -> list[Check]:
     return [Check("permissions", ERROR, detail, required=every_signup)]
 
 
-def _key_scheme_checks(keygen: KeygenClient, policy_id: str, timeout) -> list[Check]:
+def _key_scheme_checks(
+    keygen: KeygenClient, policy_id: str, timeout: tuple[float, float]
+) -> list[Check]:
     """A policy whose keys Keygen shows only when it creates them (LEGACY_ENCRYPT)."""
     try:
         policy = keygen.get_policy(policy_id, timeout=timeout)

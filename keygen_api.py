@@ -2,8 +2,9 @@
 
 Everything the portal knows about Keygen lives here and in the two modules this one re-exports:
 keygen_records.py (the resources read from Keygen's JSON:API documents) and keygen_errors.py
-(Keygen's answers as exceptions named after what the caller should do next). The rest of the
-portal imports `KeygenClient`, the records and the errors from here. The facts are checked
+(Keygen's answers as exceptions named after what the caller should do next); circuit.py holds
+the circuit breaker and the Retry-After gate. The rest of the portal imports `KeygenClient`, the
+records and the errors from here. The facts are checked
 against keygen-api's source (github.com/keygen-sh/keygen-api), whose files the comments name.
 """
 
