@@ -352,28 +352,23 @@ class SignupRun:
         return license
 
     def replace_keyless(self, license: License) -> None:
-        """Our license exists, but Keygen's answer to its create (the only one that shows a
-        LEGACY_ENCRYPT key) was lost: nobody can ever learn its key. Issue another under a new
-        id instead; the keyless one is deleted, or left to the operator if Keygen refuses."""
-        self.log.error(
-            "signup %s: the key of license %s was lost with Keygen's answer (its policy shows "
-            "keys only once); issuing another license instead",
-            self.id,
-            license.id,
-        )
+        """Our license exists, but Keygen's answer to its create, the only one that shows a
+        LEGACY_ENCRYPT key, was lost: issue another under a new id, and delete this one."""
         self.take_turn()
         try:
             self.keygen.delete_license(license.id, timeout=self.pacer.timeout())
+            fate = "deleted"
         except KeygenNotFound:
-            pass
+            fate = "gone"
         except KeygenError as error:
-            self.log.error(
-                "signup %s: could not delete the keyless license %s (%s): delete it in Keygen",
-                self.id,
-                license.id,
-                error,
-                extra={"keygen_request_id": error.request_id},
-            )
+            fate = f"left in Keygen ({error}): delete it there"
+        self.log.error(
+            "signup %s: the key of license %s was lost with Keygen's answer, and Keygen shows "
+            "it only once: issuing another license; the keyless one is %s",
+            self.id,
+            license.id,
+            fate,
+        )
         self.record(license_id=str(uuid.uuid4()))
 
     def compensate(self, user_id: str) -> None:
@@ -401,13 +396,11 @@ class SignupRun:
     def kept(self, error: KeygenError) -> None:
         """Keygen will not delete our user, and asking again will not change its mind: keep the
         row (KEPT) for an operator, instead of asking again and again."""
-        user_id = self.signup.user_id
         self.log.error(
-            "signup %s: Keygen refused to delete user %s (%s): %s. The user stays in Keygen "
-            "without a license of this product; delete it there if it should go (`flask doctor` "
-            "counts such signups).",
+            "signup %s: Keygen refused to delete user %s (%s): %s. It stays in Keygen without "
+            "a license of this product; delete it there if it should go.",
             self.id,
-            user_id,
+            self.signup.user_id,
             error,
             why_kept(error),
             extra={"keygen_request_id": error.request_id, "keygen_reason": "delete_refused"},
