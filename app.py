@@ -28,6 +28,7 @@ from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
 from protection import FillTimer, RateLimits, TrustedProxies
+from sealing import Sealer
 from services import Services
 from signup import SignupWorkflow
 from views import bp
@@ -59,8 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     calls = calls_per_signup(one_account_per_person=settings.one_account_per_person)
     budget = budget_for(limits.storage, settings.keygen_max_rps, signup_calls=calls)
     keygen = keygen_client(settings, budget, metrics, breaker)
-    signup = signup_workflow(settings, journal, keygen, budget, metrics)
-    courier, mail_probe = start_courier(app, settings, journal, keygen)
+    sealer = Sealer(settings.secret_key)  # keys Keygen shows only once, until delivered
+    signup = signup_workflow(settings, journal, keygen, budget, metrics, sealer)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, sealer)
     Services(
         settings=settings,
         brand=brand,
@@ -185,6 +187,8 @@ def keygen_client(
         settings.keygen_api_url,
         settings.keygen_account_id,
         settings.keygen_product_token,
+        api_version=settings.keygen_api_version,
+        environment=settings.keygen_environment,
         connect_timeout=settings.keygen_connect_timeout,
         read_timeout=settings.keygen_read_timeout,
         breaker=breaker,
@@ -199,6 +203,7 @@ def signup_workflow(
     keygen: KeygenClient,
     budget: KeygenBudget,
     metrics: Metrics,
+    sealer: Sealer,
 ) -> SignupWorkflow:
     admission = Admission(
         budget,
@@ -222,6 +227,8 @@ def signup_workflow(
         unverified_lifetime=settings.unverified_user_lifetime,
         one_account_per_person=settings.one_account_per_person,
         on_retry=metrics.count_retry,
+        sealer=sealer,
+        on_operator_problem=metrics.count_operator_problem,
     )
 
 
@@ -239,7 +246,7 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 
 def start_courier(
-    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient
+    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient, sealer: Sealer
 ) -> tuple[Courier | None, MailProbe | None]:
     """The outbox's sender and /readyz's probe of it, when email is on: through SMTP, or to
     the console in the demo."""
@@ -271,6 +278,7 @@ def start_courier(
         give_up_after=settings.mail_give_up_after,
         backoff_base=settings.mail_retry_delay,
         same_mailbox=settings.one_account_per_person,
+        sealer=sealer,
     )
     if settings.outbox_interval > 0:
         courier.start()

@@ -40,7 +40,7 @@ def setting(
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     # Keygen
-    keygen_account_id: str = setting(parse=checks.account)
+    keygen_account_id: str = setting("", parse=checks.account)  # "": see _problems
     keygen_product_token: str = setting(parse=checks.product_token, secret=True)
     keygen_policy_id: str = setting(parse=checks.uuid_text)
     keygen_api_url: str = setting("https://api.keygen.sh", parse=checks.api_url)
@@ -127,6 +127,9 @@ class Settings:
     email_domains_allow: tuple[str, ...] = setting((), parse=checks.email_domains)
     email_domains_deny: tuple[str, ...] = setting((), parse=checks.email_domains)
     ratelimit_per_domain: str = setting("20/day", parse=checks.rates_or_off)  # "": off
+    # Which Keygen (docs/configuration.md, "Which Keygen"): its API version, its environment.
+    keygen_api_version: str = setting(checks.DEFAULT_API_VERSION, parse=checks.api_version)
+    keygen_environment: str = setting("", parse=checks.environment)  # "": the global one
 
     @property
     def mail_enabled(self) -> bool:
@@ -142,7 +145,7 @@ SETTINGS = {f.name.upper(): f for f in fields(Settings)}
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read every setting, or raise ConfigError naming every problem at once."""
     values, problems = _read(SETTINGS, environ)
-    problems += _problems(values, with_mail=not problems)
+    problems += _problems(values, with_mail=not problems, earlier=problems)
     if problems:
         raise ConfigError(problems)
     return Settings(**_derive(values, given=set(values), wanted=set(_DEFAULTS)))
@@ -178,13 +181,17 @@ def _derive(values: dict[str, object], *, given: set[str], wanted: set[str]) -> 
     return values
 
 
-def _problems(values: Mapping[str, object], *, with_mail: bool) -> list[str]:
-    """What is wrong with the settings taken together (each on its own was fine)."""
+def _problems(
+    values: Mapping[str, object], *, with_mail: bool, earlier: list[str] | None = None
+) -> list[str]:
+    """What is wrong with the settings taken together (each on its own was fine; ``earlier``
+    names those that were not)."""
 
     def get(name: str):
         return values.get(name, _DEFAULTS[name])
 
-    problems = []
+    malformed = {problem.split(" ", 1)[0] for problem in earlier or []}
+    problems = [] if malformed & {"KEYGEN_ACCOUNT_ID", "KEYGEN_API_URL"} else _keygen_problems(get)
     deadline, read_timeout = get("signup_deadline"), get("keygen_read_timeout")
     if isinstance(deadline, float) and isinstance(read_timeout, float) and deadline < read_timeout:
         problems.append("SIGNUP_DEADLINE must not be shorter than KEYGEN_READ_TIMEOUT")
@@ -197,6 +204,18 @@ def _problems(values: Mapping[str, object], *, with_mail: bool) -> list[str]:
     if with_mail and not problems:
         problems += _mail_problems(get)
     return problems
+
+
+def _keygen_problems(get: Callable[[str], object]) -> list[str]:
+    """KEYGEN_ACCOUNT_ID may be left empty only where Keygen finds the account without it: a
+    custom domain of Keygen Cloud, or a self-hosted Keygen (`flask doctor` says if it cannot)."""
+    api_url = str(get("keygen_api_url"))
+    if get("keygen_account_id") or not checks.is_keygen_cloud(api_url):
+        return []
+    return [
+        f"KEYGEN_ACCOUNT_ID is required but not set: Keygen Cloud ({api_url}) needs it; only a "
+        "custom domain or a self-hosted Keygen can do without"
+    ]
 
 
 def _mail_problems(get: Callable[[str], object]) -> list[str]:

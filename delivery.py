@@ -4,7 +4,9 @@ Requests and the reconciler only queue messages in the journal's outbox (journal
 transaction as the state they belong to. The Courier, a thread in each portal process (any number
 of processes and instances, kept apart by leases), sends what is due: it composes each message at
 send time, fetching the license key from Keygen by the license id the row holds, so that no key
-and no link token is ever stored, and in the language the row holds: the one of the page the
+and no link token is ever stored in the clear (a key Keygen shows only once comes sealed in the
+row instead, sealing.py, and is wiped with the row's last attempt), and in the language the row
+holds: the one of the page the
 person used (flask_babel's force_locale, as there is no request here). A temporary failure
 (connection refused, 4xx, Keygen unreachable) is retried with a growing, jittered delay; a
 permanent one (5xx) is given up with a line for the operator. A message is marked sent only
@@ -43,6 +45,7 @@ from mailer import (
     compose,
 )
 from outbox import Mail, MailState
+from sealing import Sealer
 
 log = logging.getLogger(f"portal.{__name__}")
 
@@ -122,6 +125,10 @@ class _Nothing(Exception):
     """There is nothing to send after all (no licenses for a recovery request)."""
 
 
+class _KeyGone(Exception):
+    """Keygen shows the key only once (LEGACY_ENCRYPT), and no sealed copy of it is left."""
+
+
 @dataclass(frozen=True)
 class Content:
     subject: str
@@ -150,6 +157,7 @@ class Courier:
         backoff_base: float = 30.0,
         backoff_cap: float = 3600.0,
         same_mailbox: bool = False,
+        sealer: Sealer | None = None,
     ):
         self.app = app
         self.same_mailbox = same_mailbox  # ONE_ACCOUNT_PER_PERSON: recovery finds the mailbox
@@ -163,6 +171,7 @@ class Courier:
         self.give_up_after = give_up_after
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.sealer = sealer  # opens the keys Keygen shows only once (sealing.py)
         self.owner = f"courier:{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -197,6 +206,8 @@ class Courier:
             return "dropped"
         except KeygenNotFound:
             return self.give_up(mail, "the license no longer exists in Keygen")
+        except _KeyGone:
+            return self.give_up(mail, "Keygen shows this key only once, and no copy is left")
         except (KeygenError, MailTemporaryFailure) as error:
             return self.retry(mail, str(error))
         except MailConfigurationError as error:
@@ -277,14 +288,15 @@ class Courier:
         }
         to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
         if mail.kind == "license":
-            values["license_key"] = self.keygen.get_license(mail.ref or "").key
+            values["license_key"] = self.license_key(mail)
         elif mail.kind == "verify":
             values["verify_url"] = self.links.verification(mail.ref or "", mail.created_at)
             values["link_hours"] = max(1, round(self.links.lifetime / 3600))
         elif mail.kind == "recovery":
-            user, keys = self.recovered(mail.email)
+            user, keys, unrecoverable = self.recovered(mail.email)
             values["first_name"] = user.first_name or ""
             values["license_keys"] = keys
+            values["unrecoverable"] = unrecoverable
             to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
         elif mail.kind != "taken":
             raise ValueError(f"unknown kind of message {mail.kind!r}")
@@ -297,9 +309,21 @@ class Courier:
             html = render_template(f"email/{mail.kind}.html", **values)
         return Content(subject, text, html, to_name)
 
+    def license_key(self, mail: Mail) -> str:
+        """The key of a license email: its sealed copy, or else Keygen's."""
+        if mail.sealed_key and self.sealer is not None:
+            key = self.sealer.open(mail.sealed_key)
+            if key is not None:
+                return key
+        key = self.keygen.get_license(mail.ref or "").key
+        if key is None:
+            raise _KeyGone()
+        return key
+
     def recovered(self, email: str):
-        """The Keygen user with this address and the keys of their licenses (the product
-        token sees only this product's). _Nothing if there is no such user or no license."""
+        """The Keygen user with this address, the keys of their licenses (the product token
+        sees only this product's), and how many keys Keygen does not show again. _Nothing if
+        there is no such user or no license."""
         try:
             user = self.keygen.get_user(email)
         except KeygenNotFound:
@@ -309,7 +333,8 @@ class Courier:
         licenses = self.keygen.list_licenses(owner=user.id)
         if not licenses:
             raise _Nothing()
-        return user, [license.key for license in licenses]
+        keys = [license.key for license in licenses if license.key is not None]
+        return user, keys, len(licenses) - len(keys)
 
     def mailbox_user(self, email: str):
         """The user of the same mailbox (jane+1@ asking for jane@'s keys): the keys then go to

@@ -57,6 +57,7 @@ def examine(
         *keygen_checks(keygen, settings.keygen_policy_id, timeout=TIMEOUT, thorough=True),
         secret_key_check(settings.secret_key),
         database_check(journal),
+        *kept_signups_checks(journal),
         ratelimit_check(settings, limits),
         mail_check(settings, mailer),
         proxy_check(settings, url),
@@ -95,6 +96,24 @@ def database_check(journal: Journal) -> Check:
             "check DATABASE_URL and that the database server is running.",
         )
     return Check("database", OK, "The signup journal's database answers.")
+
+
+def kept_signups_checks(journal: Journal) -> list[Check]:
+    """Signups whose Keygen user Keygen refused to delete (journal.State.KEPT), if any."""
+    try:
+        kept = journal.kept()
+    except Exception:  # the database check says why
+        return []
+    if not kept:
+        return []
+    latest = kept[-1]
+    detail = (
+        f"{len(kept)} signup(s) got no license, and Keygen refused to delete their users (they "
+        "hold or are attached to a license of another product, or the token lacks "
+        "user.delete), so those users stay in Keygen: delete them there if they should go. "
+        f"The latest: signup {latest.id}, user {latest.user_id} ({latest.last_error})."
+    )
+    return [Check("kept", WARN, detail, required=False)]
 
 
 def ratelimit_check(settings: Settings, limits: RateLimits) -> Check:

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from diagnosis import account_problem, permissions_problem, token_problem
 from journal import Journal
-from keygen_api import KeygenAccessDenied, KeygenClient, KeygenError, KeygenNotFound
+from keygen_api import Bearer, KeygenClient, KeygenError, KeygenNotFound
 from mailer import Mailer, MailError
 from protection import RateLimits
 
@@ -101,12 +102,13 @@ def keygen_checks(
     timeout: tuple[float, float] = TIMEOUT,
     thorough: bool = False,
 ) -> list[Check]:
-    """The token, the policy and (``thorough``: one more call, for the doctor) whether the
-    account lets anyone create users."""
+    """The token, the policy and (``thorough``: more calls, for the doctor) whether the account
+    lets anyone create users and whether the policy's keys can be read again."""
     try:
         bearer = keygen.me(timeout=timeout)
     except KeygenError as error:
-        return [Check("keygen", ERROR, _token_problem(keygen, error)), _unchecked("the token")]
+        detail = token_problem(keygen, error, timeout, thorough=thorough)
+        return [Check("keygen", ERROR, detail), _unchecked("the token")]
     if not bearer.is_product:
         kind = bearer.token_kind or f"a token of {bearer.type}"
         detail = (
@@ -115,29 +117,49 @@ def keygen_checks(
         )
         return [Check("keygen", ERROR, detail), _unchecked("the token")]
     checks = [
-        Check("keygen", OK, f"Keygen answers, and the token is product {bearer.id}'s."),
+        Check("keygen", OK, _token_fine(bearer)),
+        *_permissions_checks(bearer),
         _policy_check(keygen, policy_id, bearer.id, timeout),
     ]
     if thorough:
         checks.append(_protection_check(keygen, timeout))
+        checks += _key_scheme_checks(keygen, policy_id, timeout)
     return checks
 
 
-def _token_problem(keygen: KeygenClient, error: KeygenError) -> str:
-    if isinstance(error, KeygenNotFound):
-        return (
-            f"Keygen at {keygen.api_url} knows no account {keygen.account!r}: check "
-            "KEYGEN_ACCOUNT_ID (and KEYGEN_API_URL for a self-hosted Keygen)."
-        )
-    if isinstance(error, KeygenAccessDenied):
-        return (
-            f"Keygen refused KEYGEN_PRODUCT_TOKEN ({error}): the token is wrong, expired or "
-            "revoked, or belongs to another account. Create a product token in Keygen."
-        )
-    return (
-        f"Keygen at {keygen.api_url} did not answer usefully ({error}): check KEYGEN_API_URL "
-        "and that this machine can reach it."
+def _token_fine(bearer: Bearer) -> str:
+    detail = f"Keygen answers, and the token is product {bearer.id}'s"
+    if bearer.permissions is not None and not permissions_problem(bearer):
+        detail += ", with every permission the portal needs"  # Keygen EE reports them
+    return detail + "."
+
+
+def _permissions_checks(bearer: Bearer) -> list[Check]:
+    """A token narrowed to fewer permissions than the portal needs (Keygen EE)."""
+    problem = permissions_problem(bearer)
+    if problem is None:
+        return []
+    detail, every_signup = problem
+    return [Check("permissions", ERROR, detail, required=every_signup)]
+
+
+def _key_scheme_checks(
+    keygen: KeygenClient, policy_id: str, timeout: tuple[float, float]
+) -> list[Check]:
+    """A policy whose keys Keygen shows only when it creates them (LEGACY_ENCRYPT)."""
+    try:
+        policy = keygen.get_policy(policy_id, timeout=timeout)
+    except KeygenError:
+        return []  # the policy check says why
+    if policy.keys_readable_later:
+        return []
+    detail = (
+        f"Policy {policy_id} uses {policy.scheme}: Keygen shows each key only in the answer that "
+        "creates it. The portal shows or emails it once (the email's copy is kept encrypted "
+        "until sent); a lost key cannot be sent again. Use a policy without LEGACY_ENCRYPT if "
+        "customers should be able to recover their keys."
     )
+    return [Check("policy_keys", WARN, detail, required=False)]
 
 
 def _unchecked(reason: str) -> Check:
@@ -157,7 +179,8 @@ def _policy_check(
         )
         return Check("policy", ERROR, detail)
     except KeygenError as error:
-        return Check("policy", ERROR, f"Keygen would not show policy {policy_id} ({error}).")
+        detail = account_problem(error) or f"Keygen would not show policy {policy_id} ({error})."
+        return Check("policy", ERROR, detail)
     if policy.product_id != product_id:
         detail = (
             f"KEYGEN_POLICY_ID {policy_id} belongs to product {policy.product_id}, not to the "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from sqlalchemy import (
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     bindparam,
     func,
     insert,
@@ -48,10 +49,13 @@ class State(StrEnum):
     # REQUIRE_EMAIL_VERIFICATION: the user exists and the license waits for the link's click.
     PENDING_VERIFICATION = "PENDING_VERIFY"
     EXPIRED = "EXPIRED"  # never verified: the user was deleted again, freeing the address
+    # Keygen refused for good to delete the user of a signup that got no license (the user
+    # holds another product's license, or the token may not delete): kept for an operator.
+    KEPT = "KEPT"
 
 
 UNFINISHED = (State.NEW, State.USER_CREATED)
-RESUBMITTABLE = (State.REJECTED, State.ABANDONED, State.COMPENSATED, State.EXPIRED)
+RESUBMITTABLE = (State.REJECTED, State.ABANDONED, State.COMPENSATED, State.EXPIRED, State.KEPT)
 
 
 signups = Table(
@@ -77,6 +81,8 @@ signups = Table(
     Column("verify", Boolean, nullable=False, default=False, server_default=text("false")),
     # Added with translated emails: the language of the page, for the emails this signup owes.
     Column("locale", String(16)),
+    # Added for keys Keygen shows only once (sealing.py): sealed until shown, then wiped.
+    Column("sealed_key", Text),
 )
 
 # The statements of the signup path, built once with bound parameters and executed with a dict
@@ -122,6 +128,7 @@ class Signup:
     last_name: str | None = None
     verify: bool = False
     locale: str | None = None
+    sealed_key: str | None = field(default=None, repr=False)
 
     @property
     def finished(self) -> bool:
@@ -259,6 +266,30 @@ class Journal(Outbox):
     def mark_key_shown(self, signup_id: str) -> bool:
         """True for exactly one caller: the one that may display the key."""
         return self._update(_UNSHOWN_ROW, {"_id": signup_id}, key_shown=True)
+
+    # Keys Keygen shows only once (sealing.py) and signups kept for an operator.
+
+    def wipe_sealed_key(self, signup_id: str) -> None:
+        self._update(_ROW, {"_id": signup_id}, sealed_key=None)
+
+    def wipe_shown_keys(self, *, older_than: float) -> int:
+        """Wipe the sealed keys shown at least ``older_than`` seconds ago: by then no copy of
+        the submission can still be waiting to show it again (a double click's)."""
+        statement = (
+            update(signups)
+            .where(signups.c.key_shown.is_(True))
+            .where(signups.c.sealed_key.is_not(None))
+            .where(signups.c.updated_at < self.clock() - older_than)
+            .values(sealed_key=None)
+        )
+        with self.engine.begin() as db:
+            return db.execute(statement).rowcount
+
+    def kept(self) -> list[Signup]:
+        """Signups whose Keygen user Keygen would not let the portal delete, oldest first."""
+        query = select(signups).where(signups.c.state == State.KEPT).order_by(signups.c.created_at)
+        with self.engine.connect() as db:
+            return [_signup(row) for row in db.execute(query)]
 
     def get(self, signup_id: str) -> Signup:
         return self._one(_BY_ID, {"_id": signup_id})

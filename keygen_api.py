@@ -2,8 +2,9 @@
 
 Everything the portal knows about Keygen lives here and in the two modules this one re-exports:
 keygen_records.py (the resources read from Keygen's JSON:API documents) and keygen_errors.py
-(Keygen's answers as exceptions named after what the caller should do next). The rest of the
-portal imports `KeygenClient`, the records and the errors from here. The facts are checked
+(Keygen's answers as exceptions named after what the caller should do next); circuit.py holds
+the circuit breaker and the Retry-After gate. The rest of the portal imports `KeygenClient`, the
+records and the errors from here. The facts are checked
 against keygen-api's source (github.com/keygen-sh/keygen-api), whose files the comments name.
 """
 
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from circuit import CircuitBreaker, RetryAfterGate
 from keygen_errors import (
     KeygenAccessDenied,
     KeygenCircuitOpen,
@@ -39,6 +41,7 @@ from keygen_records import Bearer, License, Policy, User
 
 __all__ = [
     "Bearer",
+    "CircuitBreaker",
     "KeygenAccessDenied",
     "KeygenCircuitOpen",
     "KeygenClient",
@@ -57,7 +60,19 @@ __all__ = [
 
 log = logging.getLogger(f"portal.{__name__}")
 
-API_VERSION = "1.8"
+# The Keygen-Version sent with every call (KEYGEN_API_VERSION). 1.7 is the newest that every
+# supported Keygen knows: self-hosted CE/EE v1.3.0 to v1.4.x answer 400 INVALID_API_VERSION to
+# 1.8 (their lib/keygen/version.rb is 1.7.0, which config/initializers/request_migrations.rb
+# makes the newest API version). The only migration between 1.7 and 1.8,
+# app/migrations/rename_credential_error_codes_for_token_migration.rb, rewrites POST /tokens'
+# 401 codes into CREDENTIALS_INVALID; nothing else the portal reads or sends changes. Keygen
+# before v1.3.0 (API 1.5) refuses a license's `owner` relationship, so it is not supported.
+API_VERSION = "1.7"
+API_VERSIONS = ("1.7", "1.8")  # what KEYGEN_API_VERSION may pin
+OLDEST_KEYGEN = "v1.3.0"
+# Keygen Cloud's domain: its hosts find an account only by the URL's /accounts/<id>, never by
+# the Host, which only a custom domain can do (resolve_account_service.rb refuses "internal").
+CLOUD_DOMAIN = "keygen.sh"  # the oldest self-hosted Keygen CE/EE release the portal works with
 MEDIA_TYPE = "application/vnd.api+json"
 USER_AGENT = "keygen-signup-portal/1.0"
 
@@ -86,6 +101,48 @@ def token_kind(token: str) -> str | None:
     return _OTHER_TOKEN_KINDS.get(token.split("-", 1)[0])
 
 
+# -- Permissions (Keygen EE) ---------------------------------------------------------------------
+
+# Every permission the product token needs, and what for: Keygen EE can narrow a token to some
+# of its product's permissions, and then refuses every other call with 403 "token lacks
+# permission to perform action" (`verify_permissions!` in app/policies/application_policy.rb).
+# Whoever adds a call adds its permission here and to ENDPOINT_PERMISSIONS: the doctor lists the
+# ones the token lacks.
+NEEDED_PERMISSIONS: dict[str, str] = {
+    "product.read": "checking the token (GET /me)",
+    "policy.read": "checking KEYGEN_POLICY_ID",
+    "user.create": "creating each user",
+    "user.read": "finding a user after a timeout, and lost-key recovery",
+    "user.delete": "undoing a signup whose license failed",
+    "license.create": "issuing each license",
+    "license.read": "showing a key again, emailing it, and lost-key recovery",
+}
+# The permission each endpoint the client calls needs (its policy's verify_permissions!; /me
+# is ProductPolicy#me?), by endpoint_name().
+ENDPOINT_PERMISSIONS: dict[str, str] = {
+    "me": "product.read",
+    "policies.show": "policy.read",
+    "users.create": "user.create",
+    "users.show": "user.read",
+    "users.destroy": "user.delete",
+    "licenses.create": "license.create",
+    "licenses.show": "license.read",
+    "licenses.index": "license.read",
+    # Only to delete a LEGACY_ENCRYPT license whose key was lost with Keygen's answer; without
+    # it the portal logs the license for the operator instead, so NEEDED_PERMISSIONS omits it.
+    "licenses.destroy": "license.delete",
+}
+WILDCARD_PERMISSION = "*"  # app/models/permission.rb
+
+
+def missing_permissions(granted: tuple[str, ...] | None) -> list[str]:
+    """The NEEDED_PERMISSIONS a token with these (effective) permissions lacks; none for
+    Keygen CE (None: it has no permissions) or a wildcard."""
+    if granted is None or WILDCARD_PERMISSION in granted:
+        return []
+    return [permission for permission in NEEDED_PERMISSIONS if permission not in granted]
+
+
 # -- Protecting Keygen and ourselves -----------------------------------------------------------
 
 MAX_QUOTA_WAIT = 60.0  # a Reset further out than this is a clock problem, not Keygen's window
@@ -104,76 +161,6 @@ def quota_used_up_until(response: requests.Response) -> float | None:
         return float(headers["X-RateLimit-Reset"])
     except (KeyError, ValueError):
         return None
-
-
-class CircuitBreaker:
-    """Stops calling Keygen after ``threshold`` failures in a row, for ``cooldown`` seconds.
-
-    Then one probe call is let through (half-open): success closes the circuit, failure opens
-    it again. While open, callers fail at once instead of tying up a thread for a timeout.
-    """
-
-    def __init__(
-        self,
-        threshold: int = 5,
-        cooldown: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._probing = False
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            if self._opened_at is None:
-                return "closed"
-            if self._clock() - self._opened_at >= self.cooldown:
-                return "half-open"
-            return "open"
-
-    def before_call(self) -> None:
-        with self._lock:
-            if self._opened_at is None:
-                return
-            if self._clock() - self._opened_at < self.cooldown or self._probing:
-                raise KeygenCircuitOpen("Keygen is failing; not calling it for now")
-            self._probing = True
-
-    def succeeded(self) -> None:
-        with self._lock:
-            self._failures, self._opened_at, self._probing = 0, None, False
-
-    def failed(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._probing or self._failures >= self.threshold:
-                self._opened_at = self._clock()
-            self._probing = False
-
-
-class RetryAfterGate:
-    """Remembers Keygen's Retry-After, so that no thread calls it again before that time."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        self._not_before = 0.0
-        self._lock = threading.Lock()
-
-    def before_call(self) -> None:
-        wait = self._not_before - self._clock()
-        if wait > 0:
-            error = KeygenRateLimited(f"429 (waiting {wait:.1f}s more as Keygen asked)", status=429)
-            error.retry_after = wait
-            raise error
-
-    def rate_limited(self, retry_after: float) -> None:
-        with self._lock:
-            self._not_before = max(self._not_before, self._clock() + retry_after)
 
 
 # -- Client -------------------------------------------------------------------------------------
@@ -212,6 +199,8 @@ class KeygenClient:
         account: str,
         token: str,
         *,
+        api_version: str = API_VERSION,
+        environment: str = "",
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
         breaker: CircuitBreaker | None = None,
@@ -221,14 +210,22 @@ class KeygenClient:
     ):
         self.api_url = api_url.rstrip("/")
         self.account = account
-        self.base_url = f"{self.api_url}/v1/accounts/{quote(account, safe='')}"
+        self.api_version = api_version
+        self.environment = environment
+        # Without an account, /v1/<resource>: a Keygen Cloud custom domain finds the account by
+        # the Host, a singleplayer Keygen serves its only one (resolve_account_service.rb).
+        self.base_url = f"{self.api_url}/v1"
+        if account:
+            self.base_url += f"/accounts/{quote(account, safe='')}"
         # Sent with every call, on top of requests' own defaults.
         self._headers = {
             "Accept": MEDIA_TYPE,
             "Authorization": f"Bearer {token}",
-            "Keygen-Version": API_VERSION,
+            "Keygen-Version": api_version,
             "User-Agent": USER_AGENT,
         }
+        if environment:  # EE: tokens and records of an environment are found only with it
+            self._headers["Keygen-Environment"] = environment
         try:  # a bad address or a token that cannot be a header: refused now, not per call
             requests.Request("GET", self.base_url, headers=self._headers).prepare()
         except requests.RequestException as error:  # the text would hold the token
@@ -247,8 +244,15 @@ class KeygenClient:
 
     # The calls the portal makes.
 
-    def me(self, *, timeout: tuple[float, float] | None = None) -> Bearer:
-        return self._parse(Bearer.from_document, self._request("GET", "me", timeout=timeout))
+    def me(
+        self, *, timeout: tuple[float, float] | None = None, global_environment: bool = False
+    ) -> Bearer:
+        """Who the token belongs to; ``global_environment``: asked without KEYGEN_ENVIRONMENT
+        (the doctor's second opinion on a token Keygen does not find)."""
+        document = self._request(
+            "GET", "me", timeout=timeout, global_environment=global_environment
+        )
+        return self._parse(Bearer.from_document, document)
 
     def get_policy(self, policy_id: str, *, timeout: tuple[float, float] | None = None) -> Policy:
         """A product token sees only its own product's policies: another's is a 404."""
@@ -354,6 +358,12 @@ class KeygenClient:
         path = "licenses/" + quote(license_id, safe="")
         return self._parse(License.from_document, self._request("GET", path, timeout=timeout))
 
+    def delete_license(
+        self, license_id: str, *, timeout: tuple[float, float] | None = None
+    ) -> None:
+        path = "licenses/" + quote(license_id, safe="")
+        self._request("DELETE", path, expect=204, timeout=timeout)
+
     def list_licenses(
         self, *, owner: str, timeout: tuple[float, float] | None = None
     ) -> list[License]:
@@ -401,17 +411,23 @@ class KeygenClient:
         expect: int = 200,
         timeout: tuple[float, float] | None = None,
         anonymous: bool = False,
+        global_environment: bool = False,
     ) -> dict:
         self.gate.before_call()
         self.breaker.before_call()
         started = time.monotonic()
         status: int | None = None
+        headers: dict[str, str | None] = {"Authorization": None} if anonymous else {}
+        if global_environment:
+            headers["Keygen-Environment"] = None
         try:
-            document = self._guarded_send(method, path, json, params, expect, timeout, anonymous)
+            document = self._guarded_send(method, path, json, params, expect, timeout, headers)
             status = expect
             return document
         except KeygenError as error:
             status = error.status
+            if error.reason == "permission":
+                error.permission = ENDPOINT_PERMISSIONS.get(endpoint_name(method, path))
             raise
         finally:  # after the breaker has counted this attempt, so that observers see its state
             self._observe(method, path, status, time.monotonic() - started)
@@ -424,10 +440,10 @@ class KeygenClient:
         except Exception:  # counting a call must never fail it
             log.exception("the Keygen call observer failed")
 
-    def _guarded_send(self, method, path, json, params, expect, timeout, anonymous) -> dict:
+    def _guarded_send(self, method, path, json, params, expect, timeout, headers) -> dict:
         """One HTTP attempt, with the breaker and the Retry-After gate told how it went."""
         try:
-            document = self._send(method, path, json, params, expect, timeout, anonymous)
+            document = self._send(method, path, json, params, expect, timeout, headers)
         except KeygenRateLimited as error:
             self.gate.rate_limited(error.retry_after)
             self.breaker.succeeded()  # Keygen answered; it is up
@@ -454,8 +470,9 @@ class KeygenClient:
             except Exception:  # the shared budget may be down; this call itself went fine
                 log.exception("could not tell the Keygen budget that the quota is used up")
 
-    def _send(self, method, path, json, params, expect, timeout, anonymous=False) -> dict:
-        headers: dict[str, str | None] = {"Authorization": None} if anonymous else {}
+    def _send(self, method, path, json, params, expect, timeout, headers) -> dict:
+        """``headers``: this call's changes to the session's (None removes one)."""
+        headers = dict(headers)
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
         try:

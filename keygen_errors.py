@@ -29,6 +29,9 @@ class Problem:
 class KeygenError(Exception):
     """Keygen did not do what was asked. Never carries the request body or the token."""
 
+    edition: str | None = None  # "EE" or "CE": the answer's Keygen-Edition header
+    permission: str | None = None  # for a 403 "lacks permission": the one the call needed
+
     def __init__(
         self,
         message: str,
@@ -58,12 +61,24 @@ class KeygenError(Exception):
         meta = document.get("meta") if isinstance(document, dict) else None
         request_id = (meta or {}).get("id") if isinstance(meta, dict) else None
         request_id = request_id or response.headers.get("X-Request-Id")
-        return cls(
+        error = cls(
             _describe(response.status_code, errors, request_id),
             status=response.status_code,
             errors=errors,
             request_id=request_id,
         )
+        error.edition = response.headers.get("Keygen-Edition")
+        return error
+
+    @property
+    def detail(self) -> str:
+        return str(self.errors[0].get("detail") or "") if self.errors else ""
+
+    @property
+    def reason(self) -> str:
+        """What Keygen's answer means for an operator, as a fixed word for logs, metrics and
+        the doctor (see REASONS)."""
+        return reason_of(self.status, self.errors)
 
 
 class KeygenUnavailable(KeygenError):
@@ -154,6 +169,74 @@ def error_for(response: requests.Response) -> KeygenError:
     if status == 422 and error.code == "ID_CONFLICT":
         return KeygenConflict.from_response(response)
     return error
+
+
+# What a refusal means, by KeygenError.reason. Each is an operator's problem except "invalid",
+# "not_found" and "conflict" (the data), "rate_limited" and "unavailable" (try later).
+REASONS = {
+    "api_version": "Keygen does not know the API version asked for",
+    "environment_unknown": "Keygen has no such environment",
+    "environments_unsupported": "this Keygen (CE) has no environments",
+    "token": "Keygen knows no such token (here)",
+    "token_expired": "the token has expired",
+    "payment_required": "the Keygen account is over its plan's limits",
+    "subscription": "the Keygen account's subscription is not active",
+    "permission": "the token lacks a permission",
+    "host": "Keygen (or a proxy in front of it) does not serve this host name",
+    "denied": "Keygen's policies refused the token",
+    "no_route": "Keygen serves no such route under this host name",
+    "account_required": "Keygen needs the account in the URL",
+    "account_invalid": "a self-hosted Keygen serves another account",
+    "account_unknown": "Keygen knows no such account",
+    "not_found": "no such resource",
+    "conflict": "the resource exists already",
+    "invalid": "Keygen refused the request's data",
+    "rate_limited": "too many requests",
+    "unavailable": "no usable answer",
+}
+_LACKS_PERMISSION = "lacks permission to perform action"  # app/policies/application_policy.rb
+
+
+def reason_of(status: int | None, errors: list[dict]) -> str:
+    """Keygen's refusals told apart by status, code, title and detail, as keygen-api words
+    them (app/controllers/application_controller.rb; concerns/current_account_constraints.rb;
+    app/services/resolve_{account,environment}_service.rb; application_policy.rb)."""
+    first = errors[0] if errors else {}
+    code, title = first.get("code"), str(first.get("title") or "")
+    detail = str(first.get("detail") or "")
+    if status is None or status >= 500 or status < 400:
+        return "unavailable"
+    if status == 429:
+        return "rate_limited"
+    if status == 402:
+        return "payment_required"
+    if status == 409:
+        return "conflict"
+    by_code = {
+        "INVALID_API_VERSION": "api_version",
+        "ENVIRONMENT_INVALID": "environment_unknown",
+        "ENVIRONMENT_NOT_SUPPORTED": "environments_unsupported",
+        "TOKEN_EXPIRED": "token_expired",
+    }
+    if code in by_code:
+        return by_code[code]
+    if status == 401:
+        return "token"
+    if status == 403:
+        if not errors:  # Rails' host authorization answers with an empty body
+            return "host"
+        if title == "Account does not have an active subscription":
+            return "subscription"
+        return "permission" if _LACKS_PERMISSION in detail else "denied"
+    if status == 404:
+        if detail.startswith("The requested endpoint was not found"):
+            return "no_route"
+        if detail == "account is required":
+            return "account_required"
+        if detail.startswith("account is invalid"):
+            return "account_invalid"
+        return "account_unknown" if detail.startswith("The requested account") else "not_found"
+    return "invalid"
 
 
 def _describe(status: int, errors: list[dict], request_id: str | None) -> str:

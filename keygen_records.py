@@ -31,14 +31,28 @@ class User:
         )
 
 
+# A policy whose keys Keygen returns only when it creates them: `attribute :key, unless:
+# legacy_encrypted?` (app/serializers/license_serializer.rb, app/models/policy.rb). Every other
+# scheme (none, ED25519_SIGN, RSA_2048_*) returns the key on every read.
+UNREADABLE_KEY_SCHEMES = frozenset({"LEGACY_ENCRYPT"})
+
+
+def keys_readable_later(attributes: dict) -> bool:
+    """Whether Keygen shows a license's key again after its create (from the attributes of the
+    license or of its policy: both carry `scheme` and `encrypted`)."""
+    unreadable = attributes.get("scheme") in UNREADABLE_KEY_SCHEMES
+    return not (unreadable and attributes.get("encrypted", True))
+
+
 @dataclass(frozen=True)
 class License:
     id: str
-    key: str = field(repr=False)
+    key: str | None = field(repr=False)  # None: Keygen does not show it again (see above)
     policy_id: str | None
     owner_id: str | None
     metadata: dict[str, Any]
     expiry: str | None
+    key_readable_later: bool = True
 
     @classmethod
     def from_document(cls, document: dict) -> License:
@@ -51,13 +65,16 @@ class License:
         # API v1.6 renamed the license's `user` relationship to `owner`; accounts pinned to an
         # older version still answer with `user` when a proxy drops our Keygen-Version header.
         owner = relationships.get("owner") or relationships.get("user") or {}
+        readable = keys_readable_later(attributes)
         return cls(
             id=data["id"],
-            key=attributes["key"],
+            # Every read shows the key, unless the policy hides it after the create.
+            key=attributes["key"] if readable else attributes.get("key"),
             policy_id=_related_id(relationships.get("policy")),
             owner_id=_related_id(owner),
             metadata=attributes.get("metadata") or {},
             expiry=attributes.get("expiry"),
+            key_readable_later=readable,
         )
 
 
@@ -65,11 +82,19 @@ class License:
 class Policy:
     id: str
     product_id: str | None
+    scheme: str | None = None
+    keys_readable_later: bool = True
 
     @classmethod
     def from_document(cls, document: dict) -> Policy:
         data = document["data"]
-        return cls(id=data["id"], product_id=_related_id(data["relationships"].get("product")))
+        attributes = data.get("attributes") or {}
+        return cls(
+            id=data["id"],
+            product_id=_related_id(data["relationships"].get("product")),
+            scheme=attributes.get("scheme"),
+            keys_readable_later=keys_readable_later(attributes),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,9 @@ class Bearer:
     id: str
     type: str  # "products", "users", ...
     token_kind: str | None  # "product-token", ...
+    # What the token may do, as Keygen EE reports it (the token's own permissions intersected
+    # with its bearer's, app/models/token.rb); None from Keygen CE, which has none.
+    permissions: tuple[str, ...] | None = None
 
     @property
     def is_product(self) -> bool:
@@ -89,8 +117,14 @@ class Bearer:
         data = document["data"]
         included = document.get("included") or []
         token = next((i for i in included if i.get("type") == "tokens"), {})
-        kind = (token.get("attributes") or {}).get("kind")
-        return cls(id=data["id"], type=data["type"], token_kind=kind)
+        attributes = token.get("attributes") or {}
+        permissions = attributes.get("permissions")
+        return cls(
+            id=data["id"],
+            type=data["type"],
+            token_kind=attributes.get("kind"),
+            permissions=tuple(permissions) if isinstance(permissions, list) else None,
+        )
 
 
 def _related_id(relationship: dict | None) -> str | None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 PORTAL = "portal"  # the parent of every logger of the portal's own modules
 
 # Attributes a log call may add with extra={...}, copied into the JSON object when present.
-CORRELATION = ("signup_id", "keygen_request_id")
+CORRELATION = ("signup_id", "keygen_request_id", "keygen_reason")
 
 _scope: contextvars.ContextVar[str | None] = contextvars.ContextVar("log_scope", default=None)
 

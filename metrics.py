@@ -64,6 +64,8 @@ REFUSALS = (
     "domain_not_allowed",
     "domain_limit",
 )
+# Shown from the start (at 0), so that an alert can watch them before the first one happens.
+OPERATOR_REASONS = ("payment_required", "subscription", "permission", "token", "delete_refused")
 # Seconds; Keygen usually answers in tens of milliseconds, and a read may wait up to 10 s.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
 # A request that came through a reverse proxy carries one of these (every recipe in deploy/
@@ -115,6 +117,15 @@ class Metrics:
         )
         for when in ("now", "later"):
             self.retries.labels(when=when)
+        self.operator_problems = Counter(
+            "portal_operator_problems",
+            "Signups stopped by a Keygen refusal only an operator can fix, by reason: "
+            "payment_required (402), subscription, permission, token, delete_refused, ...",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in OPERATOR_REASONS:
+            self.operator_problems.labels(reason=reason)
         self.rate_limited = Counter(
             "portal_keygen_rate_limited",
             "Answers 429 (too many requests) from Keygen.",
@@ -137,6 +148,10 @@ class Metrics:
         if status == 429:
             self.rate_limited.inc()
         self._refresh_breaker()
+
+    def count_operator_problem(self, reason: str) -> None:
+        """The workflow's on_operator_problem: a fixed word (keygen_errors.REASONS)."""
+        self.operator_problems.labels(reason=reason).inc()
 
     def count_retry(self, when: str) -> None:
         """The workflow's on_retry: a step tried again "now" or "later"."""

@@ -2,18 +2,19 @@
 belong to (journal.py), and sent off the request's path by delivery.py.
 
 A row holds what is needed to compose the message again (the kind, the recipient, the license,
-user or signup it is about), never a key or a link's token: delivery.py fetches the key from
-Keygen and signs the link when it sends.
+user or signup it is about), never a key in the clear or a link's token: delivery.py fetches
+the key from Keygen and signs the link when it sends. A key Keygen shows only once is the
+exception: it is kept sealed (sealing.py) until the message is sent or given up, then wiped.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sqlalchemy import Column, Float, Integer, String, Table, func, or_, select, update
+from sqlalchemy import Column, Float, Integer, String, Table, Text, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -47,6 +48,7 @@ outbox = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("locale", String(16)),  # the language to write in (i18n.py); none: the default
+    Column("sealed_key", Text),  # a key Keygen shows only once, sealed; wiped when settled
 )
 
 # Queued twice (a request and the reconciler both finishing a signup): sent once.
@@ -67,6 +69,7 @@ class Letter:
     last_name: str | None = None
     dedupe: str | None = None
     locale: str | None = None  # the language of the page the person used
+    sealed_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Mail:
     created_at: float
     updated_at: float
     locale: str | None = None
+    sealed_key: str | None = field(default=None, repr=False)
 
 
 class Outbox:
@@ -128,8 +132,11 @@ class Outbox:
             return _mail(db.execute(select(outbox).where(outbox.c.id == mail_id)).one())
 
     def settle_mail(self, mail_id: str, *, owner: str, **changes) -> bool:
-        """Record how a send we hold the lease on went, and let go of the row."""
+        """Record how a send we hold the lease on went, and let go of the row. A sealed key
+        goes with the message's last attempt, sent or not."""
         changes.update(updated_at=self.clock(), lease_owner=None, lease_until=None)
+        if changes.get("state") not in (None, MailState.PENDING):
+            changes["sealed_key"] = None
         statement = (
             update(outbox)
             .where(outbox.c.id == mail_id)
@@ -165,6 +172,7 @@ class Outbox:
                 "last_name": letter.last_name,
                 "ref": letter.ref,
                 "locale": letter.locale,
+                "sealed_key": letter.sealed_key,
                 "state": MailState.PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,

@@ -12,9 +12,18 @@ from urllib.parse import urlsplit
 
 import idna
 
-from keygen_api import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PRODUCT_TOKEN_PREFIX, token_kind
+from keygen_api import (
+    API_VERSION,
+    API_VERSIONS,
+    CLOUD_DOMAIN,
+    MAX_PASSWORD_BYTES,
+    MIN_PASSWORD_LENGTH,
+    PRODUCT_TOKEN_PREFIX,
+    token_kind,
+)
 
 MAX_SIGNUP_DEADLINE = 25.0  # gunicorn.conf.py kills a worker after 30 s
+DEFAULT_API_VERSION = API_VERSION  # KEYGEN_API_VERSION's default
 
 
 def is_loopback(host: str | None) -> bool:
@@ -137,6 +146,26 @@ def http_url(value: str, *, what: str) -> str:
         raise ValueError(f"must be {what}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError("must use https (plain http is only allowed on this machine)")
+    return value
+
+
+def is_keygen_cloud(url: str) -> bool:
+    """Whether a Keygen URL is Keygen Cloud's own host (not a custom domain)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == CLOUD_DOMAIN or host.endswith("." + CLOUD_DOMAIN)
+
+
+def api_version(value: str) -> str:
+    value = value.strip().removeprefix("v")
+    if value not in API_VERSIONS:
+        raise ValueError(f"must be {' or '.join(API_VERSIONS)} (the API versions the portal knows)")
+    return value
+
+
+def environment(value: str) -> str:
+    value = value.strip()
+    if len(value) > 255 or _CONTROL.search(value):
+        raise ValueError("must be an environment's code or id, without spaces")
     return value
 
 

@@ -42,6 +42,7 @@ from outcomes import (
     TooBusy,
     TryLater,
 )
+from sealing import Sealer
 from signup_run import SignupRun
 
 log = logging.getLogger(f"portal.{__name__}")
@@ -67,6 +68,8 @@ class SignupWorkflow:
         one_account_per_person: bool = False,
         unverified_lifetime: float = 172800.0,
         on_retry: Callable[[str], None] | None = None,
+        sealer: Sealer | None = None,
+        on_operator_problem: Callable[[str], None] | None = None,
     ):
         self.keygen = keygen
         self.journal = journal
@@ -85,6 +88,10 @@ class SignupWorkflow:
         self.unverified_lifetime = unverified_lifetime
         # Told of each step tried again: "now" (within the request) or "later" (the reconciler).
         self.on_retry: Callable[[str], None] = on_retry or (lambda when: None)
+        # Keeps a key Keygen shows only once until it is delivered (sealing.py).
+        self.sealer = sealer
+        # Told the reason of each Keygen refusal only an operator can fix ("payment_required").
+        self.on_operator_problem: Callable[[str], None] = on_operator_problem or (lambda _: None)
         # Outlives our own work (the deadline plus a compensation's grace period), so that no
         # one takes a row we are still driving.
         self.lease = deadline + keygen.timeout[0] + 3.0
@@ -343,12 +350,39 @@ class SignupWorkflow:
         response of a double click, so that one must carry the key)."""
         if (signup.key_shown and not waited_for_it) or not self.key_on_page:
             return AlreadyIssued(signup.email)
-        license = self._read_back(signup, ends_at)
-        if license is None:
-            return Processing(signup.email)  # Keygen's quota is taken: the next reload shows it
-        if self.journal.mark_key_shown(signup.id) or waited_for_it:
-            return Issued(signup.email, license.key, license.id, signup.id)
+        key = self.sealer.open(signup.sealed_key) if self.sealer and signup.sealed_key else None
+        if key is None:
+            license = self._read_back(signup, ends_at)
+            if license is None:
+                return Processing(signup.email)  # Keygen's quota is taken: a reload shows it
+            if license.key is None:  # shown once, and no sealed copy is left
+                log.error(
+                    "signup %s: Keygen shows the key of license %s only once, and no sealed "
+                    "copy is left: it cannot be shown again",
+                    signup.id,
+                    signup.license_id,
+                )
+                return AlreadyIssued(signup.email)
+            key = license.key
+        if self.journal.mark_key_shown(signup.id):
+            if signup.sealed_key:
+                self.journal.wipe_sealed_key(signup.id)  # shown: no one will show it again
+            return Issued(signup.email, key, signup.license_id, signup.id)
+        if waited_for_it:
+            return Issued(signup.email, key, signup.license_id, signup.id)
         return AlreadyIssued(signup.email)
+
+    def seal(self, license: License) -> str | None:
+        """A sealed copy of a key Keygen will not show again, for whatever still has to show
+        or email it; None for a key Keygen shows on every read."""
+        if license.key_readable_later or not license.key:
+            return None
+        if self.sealer is None:
+            log.warning(
+                "license %s: its key cannot be read again, and nothing seals it", license.id
+            )
+            return None
+        return self.sealer.seal(license.key)
 
     def _read_back(self, signup: Signup, ends_at: float) -> License | None:
         """The issued license, to show its key: one more Keygen call, which waits for its turn

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from typing import Protocol
 
 import email_rules
 from admission import CALLS_PER_SIGNUP, Admission, NotNow, Pacer
+from diagnosis import refused_for_good, what_to_do, why_kept
 from journal import Journal, Signup, State
 from keygen_api import (
     KeygenClient,
@@ -49,12 +51,17 @@ class Workflow(Protocol):
     admission: Admission
     policy_id: str
     key_by_email: bool
+    key_on_page: bool
     enumeration_safe: bool
     one_account_per_person: bool
     unverified_lifetime: float
     give_up_after: float
 
     def on_retry(self, when: str) -> None: ...
+
+    def on_operator_problem(self, reason: str) -> None: ...
+
+    def seal(self, license: License) -> str | None: ...
 
 
 log = logging.getLogger(f"portal.{__name__}")
@@ -129,9 +136,14 @@ class SignupRun:
             return self.reschedule(pending, applicant)
 
     def issued(self, license: License) -> None:
-        mail = (self.letter("license", ref=license.id),) if self.workflow.key_by_email else ()
+        # A key Keygen will not show again goes sealed with what still has to deliver it.
+        sealed = self.workflow.seal(license)
+        mail: tuple[Letter, ...] = ()
+        if self.workflow.key_by_email:
+            mail = (self.letter("license", ref=license.id, sealed_key=sealed),)
+        kept = {"sealed_key": sealed} if sealed and self.workflow.key_on_page else {}
         if not self.shows_key:
-            self.record(state=State.ISSUED, last_error=None, mail=mail)
+            self.record(state=State.ISSUED, last_error=None, mail=mail, **kept)
             return
         # One statement: issued, shown by us (no duplicate can claim the showing in between),
         # released, and the key's email queued.
@@ -142,6 +154,7 @@ class SignupRun:
             lease_owner=None,
             lease_until=None,
             mail=mail,
+            **kept,
         )
         self.released = True
 
@@ -163,6 +176,9 @@ class SignupRun:
     def expire(self) -> None:
         try:
             self.delete_unverified_user()
+        except _Refused as refused:
+            self.kept(refused.error)
+            return
         except NotNow as pending:
             self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
             self.record(
@@ -191,11 +207,16 @@ class SignupRun:
         except KeygenNotFound:
             pass  # deleted already
         except KeygenError as error:
+            if refused_for_good(error):
+                raise _Refused(error) from None
             delay = self.pacer.backoff()
             raise NotNow(f"cannot remove the unverified user: {error}", delay=delay) from None
 
-    def letter(self, kind: str, *, ref: str, dedupe: str | None = None) -> Letter:
+    def letter(
+        self, kind: str, *, ref: str, dedupe: str | None = None, sealed_key: str | None = None
+    ) -> Letter:
         return Letter(
+            sealed_key=sealed_key,
             kind=kind,
             email=self.signup.email,
             ref=ref,
@@ -236,15 +257,13 @@ class SignupRun:
                     # Ours if an earlier send of this very submission went through.
                     return self.ours_or_taken(applicant.email)
                 raise self.refused(self.rejected(error)) from None
-            except KeygenConflict:  # two creates for one email raced inside Keygen
-                return self.ours_or_taken(applicant.email)
-            except KeygenRejected as error:  # token, plan, or a request Keygen cannot parse
-                raise self.refused(self.operator_problem("creating a user", error)) from None
             except KeygenRateLimited as error:  # turned away before anything was created
                 self.pacer.pause(error, "creating a user")
-            except KeygenUnavailable as error:
-                # The create may have happened: look before sending it again. If even the
-                # lookup fails, resend: Keygen answers EMAIL_TAKEN if the first one landed.
+            except (KeygenUnavailable, KeygenConflict) as error:
+                # The create may have happened (no answer), or two creates for this email
+                # raced inside Keygen and one went through (409, a unique index): look before
+                # sending it again. If even the lookup fails, resend: Keygen answers EMAIL_TAKEN
+                # if the first one landed.
                 try:
                     user = self.find_user(applicant.email)
                 except NotNow:
@@ -252,6 +271,8 @@ class SignupRun:
                 if user is not None:
                     return self.ours_or_taken(applicant.email, user)
                 self.pacer.pause(error, "creating a user")
+            except KeygenRejected as error:  # token, plan, or a request Keygen cannot parse
+                raise self.refused(self.operator_problem("creating a user", error)) from None
 
     def same_person(self, email: str, canonical: str) -> User | None:
         """Refuse the address if a user of the same mailbox exists (by the canonical form in
@@ -340,13 +361,20 @@ class SignupRun:
                     metadata=metadata,
                     timeout=self.pacer.timeout(),
                 )
-            except KeygenConflict:
-                # Our id is taken: an earlier send of this same request went through.
+            except KeygenConflict as error:
+                # Our id is taken: an earlier send of this same request went through (422
+                # ID_CONFLICT), or two sends raced inside Keygen (409) and one did. As after a
+                # timeout: look, then use it, or send again (a 409's twin may not be committed).
+                sent_as = self.signup.license_id
                 license = self.existing_license(user_id)
-                if license is None:
+                if license is not None:
+                    return license
+                if self.signup.license_id != sent_as:
+                    continue  # it was keyless, and is replaced: create the new one now
+                if error.status != 409:
                     delay = self.pacer.backoff()
                     raise NotNow("license id taken but not readable", delay=delay) from None
-                return license
+                self.pacer.pause(error, "creating a license")
             except KeygenRejected as error:
                 problem = self.operator_problem("creating a license", error)
                 self.compensate(user_id)
@@ -372,7 +400,30 @@ class SignupRun:
         if license.owner_id != user_id or license.policy_id != self.workflow.policy_id:
             self.log.error("signup %s: license %s belongs to someone else", self.id, license.id)
             return None
+        if license.key is None:
+            self.replace_keyless(license)
+            return None
         return license
+
+    def replace_keyless(self, license: License) -> None:
+        """Our license exists, but Keygen's answer to its create, the only one that shows a
+        LEGACY_ENCRYPT key, was lost: issue another under a new id, and delete this one."""
+        self.take_turn()
+        try:
+            self.keygen.delete_license(license.id, timeout=self.pacer.timeout())
+            fate = "deleted"
+        except KeygenNotFound:
+            fate = "gone"
+        except KeygenError as error:
+            fate = f"left in Keygen ({error}): delete it there"
+        self.log.error(
+            "signup %s: the key of license %s was lost with Keygen's answer, and Keygen shows "
+            "it only once: issuing another license; the keyless one is %s",
+            self.id,
+            license.id,
+            fate,
+        )
+        self.record(license_id=str(uuid.uuid4()))
 
     def compensate(self, user_id: str) -> None:
         """Delete the user we created, so their email is free for the next attempt."""
@@ -382,6 +433,9 @@ class SignupRun:
         except KeygenNotFound:
             pass
         except KeygenError as error:
+            if refused_for_good(error):
+                self.kept(error)
+                return
             self.log.error(
                 "signup %s: user %s has no license and could not be deleted yet: %s",
                 self.id,
@@ -392,6 +446,23 @@ class SignupRun:
             raise NotNow("compensation failed", delay=self.pacer.backoff()) from None
         self.record(state=State.COMPENSATED)
         self.log.warning("signup %s: deleted user %s (no license issued)", self.id, user_id)
+
+    def kept(self, error: KeygenError) -> None:
+        """Keygen will not delete our user, and asking again will not change its mind: keep the
+        row (KEPT) for an operator, instead of asking again and again."""
+        self.log.error(
+            "signup %s: Keygen refused to delete user %s (%s): %s. It stays in Keygen without "
+            "a license of this product; delete it there if it should go.",
+            self.id,
+            self.signup.user_id,
+            error,
+            why_kept(error),
+            extra={"keygen_request_id": error.request_id, "keygen_reason": "delete_refused"},
+        )
+        self.record(
+            state=State.KEPT, last_error=f"Keygen refused to delete the user: {error}"[:500]
+        )
+        self.workflow.on_operator_problem("delete_refused")
 
     # Turns, the journal and errors.
 
@@ -470,15 +541,26 @@ class SignupRun:
         return Rejected(errors)
 
     def operator_problem(self, step: str, error: KeygenError) -> SignupUnavailable:
+        """A refusal only an operator can fix (the token, its permissions, the policy, the
+        account's plan): one line saying what to do, and never a retry."""
         self.log.error(
-            "signup %s: Keygen refused %s: %s. Check KEYGEN_PRODUCT_TOKEN, KEYGEN_POLICY_ID "
-            "and the Keygen account's plan.",
+            "signup %s: Keygen refused %s: %s. %s.",
             self.id,
             step,
             error,
-            extra={"keygen_request_id": error.request_id},
+            what_to_do(error),
+            extra={"keygen_request_id": error.request_id, "keygen_reason": error.reason},
         )
+        self.workflow.on_operator_problem(error.reason)
         return SignupUnavailable(f"signup {self.id}: {step}: {error}")
+
+
+class _Refused(Exception):
+    """Keygen refused for good to delete a user (diagnosis.refused_for_good)."""
+
+    def __init__(self, error: KeygenError):
+        self.error = error
+        super().__init__(str(error))
 
 
 def _is_taken(error: KeygenInvalid) -> bool:

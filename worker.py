@@ -41,6 +41,8 @@ class Report:
 
 
 class Reconciler:
+    WIPE_EVERY = 600.0  # seconds between sweeps of shown sealed keys
+
     def __init__(
         self,
         journal: Journal,
@@ -56,6 +58,7 @@ class Reconciler:
         self.owner = f"reconciler:{workflow.worker_id}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wiped_at = float("-inf")
 
     def run_once(self, *, dry_run: bool = False) -> Report:
         report = Report(stale=self.journal.unfinished_older_than(self.stale_after))
@@ -88,6 +91,8 @@ class Reconciler:
                 log.exception("reconciler: signup %s failed unexpectedly", signup.id)
             finally:
                 self.journal.release(signup.id, owner=self.owner)
+        if not dry_run:
+            self.wipe_shown_keys()
         for signup in report.stale:
             log.warning(
                 "reconciler: signup %s is still %s after %.0fs (%d attempts): %s",
@@ -98,6 +103,16 @@ class Reconciler:
                 signup.last_error or "-",
             )
         return report
+
+    def wipe_shown_keys(self) -> None:
+        """Wipe the sealed keys (sealing.py) of signups shown long enough ago that no copy of
+        the submission can be waiting to show them again. Every WIPE_EVERY seconds: it reads
+        the whole table, where the rest of a pass reads only unfinished rows."""
+        now = self.journal.clock()
+        if now - self._wiped_at < self.WIPE_EVERY:
+            return
+        self._wiped_at = now
+        self.journal.wipe_shown_keys(older_than=self.workflow.lease)
 
     def start(self) -> None:
         """Run in the background until stop(); the first pass comes soon after start."""

@@ -11,8 +11,10 @@ import the portal's Keygen client (keygen_api): it is here to catch that client'
 Modules: state (the records, Emulator, seeding), pipeline (one request's order of checks),
 routes (the endpoints, who may see what), schema (request-body checks), documents (JSON:API
 answers), errors (error objects), formats (key casing, ids, keys, credentials), faults (fault
-injection, rate limits, dropped connections), wsgi (create_app, the control plane), server
-(serve(), the command line).
+injection, rate limits, dropped connections), deployment (the switches for the Keygens a vendor
+runs: edition, API versions, hosts and domains, environments, permissions, account states,
+races, delayed deletions; Keygen Cloud's by default), wsgi (create_app, the control plane),
+server (serve(), the command line).
 """
 
 from keygen_emulator.server import ServerThread, main, serve

@@ -53,21 +53,24 @@ def user_document(user: dict, version: str, now: float, licenses: dict) -> dict:
     }
 
 
-def license_document(lic: dict, version: str, now: float) -> dict:
+def license_document(lic: dict, version: str, now: float, *, reveal: bool = False) -> dict:
+    """``reveal``: the answer that creates the license, the only one that shows a legacy
+    encrypted key (`attribute :key, unless:` in app/serializers/license_serializer.rb)."""
     here = f"/v1/accounts/{lic['account_id']}/licenses/{lic['id']}"
     maxima = {camel(name): lic[name] for name in MAX_ATTRIBUTES}
+    key = {} if lic["encrypted"] and not reveal else {"key": lic["key"]}
     return {
         "id": lic["id"],
         "type": "licenses",
         "attributes": {
             "name": lic["name"],
-            "key": lic["key"],
+            **key,
             "expiry": iso(lic["expiry"]),
             "status": _license_status(lic, now),
             "uses": 0,
             "suspended": lic["suspended"],
-            "scheme": None,
-            "encrypted": False,
+            "scheme": lic["scheme"],
+            "encrypted": lic["encrypted"],
             "strict": False,
             "floating": True,
             "protected": lic["protected"],
@@ -119,7 +122,10 @@ def _license_relationships(lic: dict, here: str, version: str) -> dict:
         "policy": related("policy", {"type": "policies", "id": lic["policy_id"]}),
         "group": related("group", None),
         owner_name: related(owner_name, owner),
-        "users": {**related("users"), "meta": {"count": 0 if owner is None else 1}},
+        "users": {
+            **related("users"),
+            "meta": {"count": len(lic["user_ids"]) + (0 if owner is None else 1)},
+        },
         "machines": {
             **related("machines"),
             "meta": {"cores": 0, "memory": 0, "disk": 0, "count": 0},
@@ -132,8 +138,10 @@ def _license_relationships(lic: dict, here: str, version: str) -> dict:
     return relationships
 
 
-def product_document(product: dict) -> dict:
+def product_document(product: dict, permissions: list[str] | None = None) -> dict:
+    """``permissions``: EE's (app/serializers/product_serializer.rb, `ee do`)."""
     here = f"/v1/accounts/{product['account_id']}/products/{product['id']}"
+    extra = {} if permissions is None else {"permissions": sorted(permissions)}
     return {
         "id": product["id"],
         "type": "products",
@@ -143,6 +151,7 @@ def product_document(product: dict) -> dict:
             "distributionStrategy": "LICENSED",
             "url": None,
             "platforms": None,
+            **extra,
             "metadata": {},
             "created": iso(product["created"]),
             "updated": iso(product["created"]),
@@ -166,7 +175,8 @@ def policy_document(policy: dict) -> dict:
         "attributes": {
             "duration": policy["duration"],
             "protected": policy["protected"],
-            "scheme": None,
+            "scheme": policy["scheme"],
+            "encrypted": policy["encrypted"],
             "usePool": False,
             "metadata": {},
         },
@@ -181,8 +191,11 @@ def policy_document(policy: dict) -> dict:
     }
 
 
-def token_document(token: dict, *, reveal: bool = False) -> dict:
-    """`reveal` adds the token's value: only the answer that creates it shows it."""
+def token_document(
+    token: dict, *, reveal: bool = False, permissions: list[str] | None = None
+) -> dict:
+    """`reveal` adds the token's value: only the answer that creates it shows it.
+    ``permissions``: EE's, its effective ones (app/serializers/token_serializer.rb)."""
     base = f"/v1/accounts/{token['account_id']}"
     attributes: dict[str, Any] = {"kind": token["kind"]}
     if reveal:
@@ -190,6 +203,7 @@ def token_document(token: dict, *, reveal: bool = False) -> dict:
     attributes.update(
         expiry=iso(token["expiry"]),
         name=token["name"],
+        **({} if permissions is None else {"permissions": sorted(permissions)}),
         created=iso(token["created"]),
         updated=iso(token["created"]),
     )

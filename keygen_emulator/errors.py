@@ -23,6 +23,7 @@ DENIED_BEARER = (
 DENIED_OTHER_PRODUCT = (
     "You do not have permission to complete the request (user cannot belong to another product)"
 )
+CONFLICT = "The request could not be completed because of a conflict"
 NO_ENDPOINT = (
     "The requested endpoint was not found (check your HTTP method, Accept header, and URL path)"
 )
@@ -65,6 +66,11 @@ def not_found(model: str, ident: str) -> Halt:
 
 def forbidden(detail: str) -> Halt:
     return Halt(403, [error("Access denied", detail)])
+
+
+def forbidden_because(reason: str) -> Halt:
+    """A policy's `deny!` with a reason (`rescue ActionPolicy::Unauthorized`)."""
+    return forbidden(f"You do not have permission to complete the request ({reason})")
 
 
 def unauthorized(code: str, detail: str = UNAUTHENTICATED, **source) -> Halt:

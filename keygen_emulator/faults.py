@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import flask
 
-from keygen_emulator.errors import Halt, error
+from keygen_emulator.errors import CONFLICT, Halt, error
 from keygen_emulator.formats import basic_pair, token_from
 
 
@@ -69,6 +69,7 @@ _THROTTLED = (
     "See https://keygen.sh/docs/api/rate-limiting/ for more info."
 )
 _DEFAULT_DETAILS = {
+    409: CONFLICT,  # a unique index's race (application_controller.rb, render_conflict)
     500: "Looks like something went wrong! Our engineers have been notified. "
     "If you continue to have problems, please contact support@keygen.sh.",
     503: "Our services are currently unavailable. Please try again later.",

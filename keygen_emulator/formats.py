@@ -112,6 +112,13 @@ def license_key() -> str:
     return "-".join(raw[i : i + 6] for i in range(0, len(raw), 6)).upper()
 
 
+def legacy_key(license_id: str) -> str:
+    """A LEGACY_ENCRYPT key: the license's id without dashes, then random hex, in groups of 32,
+    ending in v1 (`License#generate_legacy_encrypted_key!` in app/models/license.rb)."""
+    raw = license_id.replace("-", "") + secrets.token_hex(16)
+    return "-".join(raw[i : i + 32] for i in range(0, len(raw), 32)) + "v1"
+
+
 def basic_pair(credentials: str) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(credentials, validate=True).decode("utf-8")

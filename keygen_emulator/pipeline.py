@@ -1,9 +1,10 @@
 """One API request through Keygen's order of checks, up to the endpoint, and its answer.
 
-The order decides the status when several things are wrong: rate limit, JSON body, Accept,
-route, account, API version (Rack middleware and `app/controllers/application_controller.rb`),
-then, inside each endpoint, authentication, the body's schema, authorization, model rules.
-Middleware errors carry no `meta` and no Keygen-* headers (`lib/keygen/middleware.rb`).
+The order decides the status when several things are wrong: the Host, rate limit, JSON body,
+Accept, route, account, API version, environment, subscription (Rack middleware,
+`app/controllers/application_controller.rb` and its concerns), then, inside each endpoint,
+authentication, the body's schema, authorization (permissions first), model rules. Middleware
+errors carry no `meta` and no Keygen-* headers (`lib/keygen/middleware.rb`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ from typing import Any
 import flask
 
 from keygen_emulator import faults
+from keygen_emulator.deployment import (
+    ROUTE_PERMISSIONS,
+    SUBSCRIBED_ROUTES,
+    effective_permissions,
+    host_name,
+    in_environment,
+    lacks,
+)
 from keygen_emulator.errors import (
     NO_ENDPOINT,
     Halt,
     bad_request,
     error,
+    forbidden_because,
     invalid,
     not_found,
     unauthorized,
@@ -33,7 +43,7 @@ from keygen_emulator.formats import (
     version_tuple,
 )
 from keygen_emulator.schema import Param, check
-from keygen_emulator.state import API_VERSIONS, Emulator
+from keygen_emulator.state import Emulator
 
 JSONAPI = "application/vnd.api+json"
 _JSON_TYPES = frozenset({JSONAPI, "application/vnd.keygen+json", "application/json"})
@@ -92,7 +102,12 @@ class Call:
         self.request = request
         self.id = str(uuid.uuid4())
         self.route, self.args, self.account_ref = match_route(request.method, request.path)
+        if self.account_ref is not None and not emulator.deployment.serves_account_routes(
+            request.host
+        ):
+            self.route, self.args = None, {}  # config/routes.rb: only under Keygen's domain
         self.account: dict | None = None
+        self.environment: dict | None = None
         self.version: str | None = None
         self.token: dict | None = None
         self.bearer: dict | None = None
@@ -107,6 +122,7 @@ class Call:
             "route": self.route,
             "status": None,
             "keygen_version": request.headers.get("Keygen-Version"),
+            "keygen_environment": request.headers.get("Keygen-Environment"),
             "accept": request.headers.get("Accept"),
             "content_type": request.headers.get("Content-Type"),
             "json": None,
@@ -130,6 +146,10 @@ class Call:
         return response
 
     def process(self) -> flask.Response:
+        if not self.emu.deployment.serves_host(self.request.host):
+            # Rails' host authorization (config/environments/production.rb): before anything
+            # of Keygen's runs, an empty 403.
+            return flask.Response(b"", status=403, content_type="text/html; charset=utf-8")
         try:
             account = self.account_ref or ""
             self.rate_headers = faults.throttle(self.emu, self.request, account, self.route)
@@ -141,6 +161,10 @@ class Call:
                 return self.render(200, None, middleware=True)
             self._resolve_account()
             self._resolve_version()
+            self._resolve_environment()
+            self._require_active_subscription()
+            with self.emu.lock:
+                self.emu.store.run_jobs(self.emu.clock())
             return getattr(self, self.route.replace(".", "_"))()
         except Halt as halt:
             return self.render_halt(halt)
@@ -192,14 +216,27 @@ class Call:
         self.prefers_json = bool(acceptable) and acceptable[0] == "application/json"
 
     def _resolve_account(self) -> None:
+        """`app/services/resolve_account_service.rb`: by the Host's custom domain, then by the
+        id or slug in the path (multiplayer); or the one account (singleplayer)."""
+        deployment = self.emu.deployment
         with self.emu.lock:
-            if self.account_ref is None:
-                accounts = list(self.emu.store.accounts.values())
-                if len(accounts) != 1:
-                    raise Halt(404, [error("Not found", "account is required", "NOT_FOUND")])
-                self.account = accounts[0]
+            store = self.emu.store
+            if deployment.mode == "singleplayer":
+                player_one = next(iter(store.accounts.values()), None)
+                if self.account_ref is None:
+                    self.account = player_one
+                else:
+                    self.account = store.find_account(self.account_ref)
+                    if self.account is not None and self.account is not player_one:
+                        detail = f"account is invalid (expected {player_one['id']})"
+                        raise Halt(404, [error("Not found", detail, "NOT_FOUND")])
             else:
-                self.account = self.emu.store.find_account(self.account_ref)
+                cname = deployment.cnames.get(host_name(self.request.host))
+                self.account = store.accounts.get(cname or "")
+                if self.account is None and self.account_ref is not None:
+                    self.account = store.find_account(self.account_ref)
+        if self.account is None and self.account_ref is None:
+            raise Halt(404, [error("Not found", "account is required", "NOT_FOUND")])
         if self.account is None:
             raise not_found("account", self.account_ref or "")
 
@@ -208,11 +245,41 @@ class Call:
         version = header or self.account["api_version"]
         if version[:1] in ("v", "V"):
             version = version[1:]
-        if version not in API_VERSIONS:
+        if version not in self.emu.deployment.versions():
             item = error("Bad request", "unsupported API version requested", "INVALID_API_VERSION")
             item["links"] = {"about": "https://keygen.sh/docs/api/versioning/"}
             raise Halt(400, [item])
         self.version = version
+
+    def _resolve_environment(self) -> None:
+        """`Keygen-Environment` (app/controllers/concerns/current_environment_scope.rb): EE
+        only; an id or code of the account's environments."""
+        code = self.request.headers.get("Keygen-Environment")
+        if code is None:
+            return
+        source = {"header": "Keygen-Environment"}
+        if self.emu.deployment.edition != "EE":
+            item = error("Bad request", "is unsupported", "ENVIRONMENT_NOT_SUPPORTED", **source)
+            raise Halt(400, [item])
+        with self.emu.lock:
+            self.environment = self.emu.store.find_environment(self.account["id"], code)
+        if self.environment is None:  # application_controller.rb, InvalidEnvironmentError
+            item = error("Bad request", "environment is invalid", "ENVIRONMENT_INVALID", **source)
+            raise Halt(400, [item])
+
+    def _require_active_subscription(self) -> None:
+        """app/controllers/concerns/current_account_constraints.rb, before authentication."""
+        if self.route not in SUBSCRIBED_ROUTES:
+            return
+        if not self.account["active"]:
+            detail = "must have an active subscription to access this resource"
+            raise Halt(403, [error("Account does not have an active subscription", detail)])
+        if self.account["daily_limit_reached"]:
+            detail = (
+                "Daily API request limit of 2,500 has been reached for your account. Please "
+                "add a payment method at https://app.keygen.sh/billing to continue."
+            )
+            raise Halt(402, [error("Daily API request limit reached", detail)])
 
     # For the endpoints
 
@@ -231,7 +298,12 @@ class Call:
         store = self.emu.store
         with self.emu.lock:
             record = store.tokens.get(token)
-            if record is None or record["account_id"] != self.account["id"]:
+            if (
+                record is None
+                or record["account_id"] != self.account["id"]
+                # app/services/token_lookup_service.rb: only the environment's tokens
+                or not in_environment(record["environment_id"], self.environment)
+            ):
                 raise unauthorized("TOKEN_INVALID")
             if record["expiry"] is not None and record["expiry"] <= self.emu.clock():
                 raise unauthorized("TOKEN_EXPIRED", "Token is expired")
@@ -250,6 +322,28 @@ class Call:
 
     def typed(self, schema: Param) -> Any:
         return check(self.params, schema)
+
+    def permissions(self) -> tuple[list[str] | None, list[str] | None]:
+        """(the bearer's, the token's) permissions; (None, None) where Keygen has none (CE)."""
+        if self.token is None or self.emu.deployment.edition != "EE":
+            return None, None
+        bearer = self.bearer.get("permissions") if self.role() == "product" else None
+        token = effective_permissions(self.token, bearer)
+        return (list(bearer) if bearer is not None else None), token
+
+    def verify_permissions(self) -> None:
+        """`verify_permissions!` (app/policies/application_policy.rb), the first check of every
+        policy: the bearer's permissions, then the token's."""
+        action = ROUTE_PERMISSIONS[self.route]
+        bearer, token = self.permissions()
+        if bearer is not None and lacks(bearer, action):
+            raise forbidden_because(f"{self.role()} lacks permission to perform action")
+        if token is not None and lacks(token, action):
+            raise forbidden_because("token lacks permission to perform action")
+
+    def visible(self, record: dict) -> bool:
+        """Whether a record is in this request's environment."""
+        return in_environment(record.get("environment_id"), self.environment)
 
     # Rendering
 
@@ -303,8 +397,8 @@ class Call:
         suffix = "-Id" if old else ""
         headers = {
             "X-Request-Id": self.id,
-            "Keygen-Edition": "CE",
-            "Keygen-Mode": "multiplayer",
+            "Keygen-Edition": self.emu.deployment.edition,
+            "Keygen-Mode": self.emu.deployment.mode,
             "Cache-Control": "no-transform, no-store, max-age=0",
         }
         if self.account is not None:
@@ -314,4 +408,6 @@ class Call:
             headers[f"Keygen-Token{suffix}"] = self.token["id"]
         if self.version is not None:
             headers["Keygen-Version"] = self.version
+        if self.environment is not None:
+            headers["Keygen-Environment"] = self.environment["code"]
         return headers

@@ -14,6 +14,7 @@ import uuid
 import flask
 
 from keygen_emulator import documents, listing
+from keygen_emulator.deployment import licensed_user_limit_error
 from keygen_emulator.errors import (
     DENIED_ANONYMOUS,
     DENIED_BEARER,
@@ -28,6 +29,7 @@ from keygen_emulator.errors import (
 from keygen_emulator.formats import (
     UUID_RE,
     basic_pair,
+    legacy_key,
     license_key,
     parse_time,
     password_matches,
@@ -60,13 +62,15 @@ class Api(Call):
 
     def me(self) -> flask.Response:
         self.authenticate(required=True)
+        self.verify_permissions()
+        bearer_permissions, token_permissions = self.permissions()
         with self.emu.lock:
             if self.role() == "product":
-                document = documents.product_document(self.bearer)
+                document = documents.product_document(self.bearer, bearer_permissions)
             else:
                 document = self._user_doc(self.bearer)
-            included = [documents.token_document(self.token)]
-        return self.render(200, {"data": document, "included": included})
+            token = documents.token_document(self.token, permissions=token_permissions)
+        return self.render(200, {"data": document, "included": [token]})
 
     # Users
 
@@ -75,6 +79,7 @@ class Api(Call):
         role = self.role()
         schema = USER_SCHEMAS[(role in _STAFF_WRITE, role in _GROUP_SETTERS)]
         data = self.typed(schema)
+        self.verify_permissions()
         if role is None and self.account["protected"]:
             raise forbidden(DENIED_ANONYMOUS)
         if role is not None and role != "product" and role not in _STAFF_CREATE:
@@ -92,7 +97,14 @@ class Api(Call):
             if errors:
                 raise Halt(422, errors)
             user = self.emu.store.add_user(
-                account_id, email, password, first, last, new_role, metadata
+                account_id,
+                email,
+                password,
+                first,
+                last,
+                new_role,
+                metadata,
+                environment_id=self.environment and self.environment["id"],
             )
             document = self._user_doc(user)
         return self.render(201, {"data": document}, location=f"users/{user['id']}")
@@ -129,6 +141,7 @@ class Api(Call):
             user = self._find_user(self.args["id"])
             if user is None:
                 raise not_found("user", self.args["id"].lower())
+            self.verify_permissions()
             document = self._user_doc(user)
         return self.render(200, {"data": document})
 
@@ -159,17 +172,20 @@ class Api(Call):
             user = self._find_user(self.args["id"])
             if user is None:
                 raise not_found("user", self.args["id"].lower())
+            self.verify_permissions()
             if role == "product":
+                # `record.products` in UserPolicy#destroy?: through the licenses the user owns
+                # or is attached to (app/models/user.rb, `has_many :licenses, union_of:`).
                 products = {
                     lic["product_id"]
                     for lic in self.emu.store.licenses.values()
-                    if lic["owner_id"] == user["id"]
+                    if user["id"] == lic["owner_id"] or user["id"] in lic["user_ids"]
                 }
                 if products - {self.bearer["id"]}:
                     raise forbidden(DENIED_OTHER_PRODUCT)
             elif role not in _STAFF_WRITE:
                 raise forbidden(DENIED_BEARER)
-            self.emu.store.delete_user(user)
+            self.emu.store.delete_user(user, self.emu.deployment.delete_delay)
         return self.render(204, None)
 
     # Licenses
@@ -178,6 +194,7 @@ class Api(Call):
         self.authenticate(required=True)
         role = self.role()
         data = self.typed(LICENSE_SCHEMAS[role == "product" or role in _STAFF_CREATE])
+        self.verify_permissions()
         attributes = data.get("attributes") or {}
         relationships = data["relationships"]
         policy_id = relationships["policy"]["data"]["id"].lower()
@@ -192,14 +209,19 @@ class Api(Call):
         account_id = self.account["id"]
         with self.emu.lock:
             policy = self.emu.store.policies.get(policy_id)
-            if policy is not None and policy["account_id"] != account_id:
+            if policy is not None and (
+                policy["account_id"] != account_id or not self.visible(policy)
+            ):
                 policy = None
             self._authorize_license(role, policy, owner_id)
             errors = self._license_errors(license_id, policy, owner_id, group, attributes)
             if errors:
                 raise Halt(422, errors)
+            over_limit = licensed_user_limit_error(self.account, self.emu.store.licenses)
+            if over_limit:
+                raise Halt(402, [over_limit])
             lic = self._add_license(license_id, policy, owner_id, attributes)
-            document = self._license_doc(lic)
+            document = self._license_doc(lic, reveal=True)
         return self.render(201, {"data": document}, location=f"licenses/{lic['id']}")
 
     def _authorize_license(self, role: str | None, policy: dict | None, owner_id: str | None):
@@ -275,10 +297,17 @@ class Api(Call):
             expiry = now + policy["duration"]
         key = attributes.get("key")
         protected = attributes.get("protected")
+        license_id = license_id or str(uuid.uuid4())
+        if key is None:
+            key = legacy_key(license_id) if policy["encrypted"] else license_key()
         lic = {
-            "id": license_id or str(uuid.uuid4()),
+            "id": license_id,
             "account_id": self.account["id"],
-            "key": key if key is not None else license_key(),
+            "environment_id": self.environment and self.environment["id"],
+            "key": key,
+            "scheme": policy["scheme"],
+            "encrypted": policy["encrypted"],
+            "user_ids": [],
             "name": attributes.get("name"),
             "policy_id": policy["id"],
             "product_id": policy["product_id"],
@@ -302,6 +331,7 @@ class Api(Call):
             lic = self._find_license(self.args["id"])
             if lic is None:
                 raise not_found("license", self.args["id"])
+            self.verify_permissions()
             document = self._license_doc(lic)
         return self.render(200, {"data": document})
 
@@ -311,6 +341,7 @@ class Api(Call):
             lic = self._find_license(self.args["id"])
             if lic is None:
                 raise not_found("license", self.args["id"])
+            self.verify_permissions()
             if self.role() != "product" and self.role() not in _STAFF_WRITE:
                 raise forbidden(DENIED_BEARER)
             self.emu.store.delete_license(lic)
@@ -327,9 +358,11 @@ class Api(Call):
                 lic
                 for lic in self.emu.store.licenses.values()
                 if lic["account_id"] == account_id
+                and self.visible(lic)
                 and self._sees_license(lic)
                 and all(self._owned_by(lic, value) for value in filters)
             ]
+            self.verify_permissions()
             found.sort(key=lambda lic: (lic["created"], lic["seq"]), reverse=True)
             data = [self._license_doc(lic) for lic in found[:limit]]
         return self.render(200, {"data": data})
@@ -351,13 +384,18 @@ class Api(Call):
         with self.emu.lock:
             policy = self.emu.store.policies.get(self.args["id"].lower())
             role = self.role()
-            visible = policy is not None and policy["account_id"] == self.account["id"]
+            visible = (
+                policy is not None
+                and policy["account_id"] == self.account["id"]
+                and self.visible(policy)
+            )
             if visible and role == "product":
                 visible = policy["product_id"] == self.bearer["id"]
             elif visible and role not in _STAFF_READ:
                 visible = False
             if not visible:
                 raise not_found("policy", self.args["id"])
+            self.verify_permissions()
             document = documents.policy_document(policy)
         return self.render(200, {"data": document})
 
@@ -373,6 +411,7 @@ class Api(Call):
             self.log["authenticated"] = True
         else:
             self.authenticate(required=True)
+            self.verify_permissions()
             bearer = self.bearer
         with self.emu.lock:
             if self.role() == "product" and scheme.lower() != "basic":
@@ -393,6 +432,7 @@ class Api(Call):
                 expiry,
                 name=attributes.get("name"),
                 minted=True,
+                environment_id=self.environment and self.environment["id"],
             )
             document = documents.token_document(token, reveal=True)
         return self.render(201, {"data": document}, location=f"tokens/{token['id']}")
@@ -433,6 +473,7 @@ class Api(Call):
                 )
             if not visible:
                 raise not_found("token", self.args["id"])
+            self.verify_permissions()
             store.delete_token(token)
         return self.render(204, None)
 
@@ -445,7 +486,7 @@ class Api(Call):
         account_id = self.account["id"]
         user_id = ident if UUID_RE.fullmatch(ident) else store.emails.get((account_id, ident))
         user = store.users.get(user_id or "")
-        if user is None or user["account_id"] != account_id:
+        if user is None or user["account_id"] != account_id or not self.visible(user):
             return None
         return user if self._sees_user(user) else None
 
@@ -466,7 +507,9 @@ class Api(Call):
         lic = store.licenses.get(ident.lower()) if UUID_RE.fullmatch(ident) else None
         if lic is None or lic["account_id"] != account_id:
             lic = store.licenses.get(store.keys.get((account_id, ident), ""))
-        return lic if lic is not None and self._sees_license(lic) else None
+        if lic is None or not self.visible(lic):
+            return None
+        return lic if self._sees_license(lic) else None
 
     def _sees_license(self, lic: dict) -> bool:
         role = self.role()
@@ -478,5 +521,5 @@ class Api(Call):
         now = self.emu.clock()
         return documents.user_document(user, self.version, now, self.emu.store.licenses)
 
-    def _license_doc(self, lic: dict) -> dict:
-        return documents.license_document(lic, self.version, self.emu.clock())
+    def _license_doc(self, lic: dict, *, reveal: bool = False) -> dict:
+        return documents.license_document(lic, self.version, self.emu.clock(), reveal=reveal)

@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slug", help="account slug (default: EMULATOR_ACCOUNT_SLUG or demo)")
     parser.add_argument("--protected", action="store_true", help="refuse anonymous sign-ups")
     parser.add_argument("--api-version", help="the account's pinned API version (default 1.8)")
+    parser.add_argument(
+        "--newest-api-version", help="the newest API version it knows (default 1.8; 1.7: v1.4)"
+    )
     parser.add_argument("--product-token", help="the product token (default: generated)")
     parser.add_argument("--policy-id", help="the policy UUID (default: generated)")
     args = parser.parse_args(argv)
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "EMULATOR_ACCOUNT_SLUG": args.slug,
         "EMULATOR_PROTECTED": "true" if args.protected else None,
         "EMULATOR_API_VERSION": args.api_version,
+        "EMULATOR_NEWEST_API_VERSION": args.newest_api_version,
         "EMULATOR_PRODUCT_TOKEN": args.product_token,
         "EMULATOR_POLICY_ID": args.policy_id,
     }

@@ -15,6 +15,13 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from keygen_emulator import faults
+from keygen_emulator.deployment import (
+    ACCOUNT_STATE,
+    LEGACY_ENCRYPT,
+    PRODUCT_PERMISSIONS,
+    Deployment,
+    Switches,
+)
 from keygen_emulator.formats import camel_keys, hash_password, iso, new_id
 
 CURRENT_API_VERSION = "1.8"
@@ -38,6 +45,8 @@ class Store:
         self.keys: dict[tuple[str, str], str] = {}  # (account id, key) -> license id
         self.tokens: dict[str, dict] = {}  # token value -> token
         self.token_ids: dict[str, str] = {}  # token id -> token value
+        self.environments: dict[str, dict] = {}
+        self.jobs: list[tuple[float, dict]] = []  # (when, license): deletions still to come
         self.seq = itertools.count()  # orders licenses created in the same instant
 
     def find_account(self, ref: str) -> dict | None:
@@ -47,6 +56,16 @@ class Store:
             account = next((a for a in self.accounts.values() if a["slug"] == ref), None)
         return account
 
+    def find_environment(self, account_id: str, ref: str) -> dict | None:
+        """By id or code, as `app/services/resolve_environment_service.rb` does."""
+        for environment in self.environments.values():
+            if environment["account_id"] == account_id and ref in (
+                environment["id"],
+                environment["code"],
+            ):
+                return environment
+        return None
+
     def require_account(self, ref: str) -> str:
         account = self.find_account(ref)
         if account is None:
@@ -54,10 +73,21 @@ class Store:
         return account["id"]
 
     def add_user(
-        self, account_id, email, password, first, last, role, metadata, *, seeded=False
+        self,
+        account_id,
+        email,
+        password,
+        first,
+        last,
+        role,
+        metadata,
+        *,
+        seeded=False,
+        environment_id=None,
     ) -> dict:
         now = self.clock()
         user = {
+            "environment_id": environment_id,
             "id": str(uuid.uuid4()),
             "account_id": account_id,
             "email": email,
@@ -75,9 +105,21 @@ class Store:
         return user
 
     def add_token(
-        self, account_id, value, kind, bearer_type, bearer_id, expiry, *, name=None, minted=False
+        self,
+        account_id,
+        value,
+        kind,
+        bearer_type,
+        bearer_id,
+        expiry,
+        *,
+        name=None,
+        minted=False,
+        environment_id=None,
     ) -> dict:
         token = {
+            "environment_id": environment_id,
+            "permissions": None,  # None: its bearer's (Switches.set_permissions narrows it)
             "id": str(uuid.uuid4()),
             "value": value,
             "kind": kind,
@@ -105,14 +147,28 @@ class Store:
         self.licenses.pop(lic["id"], None)
         self.keys.pop((lic["account_id"], lic["key"]), None)
 
-    def delete_user(self, user: dict) -> None:
+    def delete_user(self, user: dict, delay: float | None = None) -> None:
         self.users.pop(user["id"], None)
         self.emails.pop((user["account_id"], user["email"]), None)
-        # Keygen destroys owned licenses and tokens asynchronously; here it happens at once.
+        for lic in self.licenses.values():
+            if user["id"] in lic["user_ids"]:
+                lic["user_ids"].remove(user["id"])
+        # Keygen destroys owned licenses and tokens asynchronously (`dependent: :destroy_async`
+        # in app/models/user.rb); with no delay it happens at once.
         for lic in [lic for lic in self.licenses.values() if lic["owner_id"] == user["id"]]:
-            self.delete_license(lic)
+            if delay is None:
+                self.delete_license(lic)
+            else:
+                self.jobs.append((self.clock() + delay, lic))
         for token in [t for t in self.tokens.values() if t["bearer_id"] == user["id"]]:
             self.delete_token(token)
+
+    def run_jobs(self, now: float | None) -> None:
+        """The deletions due by ``now`` (None: all of them)."""
+        due = [job for job in self.jobs if now is None or job[0] <= now]
+        self.jobs = [job for job in self.jobs if job not in due]
+        for _, lic in due:
+            self.delete_license(lic)
 
     def forget_unseeded(self) -> None:
         """Drop users, licenses and tokens the API made; keep what the seed helpers made."""
@@ -120,17 +176,19 @@ class Store:
         self.emails = {(u["account_id"], u["email"]): k for k, u in self.users.items()}
         self.licenses.clear()
         self.keys.clear()
+        self.jobs.clear()
         self.tokens = {k: t for k, t in self.tokens.items() if not t["minted"]}
         self.token_ids = {t["id"]: k for k, t in self.tokens.items()}
 
 
-class Emulator:
-    """In-memory Keygen state, thread-safe (one RLock).
+class Emulator(Switches):
+    """In-memory Keygen state, thread-safe (one RLock). The deployment's switches (edition,
+    versions, hosts, environments, permissions, account states, races) are deployment.Switches'.
 
     `requests` logs every API request it handled except /v1/ping and the /_emulator/ control
     plane: method, path, query, route, status (None when the connection was dropped), the
-    Keygen-Version, Accept and Content-Type headers, the parsed JSON body and whether a
-    credential was accepted. It never holds the Authorization header.
+    Keygen-Version, Keygen-Environment, Accept and Content-Type headers, the parsed JSON body
+    and whether a credential was accepted. It never holds the Authorization header.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
@@ -141,6 +199,8 @@ class Emulator:
         self.store = Store(clock)
         self.rate_limit: tuple[int, int] | None = None  # (requests, seconds)
         self.epoch = 0  # bumped by reset(), so requests from before it cannot write after it
+        self.deployment = self.base_deployment = Deployment()
+        self.narrowed: set[str] = set()  # tokens whose permissions a test narrowed
         self._faults: dict[str, list[dict]] = {}
         self._hits: dict[tuple, int] = {}
 
@@ -166,14 +226,29 @@ class Emulator:
                 "slug": slug,
                 "protected": protected,
                 "api_version": api_version,
+                **ACCOUNT_STATE,
             }
         return account_id
 
     def add_product(
-        self, account: str, *, name: str = "Product", token: str | None = None
+        self,
+        account: str,
+        *,
+        name: str = "Product",
+        token: str | None = None,
+        environment: str | None = None,
+        permissions: tuple[str, ...] = PRODUCT_PERMISSIONS,
     ) -> tuple[str, str]:
+        """A product and its token, in the global environment or in ``environment`` (code or
+        id); the product's role has ``permissions`` (EE)."""
         with self.lock:
             account_id = self.store.require_account(account)
+            environment_id = None
+            if environment is not None:
+                found = self.store.find_environment(account_id, environment)
+                if found is None:
+                    raise KeyError(f"no environment {environment!r}")
+                environment_id = found["id"]
             product_id = str(uuid.uuid4())
             value = token or f"prod-{secrets.token_hex(32)}v3"
             if value in self.store.tokens:
@@ -183,8 +258,18 @@ class Emulator:
                 "account_id": account_id,
                 "name": name,
                 "created": self.clock(),
+                "environment_id": environment_id,
+                "permissions": tuple(permissions),
             }
-            self.store.add_token(account_id, value, "product-token", "products", product_id, None)
+            self.store.add_token(
+                account_id,
+                value,
+                "product-token",
+                "products",
+                product_id,
+                None,
+                environment_id=environment_id,
+            )
         return product_id, value
 
     def add_policy(
@@ -195,9 +280,11 @@ class Emulator:
         id: str | None = None,
         duration: int | None = None,
         protected: bool | None = None,
+        scheme: str | None = None,
     ) -> str:
         """A policy of ``product``; unless told, protected when the account is
-        (app/models/policy.rb, before_create)."""
+        (app/models/policy.rb, before_create). A LEGACY_ENCRYPT ``scheme`` makes it encrypted:
+        its licenses' keys are shown only when they are created (license_serializer.rb)."""
         with self.lock:
             account_id = self.store.require_account(account)
             found = self.store.products.get(product.lower())
@@ -210,6 +297,9 @@ class Emulator:
                 "id": policy_id,
                 "account_id": account_id,
                 "product_id": found["id"],
+                "environment_id": found["environment_id"],
+                "scheme": scheme,
+                "encrypted": scheme == LEGACY_ENCRYPT,
                 "duration": duration,
                 "protected": self.store.accounts[account_id]["protected"]
                 if protected is None
@@ -270,6 +360,7 @@ class Emulator:
                     "policy_id": lic["policy_id"],
                     "product_id": lic["product_id"],
                     "owner_id": lic["owner_id"],
+                    "user_ids": list(lic["user_ids"]),
                     "metadata": camel_keys(lic["metadata"]),
                     "expiry": iso(lic["expiry"]),
                     "created": iso(lic["created"]),
@@ -282,7 +373,14 @@ class Emulator:
         """Everything at once, as GET /_emulator/state shows it."""
         with self.lock:
             return {
-                "accounts": [dict(a) for a in self.store.accounts.values()],
+                "accounts": [
+                    {name: a[name] for name in ("id", "slug", "protected", "api_version")}
+                    for a in self.store.accounts.values()
+                ],
+                "account_states": {
+                    a["id"]: {name: a[name] for name in ACCOUNT_STATE}
+                    for a in self.store.accounts.values()
+                },
                 "products": [
                     {"id": p["id"], "account_id": p["account_id"], "name": p["name"]}
                     for p in self.store.products.values()
@@ -311,6 +409,7 @@ class Emulator:
         with self.lock:
             self.epoch += 1
             self.store.forget_unseeded()
+            self._restore_switches()
             self.requests.clear()
             self._faults.clear()
             self._hits.clear()
@@ -385,6 +484,9 @@ def from_environment(env: Mapping[str, str]) -> Emulator:
         protected=_truthy(env.get("EMULATOR_PROTECTED")),
         api_version=env.get("EMULATOR_API_VERSION") or CURRENT_API_VERSION,
     )
+    if env.get("EMULATOR_NEWEST_API_VERSION"):  # e.g. 1.7: a self-hosted Keygen v1.3 or v1.4
+        emulator.configure(newest_version=env["EMULATOR_NEWEST_API_VERSION"])
+        emulator.base_deployment = emulator.deployment  # kept by reset()
     token = env.get("EMULATOR_PRODUCT_TOKEN") or None
     product, _ = emulator.add_product(account, name="Demo App", token=token)
     emulator.add_policy(account, product, id=env.get("EMULATOR_POLICY_ID") or None)

@@ -94,6 +94,29 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
         emulator.delete_policy(policy_id)
         return "", 204
 
+    # The deployment's switches (deployment.py); reset() restores Keygen Cloud's.
+
+    @app.post("/_emulator/deployment")
+    def configure():
+        try:
+            emulator.configure(**body())
+        except (TypeError, ValueError) as error:
+            return refused(error)
+        return "", 204
+
+    @app.post("/_emulator/accounts/<account>/state")
+    def account_state(account: str):
+        try:
+            emulator.set_account_state(account, **body())
+        except (KeyError, TypeError, ValueError) as error:
+            return refused(error)
+        return "", 204
+
+    @app.post("/_emulator/jobs")
+    def run_jobs():
+        emulator.run_jobs()
+        return "", 204
+
 
 class _AccessLogFilter(logging.Filter):
     """Drops werkzeug's per-request lines: request lines can hold emails."""

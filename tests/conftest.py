@@ -34,6 +34,7 @@ pytest_plugins = [
     "support.mail",  # portal_with
     "support.proxies",  # certificate
     "support.servers",  # postgres_server
+    "support.setups",  # setups: the Keygens a vendor runs (tests/test_keygen_*.py)
     "support.tls",  # loopback_certificate
 ]
 

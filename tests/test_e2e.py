@@ -53,8 +53,8 @@ def test_signup_through_gunicorn_against_a_separate_emulator(flags, account_by, 
             assert license["key"] == key
             assert license["owner_id"] == user["id"]
             assert license["policy_id"] == keygen["policy"]
-            # Whatever the account is pinned to, the portal asks for 1.8 on every call.
-            assert {r["keygen_version"] for r in state["requests"]} == {"1.8"}
+            # Whatever the account is pinned to, the portal asks for 1.7 on every call.
+            assert {r["keygen_version"] for r in state["requests"]} == {"1.7"}
 
             again = sign_up_over_http(url, "ZOE.OHARA@example.com")
             assert again.status_code == 422

@@ -895,6 +895,7 @@ def test_license_lookup_by_key_and_product_scope(kg):
 def test_singleplayer_routes_and_ping(kg):
     assert requests.get(kg.url + "/v1/ping", timeout=5).status_code == 200
     assert kg.emulator.requests == []  # health probes are not logged
+    kg.emulator.configure(mode="singleplayer")  # a self-hosted Keygen; Cloud is multiplayer
     response = kg.call("GET", "/v1/me")
     assert response.status_code == 200
     assert response.json()["data"]["id"] == kg.fx["product"]

@@ -14,6 +14,7 @@ mail       an aiosmtpd recorder, and a portal with email on against it
 captcha    a stand-in siteverify endpoint
 browser    headless Chromium
 branded    a fully branded portal on loopback (also for scripts/screenshots.py)
+setups     a Keygen with environments, another product, a LEGACY_ENCRYPT policy; the doctor
 """
 
 import pkgutil
