@@ -80,7 +80,8 @@ ROUTE_PERMISSIONS = {
 
 # Routes behind `require_active_subscription!` (app/controllers/api/v1/*_controller.rb).
 SUBSCRIBED_ROUTES = frozenset(
-    {"users.create", "users.destroy", "licenses.create", "licenses.index", "licenses.show"}
+    {"users.index", "users.create", "users.destroy", "licenses.create", "licenses.index"}
+    | {"licenses.show"}
     | {"licenses.destroy", "policies.show"}
 )
 

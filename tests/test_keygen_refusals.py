@@ -266,7 +266,7 @@ def test_the_doctor_warns_about_a_policy_whose_keys_are_shown_once(setups):
 
 def test_a_used_up_daily_limit_is_an_operator_problem_with_its_own_line(setups, caplog):
     setups.emulator.set_account_state(setups.account, daily_limit_reached=True)
-    app = create_app(make_settings(setups))
+    app = create_app(make_settings(setups, one_account_per_person=False))
     client = app.test_client()
     data = form_data(csrf_token=csrf_token_from(client.get("/").get_data(as_text=True)))
     with caplog.at_level(logging.ERROR, logger="portal"):
@@ -279,6 +279,21 @@ def test_a_used_up_daily_limit_is_an_operator_problem_with_its_own_line(setups, 
     assert line.keygen_reason == "payment_required"
     metrics = services(app).metrics.render()[0].decode()
     assert 'portal_operator_problems_total{reason="payment_required"} 1.0' in metrics
+
+
+def test_a_used_up_daily_limit_stops_the_lookup_of_the_person_too(setups, caplog):
+    """Keygen answers 402 to the users index as to the create (users_controller.rb,
+    require_active_subscription! for index, create and destroy)."""
+    setups.emulator.set_account_state(setups.account, daily_limit_reached=True)
+    app = create_app(make_settings(setups, one_account_per_person=True))
+    client = app.test_client()
+    data = form_data(csrf_token=csrf_token_from(client.get("/").get_data(as_text=True)))
+    with caplog.at_level(logging.ERROR, logger="portal"):
+        response = client.post("/", data=data)
+    assert response.status_code == 503
+    assert routes(setups) == ["users.index"]  # once: never a retry, nothing created
+    [line] = [r for r in caplog.records if "looking up the person" in r.getMessage()]
+    assert line.keygen_reason == "payment_required"
 
 
 def test_a_licensed_user_limit_undoes_the_signup(setups, journal, clock):
