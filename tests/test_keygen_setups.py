@@ -255,6 +255,7 @@ def test_a_signup_meeting_lacks_permission_is_an_operator_problem_never_retried(
     assert response.status_code == 503
     assert "lacks permission" not in response.get_data(as_text=True)  # the generic page
     assert [c["route"] for c in setups.calls()] == [
+        "users.index",  # the same person? (ONE_ACCOUNT_PER_PERSON)
         "users.create",
         "licenses.create",
         "users.destroy",
