@@ -60,6 +60,12 @@ _ROUTE_TABLE = [
     ("GET", re.compile(r"policies/(?P<id>[^/]+)"), "policies.show"),
     ("POST", re.compile(r"tokens"), "tokens.create"),
     ("DELETE", re.compile(r"tokens/(?P<id>[^/]+)"), "tokens.destroy"),
+    # Self-service (machines.py, passwords.py)
+    ("GET", re.compile(r"machines"), "machines.index"),
+    ("GET", re.compile(r"machines/(?P<id>[^/]+)"), "machines.show"),
+    ("DELETE", re.compile(r"machines/(?P<id>[^/]+)"), "machines.destroy"),
+    ("POST", re.compile(r"passwords"), "passwords.reset"),
+    ("POST", re.compile(r"users/(?P<id>[^/]+)/actions/reset-password"), "users.reset_password"),
 ]
 _ACCOUNT_PATH = re.compile(r"/v1/accounts/([^/]+)(?:/(.*))?")
 
@@ -238,6 +244,8 @@ class Call:
             bearer = owners.get(record["bearer_id"])
         if bearer is None:
             raise unauthorized("TOKEN_INVALID")
+        if record["bearer_type"] == "users" and bearer.get("banned"):
+            raise Halt(403, [error("Access denied", "User is banned", "USER_BANNED")])
         self.token, self.bearer = record, bearer
         self.log["authenticated"] = True
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 
 from keygen_emulator import faults
 from keygen_emulator.formats import camel_keys, hash_password, iso, new_id
+from keygen_emulator.self_service import SelfServiceState
+from keygen_emulator.webhooks import Webhooks
 
 CURRENT_API_VERSION = "1.8"
 API_VERSIONS = frozenset(f"1.{minor}" for minor in range(9))
@@ -38,6 +40,7 @@ class Store:
         self.keys: dict[tuple[str, str], str] = {}  # (account id, key) -> license id
         self.tokens: dict[str, dict] = {}  # token value -> token
         self.token_ids: dict[str, str] = {}  # token id -> token value
+        self.machines: dict[str, dict] = {}  # machines.py
         self.seq = itertools.count()  # orders licenses created in the same instant
 
     def find_account(self, ref: str) -> dict | None:
@@ -69,6 +72,10 @@ class Store:
             "created": now,
             "updated": now,
             "seeded": seeded,  # made by add_admin(), so reset() keeps it
+            "banned": False,  # app/models/user.rb, banned_at
+            "second_factor": None,  # {"secret", "last"} once enabled (people.py)
+            "reset_digest": None,  # the password reset token's hash (passwords.py)
+            "reset_sent": None,
         }
         self.users[user["id"]] = user
         self.emails[(account_id, email)] = user["id"]
@@ -104,6 +111,8 @@ class Store:
     def delete_license(self, lic: dict) -> None:
         self.licenses.pop(lic["id"], None)
         self.keys.pop((lic["account_id"], lic["key"]), None)
+        for machine in [m for m in self.machines.values() if m["license_id"] == lic["id"]]:
+            self.machines.pop(machine["id"], None)
 
     def delete_user(self, user: dict) -> None:
         self.users.pop(user["id"], None)
@@ -120,11 +129,12 @@ class Store:
         self.emails = {(u["account_id"], u["email"]): k for k, u in self.users.items()}
         self.licenses.clear()
         self.keys.clear()
+        self.machines.clear()
         self.tokens = {k: t for k, t in self.tokens.items() if not t["minted"]}
         self.token_ids = {t["id"]: k for k, t in self.tokens.items()}
 
 
-class Emulator:
+class Emulator(SelfServiceState):
     """In-memory Keygen state, thread-safe (one RLock).
 
     `requests` logs every API request it handled except /v1/ping and the /_emulator/ control
@@ -143,6 +153,8 @@ class Emulator:
         self.epoch = 0  # bumped by reset(), so requests from before it cannot write after it
         self._faults: dict[str, list[dict]] = {}
         self._hits: dict[tuple, int] = {}
+        self.webhooks = Webhooks(clock)  # endpoints and signed events (webhooks.py)
+        self.reset_emails: list[str] = []  # Keygen's own reset emails (meta.deliver not false)
 
     # Seeding
 
@@ -195,6 +207,7 @@ class Emulator:
         id: str | None = None,
         duration: int | None = None,
         protected: bool | None = None,
+        name: str | None = None,
     ) -> str:
         """A policy of ``product``; unless told, protected when the account is
         (app/models/policy.rb, before_create)."""
@@ -210,6 +223,7 @@ class Emulator:
                 "id": policy_id,
                 "account_id": account_id,
                 "product_id": found["id"],
+                "name": name,
                 "duration": duration,
                 "protected": self.store.accounts[account_id]["protected"]
                 if protected is None
@@ -292,6 +306,9 @@ class Emulator:
                 "licenses": self.licenses(),
                 "requests": [dict(r) for r in self.requests],
                 "new_connections": self.new_connections,
+                "machines": self.machines(),
+                "tokens": self.tokens(),
+                "webhook_deliveries": list(self.webhooks.deliveries),
             }
 
     # Faults, limits, reset
@@ -314,6 +331,8 @@ class Emulator:
             self.requests.clear()
             self._faults.clear()
             self._hits.clear()
+            self.reset_emails.clear()
+        self.webhooks.clear()
 
     def set_rate_limit(self, limit: int | None, period: int = 30) -> None:
         """Throttle each (account, client ip, token) to `limit` requests per `period` seconds."""
