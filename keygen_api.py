@@ -29,13 +29,16 @@ from keygen_errors import (
     KeygenNotFound,
     KeygenRateLimited,
     KeygenRejected,
+    KeygenSecondFactorNeeded,
+    KeygenSecondFactorWrong,
     KeygenUnavailable,
     Problem,
     error_for,
     json_or_none,
     seconds_until_quota_resets,
 )
-from keygen_records import Bearer, License, Policy, User
+from keygen_records import Bearer, License, Machine, Policy, Token, User
+from keygen_self_service import SelfServiceCalls
 
 __all__ = [
     "Bearer",
@@ -48,10 +51,14 @@ __all__ = [
     "KeygenNotFound",
     "KeygenRateLimited",
     "KeygenRejected",
+    "KeygenSecondFactorNeeded",
+    "KeygenSecondFactorWrong",
     "KeygenUnavailable",
     "License",
+    "Machine",
     "Policy",
     "Problem",
+    "Token",
     "User",
 ]
 
@@ -192,6 +199,8 @@ def endpoint_name(method: str, path: str) -> str:
         return "me"
     if not rest:
         return f"{collection}.{'index' if method == 'GET' else 'create'}"
+    if "/actions/" in rest:  # users/{id}/actions/reset-password: users.reset_password
+        return f"{collection}.{rest.rsplit('/', 1)[-1].replace('-', '_')}"
     return f"{collection}.{_ACTIONS.get(method, method.lower())}"
 
 
@@ -200,8 +209,9 @@ def endpoint_name(method: str, path: str) -> str:
 PROBE_EMAIL = "doctor-check@invalid"
 
 
-class KeygenClient:
-    """Calls Keygen with a product token. A requests Session per thread, never retries itself.
+class KeygenClient(SelfServiceCalls):
+    """Calls Keygen with a product token (and, for self-service, with a person's own
+    credentials: keygen_self_service.py). A requests Session per thread, never retries itself.
 
     Retries belong to the caller, which knows which requests are safe to repeat.
     """
@@ -390,13 +400,18 @@ class KeygenClient:
         expect: int = 200,
         timeout: tuple[float, float] | None = None,
         anonymous: bool = False,
+        authorization: str | None = None,
     ) -> dict:
+        """One call; `authorization` replaces the product token (a person's own credentials)."""
         self.gate.before_call()
         self.breaker.before_call()
         started = time.monotonic()
         status: int | None = None
+        auth = {"Authorization": None} if anonymous else {}
+        if authorization is not None:
+            auth["Authorization"] = authorization
         try:
-            document = self._guarded_send(method, path, json, params, expect, timeout, anonymous)
+            document = self._guarded_send(method, path, json, params, expect, timeout, auth)
             status = expect
             return document
         except KeygenError as error:
@@ -413,10 +428,10 @@ class KeygenClient:
         except Exception:  # counting a call must never fail it
             log.exception("the Keygen call observer failed")
 
-    def _guarded_send(self, method, path, json, params, expect, timeout, anonymous) -> dict:
+    def _guarded_send(self, method, path, json, params, expect, timeout, auth) -> dict:
         """One HTTP attempt, with the breaker and the Retry-After gate told how it went."""
         try:
-            document = self._send(method, path, json, params, expect, timeout, anonymous)
+            document = self._send(method, path, json, params, expect, timeout, auth)
         except KeygenRateLimited as error:
             self.gate.rate_limited(error.retry_after)
             self.breaker.succeeded()  # Keygen answered; it is up
@@ -443,8 +458,8 @@ class KeygenClient:
             except Exception:  # the shared budget may be down; this call itself went fine
                 log.exception("could not tell the Keygen budget that the quota is used up")
 
-    def _send(self, method, path, json, params, expect, timeout, anonymous=False) -> dict:
-        headers: dict[str, str | None] = {"Authorization": None} if anonymous else {}
+    def _send(self, method, path, json, params, expect, timeout, auth=None) -> dict:
+        headers: dict[str, str | None] = dict(auth or {})
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
         try:

@@ -39,6 +39,10 @@ class License:
     owner_id: str | None
     metadata: dict[str, Any]
     expiry: str | None
+    # Read for the account page (self-service); the signup needs none of them.
+    product_id: str | None = None
+    name: str | None = None
+    status: str | None = None  # ACTIVE, INACTIVE, EXPIRING, EXPIRED, SUSPENDED, BANNED
 
     @classmethod
     def from_document(cls, document: dict) -> License:
@@ -58,6 +62,9 @@ class License:
             owner_id=_related_id(owner),
             metadata=attributes.get("metadata") or {},
             expiry=attributes.get("expiry"),
+            product_id=_related_id(relationships.get("product")),
+            name=attributes.get("name"),
+            status=attributes.get("status"),
         )
 
 
@@ -65,11 +72,16 @@ class License:
 class Policy:
     id: str
     product_id: str | None
+    name: str | None = None
 
     @classmethod
     def from_document(cls, document: dict) -> Policy:
         data = document["data"]
-        return cls(id=data["id"], product_id=_related_id(data["relationships"].get("product")))
+        return cls(
+            id=data["id"],
+            product_id=_related_id(data["relationships"].get("product")),
+            name=(data.get("attributes") or {}).get("name"),
+        )
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,69 @@ class Bearer:
         token = next((i for i in included if i.get("type") == "tokens"), {})
         kind = (token.get("attributes") or {}).get("kind")
         return cls(id=data["id"], type=data["type"], token_kind=kind)
+
+
+# -- Self-service: the person's token and machines ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token made by `POST /tokens` (app/serializers/token_serializer.rb); its value is in
+    that answer only."""
+
+    id: str
+    value: str = field(repr=False)
+    kind: str  # "user-token", "admin-token", ...
+    bearer_id: str | None
+    expiry: str | None
+
+    @property
+    def is_customers(self) -> bool:
+        """A user with the role `user`: staff roles have tokens of their own kind."""
+        return self.kind == "user-token"
+
+    @classmethod
+    def from_document(cls, document: dict) -> Token:
+        data = document["data"]
+        attributes = data["attributes"]
+        return cls(
+            id=data["id"],
+            value=attributes["token"],
+            kind=attributes["kind"],
+            bearer_id=_related_id(data["relationships"].get("bearer")),
+            expiry=attributes.get("expiry"),
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A device activated on a license (app/serializers/machine_serializer.rb)."""
+
+    id: str
+    license_id: str | None
+    product_id: str | None
+    fingerprint: str
+    name: str | None
+    platform: str | None
+    hostname: str | None
+    last_heartbeat: str | None
+    created: str | None
+
+    @classmethod
+    def from_resource(cls, data: dict) -> Machine:
+        attributes = data["attributes"]
+        relationships = data.get("relationships") or {}
+        return cls(
+            id=data["id"],
+            license_id=_related_id(relationships.get("license")),
+            product_id=_related_id(relationships.get("product")),
+            fingerprint=attributes["fingerprint"],
+            name=attributes.get("name"),
+            platform=attributes.get("platform"),
+            hostname=attributes.get("hostname"),
+            last_heartbeat=attributes.get("lastHeartbeat"),
+            created=attributes.get("created"),
+        )
 
 
 def _related_id(relationship: dict | None) -> str | None:

@@ -116,6 +116,8 @@ class Call:
             "content_type": request.headers.get("Content-Type"),
             "json": None,
             "authenticated": False,
+            # The scheme only (Bearer, Basic): the credentials themselves are never logged.
+            "auth_scheme": request.headers.get("Authorization", "").partition(" ")[0] or None,
         }
 
     def run(self) -> flask.Response:
