@@ -10,7 +10,11 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 import guards
+import keygen_webhooks
 import logs
+from account_sessions import Sealer, SessionStore
+from account_views import init_account_pages
+from accounts import SelfService
 from admission import Admission
 from branding import Brand
 from budget import KeygenBudget, budget_for
@@ -26,7 +30,9 @@ from journal import Journal
 from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
+from password_resets import ResetStore
 from protection import FillTimer, RateLimits, TrustedProxies
+from reset_views import init_reset_pages
 from services import Services
 from signup import SignupWorkflow
 from views import bp
@@ -58,7 +64,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     budget = budget_for(limits.storage, settings.keygen_max_rps)
     keygen = keygen_client(settings, budget, metrics, breaker)
     signup = signup_workflow(settings, journal, keygen, budget, metrics)
-    courier, mail_probe = start_courier(app, settings, journal, keygen)
+    accounts = self_service(settings, journal, keygen)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, accounts)
     Services(
         settings=settings,
         brand=brand,
@@ -72,8 +79,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         reconciler=start_reconciler(settings, journal, signup),
         courier=courier,
         mail_probe=mail_probe,
+        accounts=accounts,
     ).install(app)
     app.register_blueprint(bp)
+    if accounts is not None:
+        init_account_pages(app)
+        if accounts.resets is not None:
+            init_reset_pages(app, csrf)
     app.cli.add_command(reconcile_command)
     app.cli.add_command(doctor_command)
     register_error_pages(app)
@@ -113,6 +125,8 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
         mail_enabled=settings.mail_enabled,
         verify_first=settings.require_email_verification,
         brand=brand,
+        self_service=settings.self_service,
+        password_reset=settings.password_reset_enabled,
     )
 
 
@@ -159,6 +173,13 @@ def rate_limits(app: Flask, settings: Settings) -> RateLimits:
         per_email=settings.ratelimit_per_email,
         recovery_per_ip=settings.ratelimit_recovery_per_ip,
         recovery_per_email=settings.ratelimit_recovery_per_email,
+        self_service={
+            "sign-in-ip": settings.ratelimit_sign_in_per_ip,
+            "sign-in-email": settings.ratelimit_sign_in_per_email,
+            "reset-ip": settings.ratelimit_password_reset_per_ip,
+            "reset-email": settings.ratelimit_password_reset_per_email,
+            "deactivation": settings.ratelimit_deactivations,
+        },
     )
 
 
@@ -229,7 +250,11 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 
 def start_courier(
-    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient
+    app: Flask,
+    settings: Settings,
+    journal: Journal,
+    keygen: KeygenClient,
+    accounts: SelfService | None = None,
 ) -> tuple[Courier | None, MailProbe | None]:
     """The outbox's sender and /readyz's probe of it, when email is on: through SMTP, or to
     the console in the demo."""
@@ -260,7 +285,33 @@ def start_courier(
         interval=settings.outbox_interval,
         give_up_after=settings.mail_give_up_after,
         backoff_base=settings.mail_retry_delay,
+        resets=accounts and accounts.resets,
+        self_service=accounts is not None,
     )
     if settings.outbox_interval > 0:
         courier.start()
     return courier, MailProbe(mailer)
+
+
+def self_service(settings: Settings, journal: Journal, keygen: KeygenClient) -> SelfService | None:
+    """Sign-in, the account page and (with KEYGEN_PUBLIC_KEY and email) forgot-password."""
+    if not settings.self_service:
+        return None
+    secret = settings.secret_key
+    resets, webhooks = None, None
+    if settings.password_reset_enabled:
+        lifetime = settings.password_reset_link_lifetime
+        resets = ResetStore(journal, Sealer(secret, "password-resets"), lifetime=lifetime)
+        key = keygen_webhooks.public_key(settings.keygen_public_key)
+        webhooks = keygen_webhooks.WebhookVerifier(key)
+    accounts = SelfService(
+        keygen,
+        SessionStore(journal, Sealer(secret, "account-sessions")),
+        resets,
+        session_minutes=settings.self_service_session_minutes,
+        code_sealer=Sealer(secret, "sign-in-codes"),
+        webhooks=webhooks,
+    )
+    if settings.reconcile_interval > 0:  # the same cadence as the other background passes
+        accounts.start_sweeping(settings.reconcile_interval)
+    return accounts

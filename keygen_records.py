@@ -119,6 +119,11 @@ class Token:
     bearer_id: str | None
     expiry: str | None
 
+    @classmethod
+    def of_user(cls, token_id: str, value: str, user_id: str) -> Token:
+        """A customer's token kept by the portal (account_sessions.py), made again."""
+        return cls(id=token_id, value=value, kind="user-token", bearer_id=user_id, expiry=None)
+
     @property
     def is_customers(self) -> bool:
         """A user with the role `user`: staff roles have tokens of their own kind."""

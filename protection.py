@@ -95,6 +95,7 @@ class RateLimits:
         per_email: str,
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
+        self_service: dict[str, str] | None = None,
     ):
         options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
         self.storage = storage_from_string(storage_uri, **options)
@@ -105,6 +106,9 @@ class RateLimits:
         self.email_key = app.config["SECRET_KEY"].encode()
         self.recovery_per_ip = parse_many(recovery_per_ip)
         self.recovery_per_email = parse_many(recovery_per_email)
+        # Self-service buckets by name (sign-in-ip, sign-in-email, reset-ip, reset-email,
+        # deactivation), each counted at its own point in account_views.py.
+        self.self_service = {name: parse_many(r) for name, r in (self_service or {}).items()}
 
     def admit_client(self, address: str | None) -> None:
         """Count one submission from this address, or raise LimitReached."""
@@ -127,6 +131,21 @@ class RateLimits:
             if not all(self._call("test", limit, name, key) for limit in limits):
                 raise LimitReached(name)
         self._hit(buckets)
+
+    # Self-service: sign-in, forgot-password, freeing machines.
+
+    def email_bucket(self, email: str) -> str:
+        """The key of an email's bucket: a keyed hash, so the store holds no addresses."""
+        return hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def admit(self, *buckets: tuple[str, str]) -> None:
+        """Count one request in each named self-service bucket, as (name, key); all are tested
+        before any is counted, or LimitReached names the first one full."""
+        found = [(name, self.self_service[name], key) for name, key in buckets]
+        for name, limits, key in found:
+            if not all(self._call("test", limit, name, key) for limit in limits):
+                raise LimitReached(name)
+        self._hit(found)
 
     def _hit(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
         for name, limits, key in buckets:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import keygen_webhooks
 from keygen_api import MAX_PASSWORD_BYTES, MIN_PASSWORD_LENGTH, PRODUCT_TOKEN_PREFIX, token_kind
 
 MAX_SIGNUP_DEADLINE = 25.0  # gunicorn.conf.py kills a worker after 30 s
@@ -292,4 +293,28 @@ def terms_version(value: str) -> str:
     value = value.strip()
     if len(value) > 64 or _CONTROL.search(value):
         raise ValueError("must be a short label such as 2025-01 (at most 64 characters)")
+    return value
+
+
+# -- Self-service (accounts.py) --------------------------------------------------------------
+
+
+def session_minutes(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 1440:
+        raise ValueError("must be a whole number of minutes, 1 to 1440 (a day)")
+    return number
+
+
+def reset_link_lifetime(value: str) -> float:
+    """Keygen's reset token works for 24 hours (users/actions/password_controller.rb)."""
+    number = float(value)
+    if not 60 <= number <= 86400:
+        raise ValueError("must be 60 to 86400 seconds (Keygen's reset token lasts a day)")
+    return number
+
+
+def keygen_public_key(value: str) -> str:
+    value = value.strip()
+    keygen_webhooks.public_key(value)  # raises ValueError in words
     return value

@@ -116,6 +116,7 @@ class Call:
             "content_type": request.headers.get("Content-Type"),
             "json": None,
             "authenticated": False,
+            "bearer_type": None,
             # The scheme only (Bearer, Basic): the credentials themselves are never logged.
             "auth_scheme": request.headers.get("Authorization", "").partition(" ")[0] or None,
         }
@@ -250,6 +251,7 @@ class Call:
             raise Halt(403, [error("Access denied", "User is banned", "USER_BANNED")])
         self.token, self.bearer = record, bearer
         self.log["authenticated"] = True
+        self.log["bearer_type"] = record["bearer_type"]  # "products" or "users", never who
 
     def role(self) -> str | None:
         """The bearer's role: None (anonymous), "product", or a user's role."""
