@@ -3,10 +3,14 @@ its API and control plane, and a browser (the test client) that signs in through
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import requests
+from werkzeug.serving import make_server
 
 from support.http import csrf_token_from
 from support.leaks import PASSWORD, secret
@@ -85,3 +89,17 @@ def sign_in(client, email: str, password: str = PASSWORD):
 
 def csrf_of(client, path: str) -> str:
     return csrf_token_from(client.get(path).get_data(as_text=True))
+
+
+@contextmanager
+def serving(app, port: int) -> Iterator[str]:
+    """The app on 127.0.0.1:port over real HTTP, from a thread (Keygen's webhooks need one)."""
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name=f"portal:{port}")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
