@@ -14,9 +14,11 @@ import pytest
 import requests
 
 from keygen_emulator.webhooks import Webhooks
+from keygen_webhooks import public_key
 from services import services
 from support.accounts import customer, serving
 from support.http import csrf_token_from
+from support.languages import assert_no_english, catalogue
 from support.leaks import PASSWORD, secret
 from support.mail import text_of
 from support.processes import free_port
@@ -217,10 +219,28 @@ def test_another_event_is_acknowledged_and_ignored(reset_portal, keygen):
 
 
 def test_the_verifier_reads_the_key_as_the_dashboard_and_the_api_show_it(keygen):
-    from keygen_webhooks import public_key
-
     hex_key = keygen.emulator.public_key(keygen.account)
     as_api = base64.b64encode(hex_key.encode()).decode()  # account_serializer.rb, meta.keys
     assert public_key(hex_key).public_bytes_raw() == public_key(as_api).public_bytes_raw()
     with pytest.raises(ValueError):
         public_key("not a key")
+
+
+@pytest.mark.parametrize("language", ["de", "fr", "es"])
+def test_the_reset_email_is_in_the_language_of_the_page_it_was_asked_on(
+    reset_portal, keygen, language
+):
+    customer(keygen, "clark@example.com")
+    browser = requests.Session()
+    browser.get(f"{reset_portal.url}/forgot-password?lang={language}", timeout=10)
+    answer = ask_for_reset(reset_portal.url, "clark@example.com", browser)
+    assert f'<html lang="{language}">' in answer.text
+    keygen.emulator.webhooks.wait()
+    reset_portal.deliver()
+    [message] = reset_portal.mails()
+    subject = catalogue(language)["Choose a new password for %(product_name)s"].string
+    assert message["Subject"] == subject % {"product_name": "Acme Pro"}
+    for part in ("plain", "html"):
+        body = text_of(message, part)
+        link_in(message)
+        assert_no_english(re.sub(r"<[^>]+>", " ", body), language, f"reset email ({part})")
