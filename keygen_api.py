@@ -401,9 +401,12 @@ class KeygenClient(SelfServiceCalls):
         timeout: tuple[float, float] | None = None,
         anonymous: bool = False,
         authorization: str | None = None,
+        own_quota: bool = False,
     ) -> dict:
-        """One call; `authorization` replaces the product token (a person's own credentials)."""
-        self.gate.before_call()
+        """One call. `authorization` replaces the product token; `own_quota`: Keygen counts the
+        call in a bucket of its own (rack_attack.rb keys buckets by token), not the product's."""
+        if not own_quota:
+            self.gate.before_call()
         self.breaker.before_call()
         started = time.monotonic()
         status: int | None = None
@@ -411,7 +414,9 @@ class KeygenClient(SelfServiceCalls):
         if authorization is not None:
             auth["Authorization"] = authorization
         try:
-            document = self._guarded_send(method, path, json, params, expect, timeout, auth)
+            document = self._guarded_send(
+                method, path, json, params, expect, timeout, auth, own_quota=own_quota
+            )
             status = expect
             return document
         except KeygenError as error:
@@ -428,12 +433,17 @@ class KeygenClient(SelfServiceCalls):
         except Exception:  # counting a call must never fail it
             log.exception("the Keygen call observer failed")
 
-    def _guarded_send(self, method, path, json, params, expect, timeout, auth) -> dict:
+    def _guarded_send(
+        self, method, path, json, params, expect, timeout, auth, *, own_quota=False
+    ) -> dict:
         """One HTTP attempt, with the breaker and the Retry-After gate told how it went."""
         try:
-            document = self._send(method, path, json, params, expect, timeout, auth)
+            document = self._send(
+                method, path, json, params, expect, timeout, auth, own_quota=own_quota
+            )
         except KeygenRateLimited as error:
-            self.gate.rate_limited(error.retry_after)
+            if not own_quota:
+                self.gate.rate_limited(error.retry_after)
             self.breaker.succeeded()  # Keygen answered; it is up
             raise
         except KeygenUnavailable:
@@ -458,7 +468,7 @@ class KeygenClient(SelfServiceCalls):
             except Exception:  # the shared budget may be down; this call itself went fine
                 log.exception("could not tell the Keygen budget that the quota is used up")
 
-    def _send(self, method, path, json, params, expect, timeout, auth=None) -> dict:
+    def _send(self, method, path, json, params, expect, timeout, auth=None, *, own_quota=False):
         headers: dict[str, str | None] = dict(auth or {})
         if json is not None:
             headers["Content-Type"] = MEDIA_TYPE
@@ -477,7 +487,8 @@ class KeygenClient(SelfServiceCalls):
             raise KeygenUnavailable(
                 f"{method} {path.split('/')[0]}: {type(error).__name__}"
             ) from None
-        self._note_quota(response)
+        if not own_quota:
+            self._note_quota(response)
         if response.status_code != expect:
             raise error_for(response)
         if expect == 204:

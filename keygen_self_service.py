@@ -63,7 +63,12 @@ class SelfServiceCalls:
             body["meta"] = {"otp": otp}
         try:
             document = self._request(
-                "POST", "tokens", json=body, expect=201, authorization=f"Basic {pair}"
+                "POST",
+                "tokens",
+                json=body,
+                expect=201,
+                authorization=f"Basic {pair}",
+                own_quota=True,
             )
         except KeygenAccessDenied as error:
             refusal = _SECOND_FACTOR.get(error.code or "")
@@ -78,14 +83,16 @@ class SelfServiceCalls:
         """`DELETE /tokens/{id}` as its own bearer (TokenPolicy#revoke?: `record.bearer ==
         bearer`)."""
         path = "tokens/" + quote(token.id, safe="")
-        self._request("DELETE", path, expect=204, authorization=_bearer(token.value))
+        self._request(
+            "DELETE", path, expect=204, authorization=_bearer(token.value), own_quota=True
+        )
 
     def licenses_of(self, token: Token, *, product_id: str) -> list[License]:
         """The licenses of this product the token's user owns, up to 100 (a user token sees only
         licenses it owns or is attached to: LicensePolicy, `for_user`)."""
         params = {"owner": token.bearer_id or "", "product": product_id, "limit": LIST_LIMIT}
         document = self._request(
-            "GET", "licenses", params=params, authorization=_bearer(token.value)
+            "GET", "licenses", params=params, authorization=_bearer(token.value), own_quota=True
         )
         return self._parse(lambda doc: [License.from_resource(i) for i in doc["data"]], document)
 
@@ -93,7 +100,7 @@ class SelfServiceCalls:
         """The machines of this product's licenses that the token's user may see, up to 100."""
         params = {"product": product_id, "limit": LIST_LIMIT}
         document = self._request(
-            "GET", "machines", params=params, authorization=_bearer(token.value)
+            "GET", "machines", params=params, authorization=_bearer(token.value), own_quota=True
         )
         return self._parse(lambda doc: [Machine.from_resource(i) for i in doc["data"]], document)
 
@@ -101,18 +108,18 @@ class SelfServiceCalls:
         """One machine, read with the person's token: KeygenNotFound unless it is theirs to
         see. Keygen also finds machines by fingerprint, so callers pass ids they checked."""
         path = "machines/" + quote(machine_id, safe="")
-        document = self._request("GET", path, authorization=_bearer(token.value))
+        document = self._request("GET", path, authorization=_bearer(token.value), own_quota=True)
         return self._parse(lambda doc: Machine.from_resource(doc["data"]), document)
 
     def license_as(self, token: Token, license_id: str) -> License:
         path = "licenses/" + quote(license_id, safe="")
-        document = self._request("GET", path, authorization=_bearer(token.value))
+        document = self._request("GET", path, authorization=_bearer(token.value), own_quota=True)
         return self._parse(License.from_document, document)
 
     def policy_as(self, token: Token, policy_id: str) -> Policy:
         """A policy of one of the person's licenses (PolicyPolicy#show?: `bearer.policies`)."""
         path = "policies/" + quote(policy_id, safe="")
-        document = self._request("GET", path, authorization=_bearer(token.value))
+        document = self._request("GET", path, authorization=_bearer(token.value), own_quota=True)
         return self._parse(Policy.from_document, document)
 
     def delete_machine(self, machine_id: str) -> None:
@@ -135,4 +142,4 @@ class SelfServiceCalls:
         password Keygen refuses KeygenInvalid (422)."""
         path = f"users/{quote(user_id, safe='')}/actions/reset-password"
         body = {"meta": {"passwordResetToken": reset_token, "newPassword": password}}
-        self._request("POST", path, json=body, anonymous=True)
+        self._request("POST", path, json=body, anonymous=True, own_quota=True)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from account_sessions import account_sessions
 from app import create_app
 from services import services
-from support.accounts import admin_token, api, csrf_of, customer, machine_ids, sign_in
+from support.accounts import csrf_of, customer, machine_ids, sign_in, staff_member
 from support.http import csrf_token_from, form_data
 from support.leaks import PASSWORD, secret
 from support.otp import totp
@@ -145,13 +145,10 @@ def test_every_refused_sign_in_gets_the_same_answer(browser, keygen, clark, case
     elif case == "banned":
         keygen.emulator.ban_user(clark.user_id)
     elif case == "no password":
-        keygen.emulator.add_admin(keygen.account, email="nopass@example.com")
-        email = "nopass@example.com"
+        email = customer(keygen, "nopass@example.com", password=None).email
     else:
-        attributes = {"email": "dev@example.com", "password": PASSWORD, "role": "developer"}
-        body = {"data": {"type": "users", "attributes": attributes}}
-        assert api(keygen, "POST", "users", admin_token(keygen), body).status_code == 201
         email = "dev@example.com"
+        staff_member(keygen, email)
     response = sign_in(browser, email, password)
     assert response.status_code == 422
     page = re.sub(r'name="csrf_token" type="hidden" value="[^"]+"', "", text(response))
@@ -421,3 +418,14 @@ def test_no_secret_reaches_a_page_header_or_redirect(browser, keygen, clark):
     for answer in (response, browser.get("/account"), browser.get("/sign-in")):
         assert token not in text(answer) and token not in str(answer.headers)
     assert minted["id"] == row["token_id"]
+
+
+def test_keygen_limiting_password_attempts_holds_up_no_signup(browser, keygen, clark):
+    """Keygen counts a person's password attempts apart from the product token's calls."""
+    keygen.emulator.inject("tokens.create", retry_after=60)
+    assert sign_in(browser, clark.email).status_code == 429
+    other = browser.application.test_client()
+    page = other.get("/")
+    data = form_data(email="new@example.com", csrf_token=csrf_token_from(text(page)))
+    response = other.post("/", data=data)
+    assert response.status_code == 200 and 'id="license-key"' in text(response)

@@ -10,7 +10,6 @@ import time
 import uuid
 
 import pytest
-import requests
 
 from keygen_api import (
     KeygenAccessDenied,
@@ -21,6 +20,7 @@ from keygen_api import (
     KeygenSecondFactorWrong,
     endpoint_name,
 )
+from support.accounts import product_token, staff_member
 from support.leaks import PASSWORD, secret
 from support.otp import totp
 from support.portal import KeygenWorld
@@ -32,35 +32,17 @@ def api(keygen: KeygenWorld) -> KeygenClient:
     return KeygenClient(keygen.url, keygen.account, keygen.token, connect_timeout=1, read_timeout=2)
 
 
-def person(api: KeygenClient, keygen: KeygenWorld, email: str, *licenses: str):
+def person(api: KeygenClient, keygen: KeygenWorld, email: str, *policies: str):
     """A user with licenses under the given policies; returns (user, [license ids])."""
     user = api.create_user(email=email, password=PASSWORD, first_name="A", last_name="B")
     ids = []
-    for policy in licenses:
+    for policy in policies:
         license_id = str(uuid.uuid4())
-        if policy == keygen.policy:
-            api.create_license(license_id=license_id, policy_id=policy, owner_id=user.id)
-        else:  # another product's: only staff may issue it
-            url = f"{keygen.url}/v1/accounts/{keygen.account}/licenses"
-            body = {
-                "data": {
-                    "type": "licenses",
-                    "id": license_id,
-                    "relationships": {
-                        "policy": {"data": {"type": "policies", "id": policy}},
-                        "owner": {"data": {"type": "users", "id": user.id}},
-                    },
-                }
-            }
-            headers = {"Authorization": f"Bearer {admin_token(keygen)}"}
-            assert requests.post(url, json=body, headers=headers, timeout=5).status_code == 201
+        token = product_token(keygen, policy)
+        other = KeygenClient(keygen.url, keygen.account, token)
+        other.create_license(license_id=license_id, policy_id=policy, owner_id=user.id)
         ids.append(license_id)
     return user, ids
-
-
-def admin_token(keygen: KeygenWorld) -> str:
-    _, token = keygen.emulator.add_admin(keygen.account, email=f"admin-{uuid.uuid4().hex}@x.io")
-    return secret(token)
 
 
 def sign_in(api: KeygenClient, email: str, password: str = PASSWORD, **options):
@@ -116,11 +98,7 @@ def test_a_second_factor_is_asked_for_and_checked(api, keygen):
 
 
 def test_a_staff_members_token_is_not_a_customers(api, keygen):
-    url = f"{keygen.url}/v1/accounts/{keygen.account}/users"
-    attributes = {"email": "dev@example.com", "password": PASSWORD, "role": "developer"}
-    headers = {"Authorization": f"Bearer {admin_token(keygen)}"}
-    body = {"data": {"type": "users", "attributes": attributes}}
-    assert requests.post(url, json=body, headers=headers, timeout=5).status_code == 201
+    staff_member(keygen, "dev@example.com")
     token = sign_in(api, "dev@example.com")
     assert token.kind == "developer-token" and not token.is_customers
 

@@ -4,7 +4,6 @@ its API and control plane, and a browser (the test client) that signs in through
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,9 +28,12 @@ class Customer:
         return [secret(found[lic]) for lic in self.licenses]
 
 
-def admin_token(world: KeygenWorld) -> str:
-    """A fresh admin of the account (the emulator keeps admins across resets)."""
-    _, token = world.emulator.add_admin(world.account, email=f"admin-{uuid.uuid4().hex}@x.io")
+def product_token(world: KeygenWorld, policy: str) -> str:
+    """The token of the product the policy belongs to (the portal's, or the other product's)."""
+    store = world.emulator.store
+    with world.emulator.lock:
+        product = store.policies[policy]["product_id"]
+        [token] = [v for v, t in store.tokens.items() if t["bearer_id"] == product]
     return secret(token)
 
 
@@ -45,25 +47,26 @@ def customer(
     world: KeygenWorld,
     email: str,
     *policies: str,
-    password: str = PASSWORD,
+    password: str | None = PASSWORD,
     machines: dict[int, list[dict]] | None = None,
 ) -> Customer:
     """A Keygen user with a license under each policy (the portal's unless told) and, for the
-    license at index i, the machines in `machines[i]` (name, platform, hostname, ...)."""
-    admin = admin_token(world)
-    attributes = {"email": email, "password": secret(password), "firstName": "Clark"}
-    response = api(
-        world, "POST", "users", admin, {"data": {"type": "users", "attributes": attributes}}
-    )
+    license at index i, the machines in `machines[i]` (name, platform, hostname, ...). Made with
+    the products' tokens, as the portal and a shop would: no admin outlives the test."""
+    attributes = {"email": email, "firstName": "Clark"}
+    if password is not None:
+        attributes["password"] = secret(password)
+    body = {"data": {"type": "users", "attributes": attributes}}
+    response = api(world, "POST", "users", world.token, body)
     assert response.status_code == 201, response.text
-    person = Customer(email, response.json()["data"]["id"], password=password)
+    person = Customer(email, response.json()["data"]["id"], password=password or "")
     for policy in policies or (world.policy,):
         relationships = {
             "policy": {"data": {"type": "policies", "id": policy}},
             "owner": {"data": {"type": "users", "id": person.user_id}},
         }
         body = {"data": {"type": "licenses", "relationships": relationships}}
-        response = api(world, "POST", "licenses", admin, body)
+        response = api(world, "POST", "licenses", product_token(world, policy), body)
         assert response.status_code == 201, response.text
         person.licenses.append(response.json()["data"]["id"])
     for index, seeded in (machines or {}).items():
@@ -71,6 +74,14 @@ def customer(
             world.emulator.add_machine(person.licenses[index], **machine)
     person.keys(world)  # every key is a secret of the run
     return person
+
+
+def staff_member(world: KeygenWorld, email: str, role: str = "developer") -> str:
+    """A user of a staff role with a password, as the account's admins would add one."""
+    with world.emulator.lock:
+        account = world.emulator.store.require_account(world.account)
+        user = world.emulator.store.add_user(account, email, PASSWORD, None, None, role, {})
+    return user["id"]
 
 
 def machine_ids(world: KeygenWorld, license_id: str) -> list[str]:
