@@ -109,7 +109,7 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_DOMAIN=None,
         SESSION_COOKIE_PATH="/",
-        PERMANENT_SESSION_LIFETIME=3600,  # the session only carries the CSRF token
+        PERMANENT_SESSION_LIFETIME=3600,  # the CSRF token, and a sign-in's opaque id
         MAX_CONTENT_LENGTH=guards.MAX_BODY_BYTES,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,  # another Host: 400
         HSTS_SECONDS=settings.hsts_seconds,
