@@ -67,6 +67,10 @@ STATUSES = {
 def init_account_pages(app: Flask) -> None:
     """Flask-Login, the blueprint, and what the templates need; only with SELF_SERVICE."""
     manager = LoginManager(app)
+    # The sign-in's server-side row and its short lifetime protect it. Flask-Login's "basic"
+    # protection would rewrite every visitor's session cookie (marking it not fresh) on each
+    # page, the signup form's included; "strong" would sign out anyone whose address changes.
+    manager.session_protection = None
     manager.user_loader(lambda session_id: services(app).accounts.signed_in(session_id))
     manager.unauthorized_handler(_please_sign_in)
     app.register_blueprint(bp)

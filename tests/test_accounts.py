@@ -119,11 +119,7 @@ def test_the_token_stays_on_the_server_encrypted_and_the_cookie_holds_an_opaque_
 ):
     response = sign_in(browser, clark.email)
     [token] = tokens_of(keygen, clark.user_id)
-    cookie = response.headers["Set-Cookie"]
-    payload = cookie.split("=", 1)[1].split(";")[0]
-    data = payload.lstrip(".").split(".")[0]
-    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
-    session = json.loads(zlib.decompress(raw) if payload.startswith(".") else raw)
+    session = session_of(response.headers["Set-Cookie"])
     assert set(session) <= {"_user_id", "_fresh", "_id", "csrf_token"}
     assert not session["_user_id"].startswith("user-")
     with services(site).journal.engine.connect() as db:
@@ -429,3 +425,18 @@ def test_keygen_limiting_password_attempts_holds_up_no_signup(browser, keygen, c
     data = form_data(email="new@example.com", csrf_token=csrf_token_from(text(page)))
     response = other.post("/", data=data)
     assert response.status_code == 200 and 'id="license-key"' in text(response)
+
+
+def test_a_visitor_who_never_signs_in_has_only_the_csrf_token_in_the_session(browser):
+    """Self-service adds nothing to a signup visitor's session cookie."""
+    cookie = browser.get("/").headers["Set-Cookie"]
+    assert set(session_of(cookie)) == {"csrf_token"}
+    assert "Set-Cookie" not in browser.get("/lost-key").headers  # an error page, rendered
+
+
+def session_of(set_cookie: str) -> dict:
+    """The JSON in Flask's signed session cookie (payload.timestamp.signature)."""
+    payload = set_cookie.split("=", 1)[1].split(";")[0]
+    data = payload.lstrip(".").split(".")[0]
+    raw = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+    return json.loads(zlib.decompress(raw) if payload.startswith(".") else raw)
