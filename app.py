@@ -10,7 +10,11 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 import guards
+import keygen_webhooks
 import logs
+from account_sessions import SessionStore
+from account_views import init_account_pages
+from accounts import SelfService
 from admission import Admission
 from branding import Brand
 from budget import KeygenBudget, budget_for, calls_per_signup
@@ -27,7 +31,9 @@ from journal import Journal
 from keygen_api import CircuitBreaker, KeygenClient
 from mailer import ConsoleMailer, Mailer, SMTPMailer
 from metrics import Metrics
+from password_resets import ResetStore
 from protection import FillTimer, RateLimits, TrustedProxies
+from reset_views import init_reset_pages
 from sealing import Sealer
 from services import Services
 from signup import SignupWorkflow
@@ -60,9 +66,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     calls = calls_per_signup(one_account_per_person=settings.one_account_per_person)
     budget = budget_for(limits.storage, settings.keygen_max_rps, signup_calls=calls)
     keygen = keygen_client(settings, budget, metrics, breaker)
-    sealer = Sealer(settings.secret_key)  # keys Keygen shows only once, until delivered
+    sealer = Sealer(settings.secret_key, "license-keys")  # keys Keygen shows only once
     signup = signup_workflow(settings, journal, keygen, budget, metrics, sealer)
-    courier, mail_probe = start_courier(app, settings, journal, keygen, sealer)
+    accounts = self_service(settings, journal, keygen)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, sealer, accounts)
     Services(
         settings=settings,
         brand=brand,
@@ -76,8 +83,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         reconciler=start_reconciler(settings, journal, signup),
         courier=courier,
         mail_probe=mail_probe,
+        accounts=accounts,
     ).install(app)
     app.register_blueprint(bp)
+    if accounts is not None:
+        init_account_pages(app)
+        if accounts.resets is not None:
+            init_reset_pages(app, csrf)
     app.cli.add_command(reconcile_command)
     app.cli.add_command(doctor_command)
     register_error_pages(app)
@@ -101,7 +113,7 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_DOMAIN=None,
         SESSION_COOKIE_PATH="/",
-        PERMANENT_SESSION_LIFETIME=3600,  # the session only carries the CSRF token
+        PERMANENT_SESSION_LIFETIME=3600,  # the CSRF token, and a sign-in's opaque id
         MAX_CONTENT_LENGTH=guards.MAX_BODY_BYTES,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,  # another Host: 400
         HSTS_SECONDS=settings.hsts_seconds,
@@ -122,6 +134,8 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
         mail_enabled=settings.mail_enabled,
         verify_first=settings.require_email_verification,
         brand=brand,
+        self_service=settings.self_service,
+        password_reset=settings.password_reset_enabled,
     )
 
 
@@ -169,6 +183,13 @@ def rate_limits(app: Flask, settings: Settings) -> RateLimits:
         recovery_per_ip=settings.ratelimit_recovery_per_ip,
         recovery_per_email=settings.ratelimit_recovery_per_email,
         per_domain=settings.ratelimit_per_domain,
+        self_service={
+            "sign-in-ip": settings.ratelimit_sign_in_per_ip,
+            "sign-in-email": settings.ratelimit_sign_in_per_email,
+            "reset-ip": settings.ratelimit_password_reset_per_ip,
+            "reset-email": settings.ratelimit_password_reset_per_email,
+            "deactivation": settings.ratelimit_deactivations,
+        },
     )
 
 
@@ -246,7 +267,12 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 
 def start_courier(
-    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient, sealer: Sealer
+    app: Flask,
+    settings: Settings,
+    journal: Journal,
+    keygen: KeygenClient,
+    sealer: Sealer,
+    accounts: SelfService | None = None,
 ) -> tuple[Courier | None, MailProbe | None]:
     """The outbox's sender and /readyz's probe of it, when email is on: through SMTP, or to
     the console in the demo."""
@@ -279,7 +305,33 @@ def start_courier(
         backoff_base=settings.mail_retry_delay,
         same_mailbox=settings.one_account_per_person,
         sealer=sealer,
+        resets=accounts and accounts.resets,
+        self_service=accounts is not None,
     )
     if settings.outbox_interval > 0:
         courier.start()
     return courier, MailProbe(mailer)
+
+
+def self_service(settings: Settings, journal: Journal, keygen: KeygenClient) -> SelfService | None:
+    """Sign-in, the account page and (with KEYGEN_PUBLIC_KEY and email) forgot-password."""
+    if not settings.self_service:
+        return None
+    secret = settings.secret_key
+    resets, webhooks = None, None
+    if settings.password_reset_enabled:
+        lifetime = settings.password_reset_link_lifetime
+        resets = ResetStore(journal, Sealer(secret, "password-resets"), lifetime=lifetime)
+        key = keygen_webhooks.public_key(settings.keygen_public_key)
+        webhooks = keygen_webhooks.WebhookVerifier(key)
+    accounts = SelfService(
+        keygen,
+        SessionStore(journal, Sealer(secret, "account-sessions")),
+        resets,
+        session_minutes=settings.self_service_session_minutes,
+        code_sealer=Sealer(secret, "sign-in-codes"),
+        webhooks=webhooks,
+    )
+    if settings.reconcile_interval > 0:  # the same cadence as the other background passes
+        accounts.start_sweeping(settings.reconcile_interval)
+    return accounts

@@ -130,12 +130,27 @@ class Settings:
     # Which Keygen (docs/configuration.md, "Which Keygen"): its API version, its environment.
     keygen_api_version: str = setting(checks.DEFAULT_API_VERSION, parse=checks.api_version)
     keygen_environment: str = setting("", parse=checks.environment)  # "": the global one
+    # Self-service after the signup (docs/self-service.md): sign in, licenses, machines.
+    self_service: bool = setting(True, parse=checks.boolean)
+    self_service_session_minutes: int = setting(30, parse=checks.session_minutes)
+    keygen_public_key: str = setting("", parse=checks.keygen_public_key)  # "": no forgot-password
+    password_reset_link_lifetime: float = setting(3600.0, parse=checks.reset_link_lifetime)
+    ratelimit_sign_in_per_ip: str = setting("10/minute,60/hour", parse=checks.rates)
+    ratelimit_sign_in_per_email: str = setting("5/minute,20/hour", parse=checks.rates)
+    ratelimit_password_reset_per_ip: str = setting("5/minute,20/hour", parse=checks.rates)
+    ratelimit_password_reset_per_email: str = setting("3/hour", parse=checks.rates)
+    ratelimit_deactivations: str = setting("5/day", parse=checks.rates)  # per signed-in user
 
     @property
     def mail_enabled(self) -> bool:
         """Whether the portal sends email: through an SMTP server, or the demo's console."""
         transport = bool(self.mail_server) or self.demo_mode
         return transport and bool(self.mail_default_sender and self.public_url)
+
+    @property
+    def password_reset_enabled(self) -> bool:
+        """Forgot-password needs Keygen's webhooks (verified with the key) and email."""
+        return self.self_service and bool(self.keygen_public_key) and self.mail_enabled
 
 
 # Every setting by its environment variable's name.
@@ -234,6 +249,8 @@ def _mail_problems(get: Callable[[str], object]) -> list[str]:
         wants.append("ENUMERATION_SAFE")
     if get("mail_server"):
         wants.append("MAIL_SERVER")
+    if get("self_service") and get("keygen_public_key"):
+        wants.append("KEYGEN_PUBLIC_KEY")  # forgot-password emails the reset link
     if not wants and not get("demo_mode"):
         return problems
     reason = " and ".join(wants) or "DEMO_MODE"

@@ -62,6 +62,10 @@ SUBJECTS = {
         _l("You already have an account"),
     ),
     "recovery": (_l("Your %(product_name)s license keys"), _l("Your license keys")),
+    "reset": (
+        _l("Choose a new password for %(product_name)s"),
+        _l("Choose a new password"),
+    ),
 }
 
 
@@ -107,6 +111,29 @@ class Links:
 
     def verification(self, signup_id: str, made_at: float) -> str:
         return f"{self.public_url}/verify/{self.serializer.dumps([signup_id, round(made_at)])}"
+
+    # Self-service (accounts.py): the sign-in page, and the password reset link. The reset
+    # link's token is the reset's id, signed; its row in password_resets.py makes it expire
+    # and work once.
+
+    def sign_in(self) -> str:
+        return self.public_url + "/sign-in"
+
+    def password_reset(self, reset_id: str) -> str:
+        return f"{self.public_url}/reset/{self._resets().dumps(reset_id)}"
+
+    def reset_id(self, token: str) -> str:
+        """The reset named by a reset link's token; LinkInvalid if it is not ours."""
+        try:
+            reset_id = self._resets().loads(token)
+        except (BadData, TypeError, ValueError):
+            raise LinkInvalid("not a password reset link of this portal") from None
+        if not isinstance(reset_id, str):
+            raise LinkInvalid("not a password reset link of this portal")
+        return reset_id
+
+    def _resets(self) -> URLSafeSerializer:
+        return URLSafeSerializer(self.serializer.secret_key, salt="portal.reset-password")
 
     def verified_signup(self, token: str) -> str:
         """The signup id in a verification token; LinkInvalid or LinkExpired otherwise."""
@@ -158,6 +185,8 @@ class Courier:
         backoff_cap: float = 3600.0,
         same_mailbox: bool = False,
         sealer: Sealer | None = None,
+        resets=None,
+        self_service: bool = False,
     ):
         self.app = app
         self.same_mailbox = same_mailbox  # ONE_ACCOUNT_PER_PERSON: recovery finds the mailbox
@@ -172,6 +201,8 @@ class Courier:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.sealer = sealer  # opens the keys Keygen shows only once (sealing.py)
+        self.resets = resets  # password_resets.ResetStore, when forgot-password is on
+        self.self_service = self_service  # emails link to the sign-in page
         self.owner = f"courier:{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -285,6 +316,7 @@ class Courier:
             "support_email": None,
             "lost_key_url": self.links.lost_key(),
             "signup_url": self.links.signup_form(),
+            "sign_in_url": self.links.sign_in() if self.self_service else None,
         }
         to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
         if mail.kind == "license":
@@ -298,6 +330,11 @@ class Courier:
             values["license_keys"] = keys
             values["unrecoverable"] = unrecoverable
             to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
+        elif mail.kind == "reset":
+            if self.resets is None or not self.resets.usable(mail.ref or ""):
+                raise _Nothing()  # used, expired or superseded before it went out
+            values["reset_url"] = self.links.password_reset(mail.ref or "")
+            values["link_minutes"] = max(1, round(self.resets.lifetime / 60))
         elif mail.kind != "taken":
             raise ValueError(f"unknown kind of message {mail.kind!r}")
         # In the language of the page the person used when it was queued (the outbox keeps it).
@@ -312,7 +349,7 @@ class Courier:
     def license_key(self, mail: Mail) -> str:
         """The key of a license email: its sealed copy, or else Keygen's."""
         if mail.sealed_key and self.sealer is not None:
-            key = self.sealer.open(mail.sealed_key)
+            key = self.sealer.unseal(mail.sealed_key)
             if key is not None:
                 return key
         key = self.keygen.get_license(mail.ref or "").key

@@ -50,10 +50,25 @@ EXPIRED_FORM = (
 )
 
 
+# Self-service (account_views.py, reset_views.py).
+ACCOUNT_UNAVAILABLE = (
+    _l("Your account cannot be reached right now"),
+    _l(
+        "Our licensing service did not respond in time. Nothing was changed; "
+        "please try again in a minute."
+    ),
+)
+DEACTIVATIONS = (
+    _l("No more devices can be freed today"),
+    _l("You have freed as many devices as allowed for now. Please try again tomorrow."),
+)
+
+
 def error_page(code: int, *, kind: str | None = None, retry_after: int | None = None):
     if not _host_is_trusted():
         return _unknown_host(code)
     special = {"unavailable": UNAVAILABLE, "busy": BUSY, "csrf": EXPIRED_FORM}
+    special.update(account=ACCOUNT_UNAVAILABLE, deactivations=DEACTIVATIONS)
     title, message = special.get(kind) or ERRORS.get(code, ERRORS[500])
     response = current_app.make_response(
         (

@@ -31,13 +31,16 @@ from keygen_errors import (
     KeygenNotFound,
     KeygenRateLimited,
     KeygenRejected,
+    KeygenSecondFactorNeeded,
+    KeygenSecondFactorWrong,
     KeygenUnavailable,
     Problem,
     error_for,
     json_or_none,
     seconds_until_quota_resets,
 )
-from keygen_records import Bearer, License, Policy, User
+from keygen_records import Bearer, License, Machine, Policy, Token, User
+from keygen_self_service import SelfServiceCalls
 
 __all__ = [
     "Bearer",
@@ -51,10 +54,14 @@ __all__ = [
     "KeygenNotFound",
     "KeygenRateLimited",
     "KeygenRejected",
+    "KeygenSecondFactorNeeded",
+    "KeygenSecondFactorWrong",
     "KeygenUnavailable",
     "License",
+    "Machine",
     "Policy",
     "Problem",
+    "Token",
     "User",
 ]
 
@@ -180,6 +187,8 @@ def endpoint_name(method: str, path: str) -> str:
         return "me"
     if not rest:
         return f"{collection}.{'index' if method == 'GET' else 'create'}"
+    if "/actions/" in rest:  # users/{id}/actions/reset-password: users.reset_password
+        return f"{collection}.{rest.rsplit('/', 1)[-1].replace('-', '_')}"
     return f"{collection}.{_ACTIONS.get(method, method.lower())}"
 
 
@@ -188,8 +197,9 @@ def endpoint_name(method: str, path: str) -> str:
 PROBE_EMAIL = "doctor-check@invalid"
 
 
-class KeygenClient:
-    """Calls Keygen with a product token. A requests Session per thread, never retries itself.
+class KeygenClient(SelfServiceCalls):
+    """Calls Keygen with a product token (and, for self-service, with a person's own
+    credentials: keygen_self_service.py). A requests Session per thread, never retries itself.
 
     Retries belong to the caller, which knows which requests are safe to repeat.
     """
@@ -413,16 +423,25 @@ class KeygenClient:
         timeout: tuple[float, float] | None = None,
         anonymous: bool = False,
         global_environment: bool = False,
+        authorization: str | None = None,
+        own_quota: bool = False,
     ) -> dict:
-        self.gate.before_call()
+        """One call. `authorization` replaces the product token; `own_quota`: Keygen counts the
+        call in a bucket of its own (rack_attack.rb keys buckets by token), not the product's."""
+        if not own_quota:
+            self.gate.before_call()
         self.breaker.before_call()
         started = time.monotonic()
         status: int | None = None
         headers: dict[str, str | None] = {"Authorization": None} if anonymous else {}
+        if authorization is not None:
+            headers["Authorization"] = authorization
         if global_environment:
             headers["Keygen-Environment"] = None
         try:
-            document = self._guarded_send(method, path, json, params, expect, timeout, headers)
+            document = self._guarded_send(
+                method, path, json, params, expect, timeout, headers, own_quota=own_quota
+            )
             status = expect
             return document
         except KeygenError as error:
@@ -441,12 +460,17 @@ class KeygenClient:
         except Exception:  # counting a call must never fail it
             log.exception("the Keygen call observer failed")
 
-    def _guarded_send(self, method, path, json, params, expect, timeout, headers) -> dict:
+    def _guarded_send(
+        self, method, path, json, params, expect, timeout, headers, *, own_quota=False
+    ) -> dict:
         """One HTTP attempt, with the breaker and the Retry-After gate told how it went."""
         try:
-            document = self._send(method, path, json, params, expect, timeout, headers)
+            document = self._send(
+                method, path, json, params, expect, timeout, headers, own_quota=own_quota
+            )
         except KeygenRateLimited as error:
-            self.gate.rate_limited(error.retry_after)
+            if not own_quota:
+                self.gate.rate_limited(error.retry_after)
             self.breaker.succeeded()  # Keygen answered; it is up
             raise
         except KeygenUnavailable:
@@ -471,7 +495,7 @@ class KeygenClient:
             except Exception:  # the shared budget may be down; this call itself went fine
                 log.exception("could not tell the Keygen budget that the quota is used up")
 
-    def _send(self, method, path, json, params, expect, timeout, headers) -> dict:
+    def _send(self, method, path, json, params, expect, timeout, headers, *, own_quota=False):
         """``headers``: this call's changes to the session's (None removes one)."""
         headers = dict(headers)
         if json is not None:
@@ -491,7 +515,8 @@ class KeygenClient:
             raise KeygenUnavailable(
                 f"{method} {path.split('/')[0]}: {type(error).__name__}"
             ) from None
-        self._note_quota(response)
+        if not own_quota:
+            self._note_quota(response)
         if response.status_code != expect:
             raise error_for(response)
         if expect == 204:

@@ -139,6 +139,14 @@ class KeygenAccessDenied(KeygenRejected):
     """401/402/403: the token, the policy's product or the plan. An operator must act."""
 
 
+class KeygenSecondFactorNeeded(KeygenAccessDenied):
+    """401 OTP_REQUIRED on signing in: the user has a second factor; ask for its code."""
+
+
+class KeygenSecondFactorWrong(KeygenAccessDenied):
+    """401 OTP_INVALID on signing in: the code was wrong, old or used already."""
+
+
 class KeygenNotFound(KeygenRejected):
     """404: no such resource (or not visible to this token)."""
 

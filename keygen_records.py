@@ -53,6 +53,10 @@ class License:
     metadata: dict[str, Any]
     expiry: str | None
     key_readable_later: bool = True
+    # Read for the account page (self-service); the signup needs none of them.
+    product_id: str | None = None
+    name: str | None = None
+    status: str | None = None  # ACTIVE, INACTIVE, EXPIRING, EXPIRED, SUSPENDED, BANNED
 
     @classmethod
     def from_document(cls, document: dict) -> License:
@@ -75,6 +79,9 @@ class License:
             metadata=attributes.get("metadata") or {},
             expiry=attributes.get("expiry"),
             key_readable_later=readable,
+            product_id=_related_id(relationships.get("product")),
+            name=attributes.get("name"),
+            status=attributes.get("status"),
         )
 
 
@@ -84,6 +91,7 @@ class Policy:
     product_id: str | None
     scheme: str | None = None
     keys_readable_later: bool = True
+    name: str | None = None
 
     @classmethod
     def from_document(cls, document: dict) -> Policy:
@@ -94,6 +102,7 @@ class Policy:
             product_id=_related_id(data["relationships"].get("product")),
             scheme=attributes.get("scheme"),
             keys_readable_later=keys_readable_later(attributes),
+            name=attributes.get("name"),
         )
 
 
@@ -124,6 +133,74 @@ class Bearer:
             type=data["type"],
             token_kind=attributes.get("kind"),
             permissions=tuple(permissions) if isinstance(permissions, list) else None,
+        )
+
+
+# -- Self-service: the person's token and machines ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token made by `POST /tokens` (app/serializers/token_serializer.rb); its value is in
+    that answer only."""
+
+    id: str
+    value: str = field(repr=False)
+    kind: str  # "user-token", "admin-token", ...
+    bearer_id: str | None
+    expiry: str | None
+
+    @classmethod
+    def of_user(cls, token_id: str, value: str, user_id: str) -> Token:
+        """A customer's token kept by the portal (account_sessions.py), made again."""
+        return cls(id=token_id, value=value, kind="user-token", bearer_id=user_id, expiry=None)
+
+    @property
+    def is_customers(self) -> bool:
+        """A user with the role `user`: staff roles have tokens of their own kind."""
+        return self.kind == "user-token"
+
+    @classmethod
+    def from_document(cls, document: dict) -> Token:
+        data = document["data"]
+        attributes = data["attributes"]
+        return cls(
+            id=data["id"],
+            value=attributes["token"],
+            kind=attributes["kind"],
+            bearer_id=_related_id(data["relationships"].get("bearer")),
+            expiry=attributes.get("expiry"),
+        )
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A device activated on a license (app/serializers/machine_serializer.rb)."""
+
+    id: str
+    license_id: str | None
+    product_id: str | None
+    fingerprint: str
+    name: str | None
+    platform: str | None
+    hostname: str | None
+    last_heartbeat: str | None
+    created: str | None
+
+    @classmethod
+    def from_resource(cls, data: dict) -> Machine:
+        attributes = data["attributes"]
+        relationships = data.get("relationships") or {}
+        return cls(
+            id=data["id"],
+            license_id=_related_id(relationships.get("license")),
+            product_id=_related_id(relationships.get("product")),
+            fingerprint=attributes["fingerprint"],
+            name=attributes.get("name"),
+            platform=attributes.get("platform"),
+            hostname=attributes.get("hostname"),
+            last_heartbeat=attributes.get("lastHeartbeat"),
+            created=attributes.get("created"),
         )
 
 

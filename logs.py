@@ -139,6 +139,8 @@ _PATTERNS = [
     (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s/]+(?=@)", re.IGNORECASE), "@"),
     # A verification link's token (delivery.py): whoever has it may confirm that signup.
     (re.compile(r"(/verify/)[^\s\"'?#/]+"), "/"),
+    # A password reset link's token (accounts.py): whoever has it may set the password.
+    (re.compile(r"(/reset/)[^\s\"'?#/]+"), "/"),
 ]
 _BARE = [
     # Keygen tokens: prod-, admin-, user-, activ-, env-, dev-, sales-, spprt-, read- + hex + v3.

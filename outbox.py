@@ -62,7 +62,7 @@ _NEW_MAIL = {
 class Letter:
     """A message to queue: what it is about, and to whom."""
 
-    kind: str  # license | verify | taken | recovery (delivery.py composes each)
+    kind: str  # license | verify | taken | recovery | reset (delivery.py composes each)
     email: str
     ref: str | None = None
     first_name: str | None = None
@@ -102,6 +102,10 @@ class Outbox:
     def queue(self, *letters: Letter) -> None:
         with self.engine.begin() as db:
             self._queue(db, letters)
+
+    def queue_in(self, db, *letters: Letter) -> None:
+        """Queue in a transaction the caller holds, with the state the letters belong to."""
+        self._queue(db, letters)
 
     def due_mail(self, *, limit: int = 50) -> list[Mail]:
         now = self.clock()

@@ -98,6 +98,7 @@ class RateLimits:
         recovery_per_ip: str = "5/minute,20/hour",
         recovery_per_email: str = "3/hour",
         per_domain: str = "",
+        self_service: dict[str, str] | None = None,
     ):
         options = _STORAGE_TIMEOUTS if storage_uri.startswith("redis") else {}
         self.storage = storage_from_string(storage_uri, **options)
@@ -109,6 +110,9 @@ class RateLimits:
         self.recovery_per_ip = parse_many(recovery_per_ip)
         self.recovery_per_email = parse_many(recovery_per_email)
         self.per_domain = parse_many(per_domain) if per_domain else []  # "": off
+        # Self-service buckets by name (sign-in-ip, sign-in-email, reset-ip, reset-email,
+        # deactivation), each counted at its own point in account_views.py.
+        self.self_service = {name: parse_many(r) for name, r in (self_service or {}).items()}
 
     def admit_client(self, address: str | None) -> None:
         """Count one submission from this address, or raise LimitReached."""
@@ -141,6 +145,21 @@ class RateLimits:
         for name, limits, key in buckets:
             if not all(self._call("test", limit, name, key) for limit in limits):
                 raise LimitReached(name)
+
+    # Self-service: sign-in, forgot-password, freeing machines.
+
+    def email_bucket(self, email: str) -> str:
+        """The key of an email's bucket: a keyed hash, so the store holds no addresses."""
+        return hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def admit(self, *buckets: tuple[str, str]) -> None:
+        """Count one request in each named self-service bucket, as (name, key); all are tested
+        before any is counted, or LimitReached names the first one full."""
+        found = [(name, self.self_service[name], key) for name, key in buckets]
+        for name, limits, key in found:
+            if not all(self._call("test", limit, name, key) for limit in limits):
+                raise LimitReached(name)
+        self._hit(found)
 
     def _hit(self, buckets: list[tuple[str, list[RateLimitItem], str]]) -> None:
         for name, limits, key in buckets:

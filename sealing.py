@@ -1,12 +1,15 @@
-"""License keys the portal must keep for a while, sealed: encrypted at rest.
+"""Secrets the portal must keep for a while, sealed: encrypted at rest, each kind under its own key.
 
-A key is normally never stored: the page shows it from Keygen's answer and the courier fetches it
-again by the license's id when it sends the email. Under a policy whose keys Keygen shows only
-in the answer that creates them (LEGACY_ENCRYPT), there is nothing to fetch later, so the key is
-kept until it has been shown and sent: encrypted (Fernet: AES-128-CBC with an HMAC-SHA256) with a
-key derived from SECRET_KEY, so that a copy of the database alone reveals no key, and wiped once
-delivered. Sealed rather than sending the email in the request: the outbox's retries survive a
-mail server that is down, and the request does not wait for SMTP.
+Authenticated encryption (Fernet: AES-128-CBC with an HMAC-SHA256) with a key derived from
+SECRET_KEY by HKDF for one purpose, so that a copy of the database alone reveals nothing and one
+kind of sealed text cannot be passed off as another. The portal seals:
+
+* license keys Keygen shows only in the answer that creates them (LEGACY_ENCRYPT): kept until the
+  page has shown them and the courier has sent them, then wiped. Sealed rather than sending the
+  email in the request: the outbox's retries survive a mail server that is down;
+* a signed-in person's Keygen token (account_sessions.py) and a reset's token
+  (password_resets.py), for their short lives;
+* the email and password between sign-in's two steps (a second factor), for minutes.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-PURPOSE = b"portal.sealed-license-key"  # keeps this key apart from SECRET_KEY's other uses
-
 
 class Sealer:
-    def __init__(self, secret_key: str):
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PURPOSE)
-        key = derived.derive(secret_key.encode())
-        self._fernet = Fernet(base64.urlsafe_b64encode(key))
+    def __init__(self, secret_key: str, purpose: str):
+        derived = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"portal.sealer", info=purpose.encode()
+        ).derive(secret_key.encode())
+        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
 
     def __repr__(self) -> str:
         return "Sealer()"
@@ -32,9 +34,11 @@ class Sealer:
     def seal(self, text: str) -> str:
         return self._fernet.encrypt(text.encode()).decode("ascii")
 
-    def open(self, sealed: str) -> str | None:
-        """The text, or None when it was sealed under another SECRET_KEY (or altered)."""
+    def unseal(self, sealed: str, *, max_age: float | None = None) -> str | None:
+        """The text, or None when it was sealed under another SECRET_KEY or purpose, was
+        altered, or is older than ``max_age`` seconds."""
         try:
-            return self._fernet.decrypt(sealed.encode("ascii")).decode()
+            ttl = None if max_age is None else int(max_age)
+            return self._fernet.decrypt(sealed.encode("ascii"), ttl=ttl).decode()
         except (InvalidToken, ValueError):
             return None

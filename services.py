@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from accounts import SelfService
 from branding import Brand
 from captcha import Captcha
 from config import Settings
@@ -35,6 +36,7 @@ class Services:
     reconciler: Reconciler
     courier: Courier | None  # None: email is off
     mail_probe: MailProbe | None
+    accounts: SelfService | None = None  # SELF_SERVICE is off
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import idna
 
+import keygen_webhooks
 from keygen_api import (
     API_VERSION,
     API_VERSIONS,
@@ -352,3 +353,27 @@ def email_domains(value: str) -> tuple[str, ...]:
             raise ValueError("must be mail domains such as example.com, separated by commas")
         found.append(domain)
     return tuple(found)
+
+
+# -- Self-service (accounts.py) --------------------------------------------------------------
+
+
+def session_minutes(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 1440:
+        raise ValueError("must be a whole number of minutes, 1 to 1440 (a day)")
+    return number
+
+
+def reset_link_lifetime(value: str) -> float:
+    """Keygen's reset token works for 24 hours (users/actions/password_controller.rb)."""
+    number = float(value)
+    if not 60 <= number <= 86400:
+        raise ValueError("must be 60 to 86400 seconds (Keygen's reset token lasts a day)")
+    return number
+
+
+def keygen_public_key(value: str) -> str:
+    value = value.strip()
+    keygen_webhooks.public_key(value)  # raises ValueError in words
+    return value

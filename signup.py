@@ -350,7 +350,7 @@ class SignupWorkflow:
         response of a double click, so that one must carry the key)."""
         if (signup.key_shown and not waited_for_it) or not self.key_on_page:
             return AlreadyIssued(signup.email)
-        key = self.sealer.open(signup.sealed_key) if self.sealer and signup.sealed_key else None
+        key = self.sealer.unseal(signup.sealed_key) if self.sealer and signup.sealed_key else None
         if key is None:
             license = self._read_back(signup, ends_at)
             if license is None:

@@ -35,7 +35,7 @@ def user_document(user: dict, version: str, now: float, licenses: dict) -> dict:
             "firstName": first,
             "lastName": last,
             "email": user["email"],
-            "status": "ACTIVE" if active else "INACTIVE",
+            "status": "BANNED" if user.get("banned") else "ACTIVE" if active else "INACTIVE",
             "role": user["role"].replace("_", "-"),
             "metadata": metadata(user["metadata"], version),
             "created": iso(user["created"]),
@@ -173,6 +173,7 @@ def policy_document(policy: dict) -> dict:
         "id": policy["id"],
         "type": "policies",
         "attributes": {
+            "name": policy.get("name"),
             "duration": policy["duration"],
             "protected": policy["protected"],
             "scheme": policy["scheme"],

@@ -60,6 +60,11 @@ ROUTES = (
     "policies.show",
     "tokens.create",
     "tokens.destroy",
+    "machines.index",
+    "machines.show",
+    "machines.destroy",
+    "passwords.reset",
+    "users.reset_password",
 )
 AUTH_LIMIT, AUTH_PERIOD = 5, 60
 DROP_KEY = "keygen_emulator.drop"

@@ -71,6 +71,12 @@ _ROUTE_TABLE = [
     ("GET", re.compile(r"policies/(?P<id>[^/]+)"), "policies.show"),
     ("POST", re.compile(r"tokens"), "tokens.create"),
     ("DELETE", re.compile(r"tokens/(?P<id>[^/]+)"), "tokens.destroy"),
+    # Self-service (machines.py, passwords.py)
+    ("GET", re.compile(r"machines"), "machines.index"),
+    ("GET", re.compile(r"machines/(?P<id>[^/]+)"), "machines.show"),
+    ("DELETE", re.compile(r"machines/(?P<id>[^/]+)"), "machines.destroy"),
+    ("POST", re.compile(r"passwords"), "passwords.reset"),
+    ("POST", re.compile(r"users/(?P<id>[^/]+)/actions/reset-password"), "users.reset_password"),
 ]
 _ACCOUNT_PATH = re.compile(r"/v1/accounts/([^/]+)(?:/(.*))?")
 
@@ -127,6 +133,9 @@ class Call:
             "content_type": request.headers.get("Content-Type"),
             "json": None,
             "authenticated": False,
+            "bearer_type": None,
+            # The scheme only (Bearer, Basic): the credentials themselves are never logged.
+            "auth_scheme": request.headers.get("Authorization", "").partition(" ")[0] or None,
         }
 
     def run(self) -> flask.Response:
@@ -311,8 +320,11 @@ class Call:
             bearer = owners.get(record["bearer_id"])
         if bearer is None:
             raise unauthorized("TOKEN_INVALID")
+        if record["bearer_type"] == "users" and bearer.get("banned"):
+            raise Halt(403, [error("Access denied", "User is banned", "USER_BANNED")])
         self.token, self.bearer = record, bearer
         self.log["authenticated"] = True
+        self.log["bearer_type"] = record["bearer_type"]  # "products" or "users", never who
 
     def role(self) -> str | None:
         """The bearer's role: None (anonymous), "product", or a user's role."""

@@ -13,7 +13,7 @@ import uuid
 
 import flask
 
-from keygen_emulator import documents, listing
+from keygen_emulator import documents, listing, people
 from keygen_emulator.deployment import licensed_user_limit_error
 from keygen_emulator.errors import (
     DENIED_ANONYMOUS,
@@ -34,6 +34,8 @@ from keygen_emulator.formats import (
     parse_time,
     password_matches,
 )
+from keygen_emulator.machines import MachineRoutes
+from keygen_emulator.passwords import PasswordRoutes
 from keygen_emulator.pipeline import Call
 from keygen_emulator.schema import LICENSE_SCHEMAS, MAX_ATTRIBUTES, TOKEN_SCHEMA, USER_SCHEMAS
 from keygen_emulator.state import ROLES
@@ -57,7 +59,7 @@ _EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
 _BASIC_EMAIL_RE = re.compile(r"[^@\s]+@(?:[-a-z0-9]+\.)+[a-z]{2,}", re.I)
 
 
-class Api(Call):
+class Api(MachineRoutes, PasswordRoutes, Call):
     """A Keygen API request, answered by the method named after its route."""
 
     def me(self) -> flask.Response:
@@ -352,6 +354,7 @@ class Api(Call):
         query = self.request.args
         limit = listing.page_limit(query)
         filters = [query[name] for name in ("owner", "user") if name in query]
+        product = query.get("product", "").lower() or None
         account_id = self.account["id"]
         with self.emu.lock:
             found = [
@@ -361,6 +364,7 @@ class Api(Call):
                 and self.visible(lic)
                 and self._sees_license(lic)
                 and all(self._owned_by(lic, value) for value in filters)
+                and product in (None, lic["product_id"])
             ]
             self.verify_permissions()
             found.sort(key=lambda lic: (lic["created"], lic["seq"]), reverse=True)
@@ -391,6 +395,11 @@ class Api(Call):
             )
             if visible and role == "product":
                 visible = policy["product_id"] == self.bearer["id"]
+            elif visible and role == "user":  # `bearer.policies`: those of the user's licenses
+                visible = any(
+                    lic["policy_id"] == policy["id"] and lic["owner_id"] == self.bearer["id"]
+                    for lic in self.emu.store.licenses.values()
+                )
             elif visible and role not in _STAFF_READ:
                 visible = False
             if not visible:
@@ -454,8 +463,19 @@ class Api(Call):
             raise refuse("PASSWORD_NOT_SUPPORTED", "password is unsupported")
         if not password:
             raise refuse("PASSWORD_REQUIRED", "password is required")
+        factor = user["second_factor"]
+        if factor is not None:  # before the password, "so that we don't leak correctness"
+            otp = (self.params.get("meta") or {}).get("otp")
+            if otp is None:
+                raise unauthorized("OTP_REQUIRED", "second factor is required", pointer="/meta/otp")
+            with self.emu.lock:
+                if not people.verify(factor, str(otp), self.emu.clock()):
+                    detail = "second factor must be valid"
+                    raise unauthorized("OTP_INVALID", detail, pointer="/meta/otp")
         if not password_matches(user["password"], password):
             raise refuse("PASSWORD_INVALID", "password must be valid")
+        if user["banned"]:  # TokenPolicy#generate?: deny! 'user is banned'
+            raise forbidden("You do not have permission to complete the request (user is banned)")
         return user
 
     def tokens_destroy(self) -> flask.Response:

@@ -130,7 +130,9 @@ TOKEN_SCHEMA = Param(
                     },
                 ),
             },
-        )
+        ),
+        # The second factor of Basic email:password (tokens_controller.rb).
+        "meta": Param("object", optional=True, children={"otp": Param("string")}),
     },
 )
 

@@ -23,6 +23,8 @@ from keygen_emulator.deployment import (
     Switches,
 )
 from keygen_emulator.formats import camel_keys, hash_password, iso, new_id
+from keygen_emulator.self_service import SelfServiceState
+from keygen_emulator.webhooks import Webhooks
 
 CURRENT_API_VERSION = "1.8"
 API_VERSIONS = frozenset(f"1.{minor}" for minor in range(9))
@@ -47,6 +49,7 @@ class Store:
         self.token_ids: dict[str, str] = {}  # token id -> token value
         self.environments: dict[str, dict] = {}
         self.jobs: list[tuple[float, dict]] = []  # (when, license): deletions still to come
+        self.machines: dict[str, dict] = {}  # machines.py
         self.seq = itertools.count()  # orders licenses created in the same instant
 
     def find_account(self, ref: str) -> dict | None:
@@ -99,6 +102,10 @@ class Store:
             "created": now,
             "updated": now,
             "seeded": seeded,  # made by add_admin(), so reset() keeps it
+            "banned": False,  # app/models/user.rb, banned_at
+            "second_factor": None,  # {"secret", "last"} once enabled (people.py)
+            "reset_digest": None,  # the password reset token's hash (passwords.py)
+            "reset_sent": None,
         }
         self.users[user["id"]] = user
         self.emails[(account_id, email)] = user["id"]
@@ -146,6 +153,8 @@ class Store:
     def delete_license(self, lic: dict) -> None:
         self.licenses.pop(lic["id"], None)
         self.keys.pop((lic["account_id"], lic["key"]), None)
+        for machine in [m for m in self.machines.values() if m["license_id"] == lic["id"]]:
+            self.machines.pop(machine["id"], None)
 
     def delete_user(self, user: dict, delay: float | None = None) -> None:
         self.users.pop(user["id"], None)
@@ -177,13 +186,15 @@ class Store:
         self.licenses.clear()
         self.keys.clear()
         self.jobs.clear()
+        self.machines.clear()
         self.tokens = {k: t for k, t in self.tokens.items() if not t["minted"]}
         self.token_ids = {t["id"]: k for k, t in self.tokens.items()}
 
 
-class Emulator(Switches):
+class Emulator(Switches, SelfServiceState):
     """In-memory Keygen state, thread-safe (one RLock). The deployment's switches (edition,
-    versions, hosts, environments, permissions, account states, races) are deployment.Switches'.
+    versions, hosts, environments, permissions, account states, races) are deployment.Switches';
+    machines, second factors, bans and webhook endpoints are self_service.SelfServiceState's.
 
     `requests` logs every API request it handled except /v1/ping and the /_emulator/ control
     plane: method, path, query, route, status (None when the connection was dropped), the
@@ -203,6 +214,8 @@ class Emulator(Switches):
         self.narrowed: set[str] = set()  # tokens whose permissions a test narrowed
         self._faults: dict[str, list[dict]] = {}
         self._hits: dict[tuple, int] = {}
+        self.webhooks = Webhooks(clock)  # endpoints and signed events (webhooks.py)
+        self.reset_emails: list[str] = []  # Keygen's own reset emails (meta.deliver not false)
 
     # Seeding
 
@@ -281,6 +294,7 @@ class Emulator(Switches):
         duration: int | None = None,
         protected: bool | None = None,
         scheme: str | None = None,
+        name: str | None = None,
     ) -> str:
         """A policy of ``product``; unless told, protected when the account is
         (app/models/policy.rb, before_create). A LEGACY_ENCRYPT ``scheme`` makes it encrypted:
@@ -300,6 +314,7 @@ class Emulator(Switches):
                 "environment_id": found["environment_id"],
                 "scheme": scheme,
                 "encrypted": scheme == LEGACY_ENCRYPT,
+                "name": name,
                 "duration": duration,
                 "protected": self.store.accounts[account_id]["protected"]
                 if protected is None
@@ -390,6 +405,9 @@ class Emulator(Switches):
                 "licenses": self.licenses(),
                 "requests": [dict(r) for r in self.requests],
                 "new_connections": self.new_connections,
+                "machines": self.machines(),
+                "tokens": self.tokens(),
+                "webhook_deliveries": list(self.webhooks.deliveries),
             }
 
     # Faults, limits, reset
@@ -413,6 +431,8 @@ class Emulator(Switches):
             self.requests.clear()
             self._faults.clear()
             self._hits.clear()
+            self.reset_emails.clear()
+        self.webhooks.clear()
 
     def set_rate_limit(self, limit: int | None, period: int = 30) -> None:
         """Throttle each (account, client ip, token) to `limit` requests per `period` seconds."""

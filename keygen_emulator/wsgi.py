@@ -84,6 +84,7 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
                 str(fields.get("account", "")),
                 str(fields.get("product", "")),
                 protected=fields.get("protected"),
+                name=fields.get("name"),
             )
         except (KeyError, TypeError, ValueError) as error:
             return refused(error)
@@ -116,6 +117,49 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
     def run_jobs():
         emulator.run_jobs()
         return "", 204
+
+    _register_self_service(app, emulator, body, refused)
+
+
+def _register_self_service(app: flask.Flask, emulator: Emulator, body, refused) -> None:
+    """Machines, second factors, bans and webhook endpoints (self_service.py)."""
+
+    @app.post("/_emulator/machines")
+    def add_machine():
+        fields = body()
+        try:
+            machine = emulator.add_machine(str(fields.pop("license", "")), **fields)
+        except (KeyError, TypeError, ValueError) as error:
+            return refused(error)
+        return flask.jsonify(id=machine), 201
+
+    @app.post("/_emulator/users/<user>/ban")
+    def ban_user(user: str):
+        try:
+            emulator.ban_user(user)
+        except KeyError as error:
+            return refused(error)
+        return "", 204
+
+    @app.post("/_emulator/users/<user>/second-factor")
+    def second_factor(user: str):
+        try:
+            return flask.jsonify(secret=emulator.enable_second_factor(user)), 201
+        except KeyError as error:
+            return refused(error)
+
+    @app.post("/_emulator/webhook-endpoints")
+    def add_webhook_endpoint():
+        fields = body()
+        try:
+            endpoint = emulator.add_webhook_endpoint(
+                str(fields.get("account", "")),
+                str(fields.get("url", "")),
+                subscriptions=tuple(fields.get("subscriptions") or ("*",)),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            return refused(error)
+        return flask.jsonify(endpoint), 201
 
 
 class _AccessLogFilter(logging.Filter):

@@ -40,6 +40,18 @@ PY
     kill -0 "$emulator" 2>/dev/null || { echo "the emulator did not start" >&2; exit 1; }
     sleep 0.1
   done
+  # Forgot-password in the demo: the emulator posts its signed webhooks to the portal, as Keygen
+  # does to the endpoint made in its dashboard, and the portal checks them with this key.
+  KEYGEN_PUBLIC_KEY=$(.venv/bin/python - <<PY
+import json, urllib.request
+body = json.dumps({"account": "$KEYGEN_ACCOUNT_ID", "url": "$PUBLIC_URL/webhooks/keygen",
+                   "subscriptions": ["user.password-reset"]}).encode()
+request = urllib.request.Request("$KEYGEN_API_URL/_emulator/webhook-endpoints", data=body,
+                                 headers={"Content-Type": "application/json"})
+print(json.load(urllib.request.urlopen(request, timeout=5))["public_key"])
+PY
+)
+  export KEYGEN_PUBLIC_KEY
 fi
 
 echo "Portal: http://${BIND}" >&2

@@ -152,7 +152,12 @@ def test_owned_licenses_deleted_later_do_not_hold_up_an_undo(setups, journal, cl
 
 def legacy_workflow(world, journal, clock, **options):
     return make_workflow(
-        world, journal, clock, policy=world.legacy_policy, sealer=Sealer(SECRET_KEY), **options
+        world,
+        journal,
+        clock,
+        policy=world.legacy_policy,
+        sealer=Sealer(SECRET_KEY, "license-keys"),
+        **options,
     )
 
 

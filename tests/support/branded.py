@@ -29,10 +29,17 @@ BRANDING = dict(
 @contextmanager
 def branded_portal(secret_key: str, **changes) -> Iterator[str]:
     """Yields the portal's URL; everything is stopped on exit."""
+    with branded_world(secret_key, **changes) as (url, _emulator, _ids):
+        yield url
+
+
+@contextmanager
+def branded_world(secret_key: str, **changes) -> Iterator[tuple[str, Emulator, dict]]:
+    """The portal's URL, its emulator and the ids in it (account, product, policy)."""
     emulator = Emulator()
     account = emulator.add_account(slug="acme")
     product, token = emulator.add_product(account, name="Acme Pro")
-    policy = emulator.add_policy(account, product)
+    policy = emulator.add_policy(account, product, name="Acme Pro, yearly")
     # A folder of its own, not tmp_path: scripts/screenshots.py runs this outside pytest.
     with serve(emulator) as keygen, tempfile.TemporaryDirectory(prefix="portal-branded-") as home:
         settings = Settings(
@@ -50,8 +57,9 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
         server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True, name="branded")
         thread.start()
+        ids = {"account": account, "policy": policy, "keygen_url": keygen.url}
         try:
-            yield f"http://127.0.0.1:{server.port}"
+            yield f"http://127.0.0.1:{server.port}", emulator, ids
         finally:
             server.shutdown()
             server.server_close()
