@@ -18,6 +18,8 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import email_rules
+
 # -- The client's address ----------------------------------------------------------------------
 
 
@@ -133,10 +135,9 @@ class RateLimits:
     def admit_recovery(self, address: str | None, email: str) -> None:
         """Count one lost-key request from this client and for this email (separate buckets of
         their own), or raise LimitReached. Both are tested before either is counted."""
-        digest = hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
         buckets = [
             ("recovery-ip", self.recovery_per_ip, address or "unknown"),
-            ("recovery-email", self.recovery_per_email, digest),
+            ("recovery-email", self.recovery_per_email, self._digest(email)),
         ]
         self._test(buckets)
         self._hit(buckets)
@@ -149,8 +150,10 @@ class RateLimits:
     # Self-service: sign-in, forgot-password, freeing machines.
 
     def email_bucket(self, email: str) -> str:
-        """The key of an email's bucket: a keyed hash, so the store holds no addresses."""
-        return hmac.new(self.email_key, email.encode(), hashlib.sha256).hexdigest()[:32]
+        """The key of a self-service email bucket: the mailbox (email_rules.canonical), so that
+        jane+1@ and j.ane@ share jane@'s attempts; a keyed hash, so the store holds no
+        addresses."""
+        return self._digest(email_rules.canonical(email))
 
     def admit(self, *buckets: tuple[str, str]) -> None:
         """Count one request in each named self-service bucket, as (name, key); all are tested

@@ -396,6 +396,14 @@ def test_sign_in_is_limited_per_address_and_per_email(build, keygen, clark):
     assert len(keygen.calls("tokens.create")) == 3
 
 
+def test_the_sign_in_limit_per_email_counts_the_mailbox(build, keygen):
+    """jane+1@gmail.com and j.ane@googlemail.com reach jane@gmail.com's mailbox: one bucket."""
+    site = build(ratelimit_sign_in_per_ip="100/minute", ratelimit_sign_in_per_email="2/minute")
+    browser = site.test_client()
+    spellings = ["jane@gmail.com", "jane+1@gmail.com", "j.ane@googlemail.com"]
+    assert [sign_in(browser, email, "wrong").status_code for email in spellings] == [422, 422, 429]
+
+
 def test_the_limits_fail_closed_when_their_storage_is_down(build, keygen, clark):
     browser = build(ratelimit_storage_uri="redis://127.0.0.1:1/0").test_client()
     response = sign_in(browser, clark.email)
