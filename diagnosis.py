@@ -229,13 +229,15 @@ def _unknown_token(
     )
 
 
-def permissions_problem(bearer: Bearer) -> tuple[str, bool] | None:
+def permissions_problem(
+    bearer: Bearer, needed: dict[str, str] = NEEDED_PERMISSIONS
+) -> tuple[str, bool] | None:
     """(the sentence, whether no signup can complete) when the token lacks permissions the
     portal needs (Keygen EE), or None."""
-    missing = missing_permissions(bearer.permissions)
+    missing = missing_permissions(bearer.permissions, needed)
     if not missing:
         return None
-    uses = "; ".join(f"{permission} ({NEEDED_PERMISSIONS[permission]})" for permission in missing)
+    uses = "; ".join(f"{permission} ({needed[permission]})" for permission in missing)
     detail = (
         f"KEYGEN_PRODUCT_TOKEN lacks {len(missing)} of the permissions the portal needs: {uses}. "
         "Keygen refuses those calls with 403: give the token these permissions in Keygen, or use "

@@ -54,7 +54,13 @@ def examine(
     url: str | None = None,
 ) -> list[Check]:
     return [
-        *keygen_checks(keygen, settings.keygen_policy_id, timeout=TIMEOUT, thorough=True),
+        *keygen_checks(
+            keygen,
+            settings.keygen_policy_id,
+            timeout=TIMEOUT,
+            thorough=True,
+            self_service=settings.self_service,
+        ),
         secret_key_check(settings.secret_key),
         database_check(journal),
         *kept_signups_checks(journal),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from diagnosis import account_problem, permissions_problem, token_problem
 from journal import Journal
-from keygen_api import Bearer, KeygenClient, KeygenError, KeygenNotFound
+from keygen_api import Bearer, KeygenClient, KeygenError, KeygenNotFound, needed_permissions
 from mailer import Mailer, MailError
 from protection import RateLimits
 
@@ -101,6 +101,7 @@ def keygen_checks(
     *,
     timeout: tuple[float, float] = TIMEOUT,
     thorough: bool = False,
+    self_service: bool = False,
 ) -> list[Check]:
     """The token, the policy and (``thorough``: more calls, for the doctor) whether the account
     lets anyone create users and whether the policy's keys can be read again."""
@@ -116,9 +117,10 @@ def keygen_checks(
             "product token, which can do only what the portal needs. Create one in Keygen."
         )
         return [Check("keygen", ERROR, detail), _unchecked("the token")]
+    needed = needed_permissions(self_service=self_service)
     checks = [
-        Check("keygen", OK, _token_fine(bearer)),
-        *_permissions_checks(bearer),
+        Check("keygen", OK, _token_fine(bearer, needed)),
+        *_permissions_checks(bearer, needed),
         _policy_check(keygen, policy_id, bearer.id, timeout),
     ]
     if thorough:
@@ -127,16 +129,16 @@ def keygen_checks(
     return checks
 
 
-def _token_fine(bearer: Bearer) -> str:
+def _token_fine(bearer: Bearer, needed: dict[str, str]) -> str:
     detail = f"Keygen answers, and the token is product {bearer.id}'s"
-    if bearer.permissions is not None and not permissions_problem(bearer):
+    if bearer.permissions is not None and not permissions_problem(bearer, needed):
         detail += ", with every permission the portal needs"  # Keygen EE reports them
     return detail + "."
 
 
-def _permissions_checks(bearer: Bearer) -> list[Check]:
+def _permissions_checks(bearer: Bearer, needed: dict[str, str]) -> list[Check]:
     """A token narrowed to fewer permissions than the portal needs (Keygen EE)."""
-    problem = permissions_problem(bearer)
+    problem = permissions_problem(bearer, needed)
     if problem is None:
         return []
     detail, every_signup = problem

@@ -139,16 +139,31 @@ ENDPOINT_PERMISSIONS: dict[str, str] = {
     # Only to delete a LEGACY_ENCRYPT license whose key was lost with Keygen's answer; without
     # it the portal logs the license for the operator instead, so NEEDED_PERMISSIONS omits it.
     "licenses.destroy": "license.delete",
+    "machines.destroy": "machine.delete",
 }
 WILDCARD_PERMISSION = "*"  # app/models/permission.rb
 
 
-def missing_permissions(granted: tuple[str, ...] | None) -> list[str]:
-    """The NEEDED_PERMISSIONS a token with these (effective) permissions lacks; none for
+# SELF_SERVICE: the product token frees a machine once the person's own token showed it is
+# theirs (a user may not delete a machine of a protected license: app/policies/machine_policy.rb).
+SELF_SERVICE_PERMISSIONS: dict[str, str] = {
+    "machine.delete": "freeing a customer's machine (SELF_SERVICE)",
+}
+
+
+def needed_permissions(*, self_service: bool) -> dict[str, str]:
+    """The permissions the product token needs, and what for, with these features on."""
+    return {**NEEDED_PERMISSIONS, **(SELF_SERVICE_PERMISSIONS if self_service else {})}
+
+
+def missing_permissions(
+    granted: tuple[str, ...] | None, needed: dict[str, str] = NEEDED_PERMISSIONS
+) -> list[str]:
+    """The ``needed`` permissions a token with these (effective) permissions lacks; none for
     Keygen CE (None: it has no permissions) or a wildcard."""
     if granted is None or WILDCARD_PERMISSION in granted:
         return []
-    return [permission for permission in NEEDED_PERMISSIONS if permission not in granted]
+    return [permission for permission in needed if permission not in granted]
 
 
 # -- Protecting Keygen and ourselves -----------------------------------------------------------

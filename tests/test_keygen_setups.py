@@ -212,7 +212,8 @@ def test_keygen_account_id_is_required_only_by_keygen_clouds_own_host():
 
 
 def test_the_doctor_lists_every_permission_the_token_lacks(setups):
-    setups.emulator.set_permissions(setups.token, ["product.read", "policy.read", "user.read"])
+    granted = ["product.read", "policy.read", "user.read", "machine.delete"]
+    setups.emulator.set_permissions(setups.token, granted)
     code, lines = doctor(setups)
     assert code == 1
     line = line_with(lines, "KEYGEN_PRODUCT_TOKEN lacks")
@@ -228,12 +229,21 @@ def test_the_doctor_lists_every_permission_the_token_lacks(setups):
 
 def test_a_permission_only_some_steps_need_fails_the_doctor_but_not_readiness(setups):
     granted = ["product.read", "policy.read", "user.create", "user.read", "license.create"]
-    setups.emulator.set_permissions(setups.token, [*granted, "license.read"])
+    setups.emulator.set_permissions(setups.token, [*granted, "license.read", "machine.delete"])
     _, lines = doctor(setups)
     assert "lacks 1 of the permissions the portal needs: user.delete" in lines[1]
     status, checks = readyz(setups)
     assert status == 200
     assert checks["permissions"]["required"] is False
+
+
+@pytest.mark.parametrize("self_service", [True, False])
+def test_freeing_machines_needs_machine_delete_only_with_self_service(setups, self_service):
+    everything = ["product.read", "policy.read", "user.create", "user.read", "user.delete"]
+    setups.emulator.set_permissions(setups.token, [*everything, "license.create", "license.read"])
+    _, lines = doctor(setups, self_service=self_service)
+    named = [line for line in lines if "lacks 1 of the permissions the portal needs" in line]
+    assert [("machine.delete" in line) for line in named] == ([True] if self_service else [])
 
 
 def test_a_token_without_product_read_is_named_by_what_me_answers(setups):
