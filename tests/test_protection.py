@@ -333,3 +333,35 @@ def test_a_serve_time_note_is_bound_to_its_form_and_cannot_be_backdated():
     assert timer.age("", "nonce-of-this-form") is None
     assert timer.age(stamp, None) is None
     assert FillTimer("another key", 3).age(stamp, "nonce-of-this-form") is None
+
+
+@pytest.mark.parametrize("way", ["form", "lost-key"])
+def test_ipv6_clients_are_counted_per_64(way):
+    """A subscriber may use any address of its /64: one bucket for all of them, and one bucket
+    for an IPv4 client however it is written."""
+    flask_app = Flask(__name__)
+    flask_app.config["SECRET_KEY"] = "a test key"
+    limits = RateLimits(
+        flask_app,
+        storage_uri="memory://",
+        per_ip="2/minute",
+        per_email="50/hour",
+        recovery_per_ip="2/minute",
+        recovery_per_email="50/hour",
+    )
+
+    def admit(address: str) -> None:
+        if way == "form":
+            limits.admit_client(address)
+        else:
+            limits.admit_recovery(address, f"{uuid.uuid4().hex}@example.com")
+
+    admit("2001:db8:1:2::1")
+    admit("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    with pytest.raises(LimitReached):
+        admit("2001:db8:1:2:abcd::9")  # the same /64
+    admit("2001:db8:1:3::1")  # the next /64 is another subscriber
+    admit("192.0.2.7")
+    admit("::ffff:192.0.2.7")
+    with pytest.raises(LimitReached):
+        admit("192.0.2.7")
