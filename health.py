@@ -164,7 +164,22 @@ def _policy_check(
             f"token's product {product_id}: no license can be issued."
         )
         return Check("policy", ERROR, detail)
-    return Check("policy", OK, f"Policy {policy_id} exists and belongs to the token's product.")
+    if policy.protected is False:
+        detail = (
+            f"Policy {policy_id} is not protected: every user the portal creates can issue "
+            "themselves more licenses, and change or delete theirs, with their own password. "
+            "Turn on 'Protected' in the policy's settings in Keygen."
+        )
+        return Check("policy", ERROR, detail)
+    if policy.protected is None:
+        detail = (
+            f"Policy {policy_id} belongs to the token's product, but Keygen did not say whether "
+            "it is protected; make sure it is, or users can issue themselves more licenses."
+        )
+        return Check("policy", WARN, detail)
+    return Check(
+        "policy", OK, f"Policy {policy_id} exists, belongs to the token's product and is protected."
+    )
 
 
 def _protection_check(keygen: KeygenClient, timeout: tuple[float, float]) -> Check:

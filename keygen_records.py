@@ -65,11 +65,19 @@ class License:
 class Policy:
     id: str
     product_id: str | None
+    # Whether its licenses' owners are kept from creating, changing or deleting licenses
+    # themselves (app/policies/license_policy.rb); None when Keygen did not say.
+    protected: bool | None = None
 
     @classmethod
     def from_document(cls, document: dict) -> Policy:
         data = document["data"]
-        return cls(id=data["id"], product_id=_related_id(data["relationships"].get("product")))
+        protected = (data.get("attributes") or {}).get("protected")
+        return cls(
+            id=data["id"],
+            product_id=_related_id(data["relationships"].get("product")),
+            protected=protected if isinstance(protected, bool) else None,
+        )
 
 
 @dataclass(frozen=True)

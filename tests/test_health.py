@@ -31,7 +31,7 @@ def test_keygen_stopped_is_named_and_healthz_stays_up(keygen):
     emulator = Emulator()
     account = emulator.add_account()
     product, token = emulator.add_product(account)
-    policy = emulator.add_policy(account, product)
+    policy = emulator.add_policy(account, product, protected=True)
     server = serve(emulator)
     app = create_app(
         make_settings(
@@ -113,3 +113,13 @@ def test_the_mail_server_down_is_named_but_the_instance_stays_ready(keygen):
     assert failing(body) == ["mail"]
     assert body["checks"]["mail"]["required"] is False
     assert "emails wait in the outbox" in body["checks"]["mail"]["detail"]
+
+
+def test_an_unprotected_policy_is_not_ready(keygen):
+    """Keygen lets the owner of a license under an unprotected policy issue themselves more
+    licenses with their own password: the portal would hand out unlimited trials."""
+    policy = keygen.emulator.add_policy(keygen.account, keygen.product, protected=False)
+    status, body = readyz(create_app(make_settings(keygen, keygen_policy_id=policy)))
+    assert status == 503
+    assert failing(body) == ["policy"]
+    assert "is not protected" in body["checks"]["policy"]["detail"]

@@ -32,7 +32,7 @@ def branded_portal(secret_key: str, **changes) -> Iterator[str]:
     emulator = Emulator()
     account = emulator.add_account(slug="acme")
     product, token = emulator.add_product(account, name="Acme Pro")
-    policy = emulator.add_policy(account, product)
+    policy = emulator.add_policy(account, product, protected=True)
     # A folder of its own, not tmp_path: scripts/screenshots.py runs this outside pytest.
     with serve(emulator) as keygen, tempfile.TemporaryDirectory(prefix="portal-branded-") as home:
         settings = Settings(

@@ -35,7 +35,8 @@ def emulator(*flags: str) -> Iterator[dict]:
     }
     args = [sys.executable, "-m", "keygen_emulator", "--port", "0"]
     args += ["--account-id", ids["account"], "--product-token", ids["token"]]
-    args += ["--policy-id", ids["policy"], *flags]
+    # A protected account, so its policy is protected too, as the portal's must be (health.py).
+    args += ["--policy-id", ids["policy"], "--protected", *flags]
     with process("emulator", args, dict(os.environ)) as proc:
         ids["url"] = listening_url(proc, r"listening on (http://127\.0\.0\.1:\d+)")
         wait_for_http(ids["url"] + "/v1/ping", process=proc)
