@@ -20,7 +20,7 @@ from config import Settings, check, load_settings
 from database import default_url
 from delivery import Courier, Links
 from errors import register_error_pages
-from health import MailProbe
+from health import KeygenProbe, MailProbe
 from i18n import init_i18n
 from journal import Journal
 from keygen_api import CircuitBreaker, KeygenClient
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     budget = budget_for(limits.storage, settings.keygen_max_rps)
     keygen = keygen_client(settings, budget, metrics, breaker)
     signup = signup_workflow(settings, journal, keygen, budget, metrics)
-    courier, mail_probe = start_courier(app, settings, journal, keygen)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, budget)
     Services(
         settings=settings,
         brand=brand,
@@ -72,6 +72,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         reconciler=start_reconciler(settings, journal, signup),
         courier=courier,
         mail_probe=mail_probe,
+        keygen_probe=KeygenProbe(
+            keygen, settings.keygen_policy_id, every=settings.readiness_cache_seconds
+        ),
     ).install(app)
     app.register_blueprint(bp)
     app.cli.add_command(reconcile_command)
@@ -229,7 +232,7 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
 
 
 def start_courier(
-    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient
+    app: Flask, settings: Settings, journal: Journal, keygen: KeygenClient, budget: KeygenBudget
 ) -> tuple[Courier | None, MailProbe | None]:
     """The outbox's sender and /readyz's probe of it, when email is on: through SMTP, or to
     the console in the demo."""
@@ -260,6 +263,7 @@ def start_courier(
         interval=settings.outbox_interval,
         give_up_after=settings.mail_give_up_after,
         backoff_base=settings.mail_retry_delay,
+        budget=budget,
     )
     if settings.outbox_interval > 0:
         courier.start()

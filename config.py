@@ -121,6 +121,9 @@ class Settings:
     privacy_url: str = setting("", parse=checks.page_url)
     terms_version: str = setting("", parse=checks.terms_version)
 
+    # Safe in every mode (docs/security.md)
+    readiness_cache_seconds: float = setting(30.0, parse=checks.positive_float)
+
     @property
     def mail_enabled(self) -> bool:
         """Whether the portal sends email: through an SMTP server, or the demo's console."""

@@ -31,6 +31,7 @@ from flask_babel import lazy_gettext as _l
 from itsdangerous import BadData, URLSafeSerializer
 
 import logs
+from budget import BudgetUnavailable, KeygenBudget
 from i18n import default_language, known_language
 from journal import Journal
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
@@ -121,6 +122,10 @@ class _Nothing(Exception):
     """There is nothing to send after all (no licenses for a recovery request)."""
 
 
+class _NoTurn(Exception):
+    """The shared Keygen budget has no turn for the courier's call soon enough."""
+
+
 @dataclass(frozen=True)
 class Content:
     subject: str
@@ -133,6 +138,7 @@ class Courier:
     """Sends the outbox's due messages; one pass with run_once(), or as a thread."""
 
     LEASE = 120.0  # seconds; outlasts one SMTP conversation (each reply is bounded by a timeout)
+    TURN_WAIT = 10.0  # seconds the courier waits for a turn at Keygen before trying later
 
     def __init__(
         self,
@@ -148,6 +154,7 @@ class Courier:
         give_up_after: float = 259200.0,
         backoff_base: float = 30.0,
         backoff_cap: float = 3600.0,
+        budget: KeygenBudget | None = None,
     ):
         self.app = app
         self.journal = journal
@@ -160,6 +167,7 @@ class Courier:
         self.give_up_after = give_up_after
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.budget = budget  # the signups' Keygen budget: the courier's calls take turns in it
         self.owner = f"courier:{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -194,7 +202,7 @@ class Courier:
             return "dropped"
         except KeygenNotFound:
             return self.give_up(mail, "the license no longer exists in Keygen")
-        except (KeygenError, MailTemporaryFailure) as error:
+        except (KeygenError, MailTemporaryFailure, BudgetUnavailable, _NoTurn) as error:
             return self.retry(mail, str(error))
         except MailConfigurationError as error:
             # Our settings, not the message: every message fails alike until they are fixed,
@@ -274,6 +282,7 @@ class Courier:
         }
         to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
         if mail.kind == "license":
+            self.take_turn()
             values["license_key"] = self.keygen.get_license(mail.ref or "").key
         elif mail.kind == "verify":
             values["verify_url"] = self.links.verification(mail.ref or "", mail.created_at)
@@ -298,13 +307,25 @@ class Courier:
         """The Keygen user with this address and the keys of their licenses (the product
         token sees only this product's). _Nothing if there is no such user or no license."""
         try:
+            self.take_turn()
             user = self.keygen.get_user(email)
         except KeygenNotFound:
             raise _Nothing() from None
+        self.take_turn()
         licenses = self.keygen.list_licenses(owner=user.id)
         if not licenses:
             raise _Nothing()
         return user, [license.key for license in licenses]
+
+    def take_turn(self) -> None:
+        """Wait for a turn in the Keygen budget the signups share (budget.py), as each of their
+        calls does: a flood of lost-key requests must not spend the quota signups need."""
+        if self.budget is None:
+            return
+        wait = self.budget.reserve(1, within=self.TURN_WAIT)
+        if wait is None:
+            raise _NoTurn(f"no turn at Keygen within {self.TURN_WAIT:g} s")
+        time.sleep(wait)
 
     # -- In the background -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from branding import Brand
 from captcha import Captcha
 from config import Settings
 from delivery import Courier
-from health import MailProbe
+from health import KeygenProbe, MailProbe
 from journal import Journal
 from keygen_api import KeygenClient
 from metrics import Metrics
@@ -35,6 +35,7 @@ class Services:
     reconciler: Reconciler
     courier: Courier | None  # None: email is off
     mail_probe: MailProbe | None
+    keygen_probe: KeygenProbe  # /readyz's questions to Keygen, asked at most so often
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

@@ -327,11 +327,10 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Whether this instance can sign people up now, with every check named. A failing check
-    that is not required (the mail server) makes it "degraded", still 200."""
-    workflow = services().signup
-    limits = services().limits
-    mail = services().mail_probe
-    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits, mail)
+    that is not required (the mail server) makes it "degraded", still 200. Only those who may
+    read /metrics see the checks (ids, hosts, what Keygen said); anyone else, the status."""
+    portal = services()
+    checks = readiness(portal.keygen_probe, portal.journal, portal.limits, portal.mail_probe)
     ready = all(check.ok for check in checks if check.required)
     failing = [check for check in checks if not check.ok]
     body = {
@@ -342,6 +341,8 @@ def readyz():
     }
     if failing:
         log.warning("%s: %s", body["status"], "; ".join(c.detail for c in failing))
+    if not portal.metrics.may_read(request.headers, request.remote_addr):
+        body = {"status": body["status"]}
     return body, 200 if ready else 503
 
 

@@ -451,6 +451,21 @@ def test_recovery_sends_only_this_products_keys(portal_with, keygen):
     assert len(secret_all) == 2
 
 
+def test_recovery_takes_its_turns_in_the_signups_keygen_budget(portal_with, keygen):
+    """Lost-key requests cost Keygen calls too: a flood of them must wait for turns like the
+    signups', not spend the quota the signups need."""
+    portal = portal_with()
+    portal.sign_up()
+    budget = services(portal.app).signup.admission.budget
+    assert budget.reserve(1000, within=10**6) is not None  # the next minutes' turns are taken
+    before = len(keygen.calls())
+    ask_for_keys(portal, "clark@example.com")
+    assert portal.deliver()["retry"] == 1
+    assert len(keygen.calls()) == before
+    [row] = portal.journal.mail()
+    assert "no turn at Keygen" in row.last_error
+
+
 def test_an_unknown_address_gets_the_same_page_and_no_email(portal_with, keygen):
     portal = portal_with()
     portal.sign_up()

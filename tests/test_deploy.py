@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from doctor import PROBE_HEADER, sign_probe
 from guards import CONTENT_SECURITY_POLICY
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
@@ -247,6 +248,17 @@ def test_a_verification_token_never_reaches_the_proxys_log(proxy):
     log = proxy.log.read_text()
     assert "/verify/[redacted]" in log
     assert token not in log
+
+
+def test_the_operators_endpoints_are_not_routed_to_the_public(proxy, portal):
+    """/readyz may cost Keygen calls and /metrics tells how the business goes: the orchestrator
+    and Prometheus ask the portal directly. The doctor's probe passes only when signed."""
+    for path in ("/readyz", "/metrics", "/_doctor"):
+        marker = uuid.uuid4().hex
+        assert proxy.get(f"{path}?probe={marker}").status_code == 404, path
+        assert portal_line(portal, marker, timeout=1) is None, f"{path} reached the portal"
+    signed = {PROBE_HEADER: sign_probe(SECRET_KEY)}
+    assert proxy.get("/_doctor", headers=signed).json()["scheme"] == "https"
 
 
 def test_the_forwarded_headers_arrive(proxy, portal):
