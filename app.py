@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     keygen = keygen_client(settings, budget, metrics, breaker)
     signup = signup_workflow(settings, journal, keygen, budget, metrics)
     courier, mail_probe = start_courier(app, settings, journal, keygen, budget)
+    if courier is not None:
+        signup.on_mail = courier.wake  # signups finished in the background queue email too
     Services(
         settings=settings,
         brand=brand,
@@ -211,9 +213,9 @@ def signup_workflow(
         give_up_after=settings.reconcile_give_up_after,
         key_delivery=settings.key_delivery,
         verify=settings.require_email_verification,
-        # With verification, a taken address must get the answer a new one gets, too.
-        enumeration_safe=settings.enumeration_safe or settings.require_email_verification,
-        unverified_lifetime=settings.unverified_user_lifetime,
+        enumeration_safe=settings.enumeration_safe,
+        link_lifetime=settings.verification_link_lifetime,
+        mail=settings.mail_enabled,
         on_retry=metrics.count_retry,
     )
 

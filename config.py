@@ -110,7 +110,6 @@ class Settings:
     public_url: str = setting("", parse=checks.public_url)
     require_email_verification: bool = setting(False, parse=checks.boolean)
     verification_link_lifetime: float = setting(86400.0, parse=checks.positive_float)
-    unverified_user_lifetime: float = setting(172800.0, parse=checks.positive_float)
     enumeration_safe: bool = setting(False, parse=checks.boolean)
 
     # Branding and consent (docs/the-page.md): "" means none.
@@ -226,8 +225,6 @@ def _mail_problems(get: Callable[[str], object]) -> list[str]:
             "ENUMERATION_SAFE without REQUIRE_EMAIL_VERIFICATION needs KEY_DELIVERY=email "
             "(a key shown on the page would tell a new address from a known one)"
         )
-    if verify and get("verification_link_lifetime") > get("unverified_user_lifetime"):
-        problems.append("VERIFICATION_LINK_LIFETIME must not exceed UNVERIFIED_USER_LIFETIME")
     return problems
 
 

@@ -33,7 +33,7 @@ from itsdangerous import BadData, URLSafeSerializer
 import logs
 from budget import BudgetUnavailable, KeygenBudget
 from i18n import default_language, known_language
-from journal import Journal
+from journal import Journal, State
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
 from mailer import (
     MailConfigurationError,
@@ -59,6 +59,10 @@ SUBJECTS = {
         _l("You already have an account"),
     ),
     "recovery": (_l("Your %(product_name)s license keys"), _l("Your license keys")),
+    "again": (
+        _l("We could not finish your %(product_name)s signup"),
+        _l("We could not finish your signup"),
+    ),
 }
 
 
@@ -73,10 +77,11 @@ class LinkExpired(Exception):
 class Links:
     """The portal's URLs for emails, and the signed verification link.
 
-    The token is the signup id and the time the link was made, signed with a key derived from
-    SECRET_KEY (itsdangerous, with its own salt): it can be made again from the outbox row, so
-    the database never holds it. Single use comes from the journal: a click moves the signup on
-    from PENDING_VERIFICATION, and a second click finds it moved.
+    The token is the signup id and the time the link was made (when its email is sent), signed
+    with a key derived from SECRET_KEY (itsdangerous, with its own salt), so the database never
+    holds it. Single use comes from the journal: the button on the link's page moves the signup
+    on from PENDING_VERIFICATION, and a second press finds it moved. The link's GET only puts
+    the token in the session and redirects (views.py): no page's URL holds it.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class Content:
     text: str
     html: str
     to_name: str
+    link_until: float | None = None  # a verification link in it works until then
 
 
 class Courier:
@@ -196,6 +202,8 @@ class Courier:
                 html=content.html,
                 message_id=f"{mail.kind}.{mail.id}@{self.links.host}",
             )
+            if content.link_until is not None:
+                self.journal.keep_awaiting(mail.ref or "", until=content.link_until)
             self.mailer.send(message)
         except _Nothing:
             self.journal.settle_mail(mail.id, owner=self.owner, state=MailState.DROPPED)
@@ -281,27 +289,45 @@ class Courier:
             "signup_url": self.links.signup_form(),
         }
         to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
-        if mail.kind == "license":
+        kind, link_until = mail.kind, None
+        if kind == "license":
             self.take_turn()
             values["license_key"] = self.keygen.get_license(mail.ref or "").key
-        elif mail.kind == "verify":
-            values["verify_url"] = self.links.verification(mail.ref or "", mail.created_at)
-            values["link_hours"] = max(1, round(self.links.lifetime / 3600))
-        elif mail.kind == "recovery":
+        elif kind == "verify":
+            kind, link_until = self.verification(mail, values)
+        elif kind == "recovery":
             user, keys = self.recovered(mail.email)
             values["first_name"] = user.first_name or ""
             values["license_keys"] = keys
             to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
-        elif mail.kind != "taken":
-            raise ValueError(f"unknown kind of message {mail.kind!r}")
+        elif kind not in ("taken", "again"):
+            raise ValueError(f"unknown kind of message {kind!r}")
         # In the language of the page the person used when it was queued (the outbox keeps it).
         language = mail.locale if known_language(mail.locale) else default_language(self.app)
         with self.app.app_context(), force_locale(language):
-            with_product, without = SUBJECTS[mail.kind]
+            with_product, without = SUBJECTS[kind]
             subject = with_product % values if self.product_name else str(without)
-            text = render_template(f"email/{mail.kind}.txt", **values)
-            html = render_template(f"email/{mail.kind}.html", **values)
-        return Content(subject, text, html, to_name)
+            text = render_template(f"email/{kind}.txt", **values)
+            html = render_template(f"email/{kind}.html", **values)
+        return Content(subject, text, html, to_name, link_until)
+
+    def verification(self, mail: Mail, values: dict) -> tuple[str, float | None]:
+        """REQUIRE_EMAIL_VERIFICATION's email: the link, made now so that its lifetime runs
+        from the sending; or, for an address that has an account (one lookup, here rather
+        than on the request's path, so the form's answer says nothing), "you already have an
+        account". _Nothing once the signup went on without it (used, or expired)."""
+        signup = self.journal.find(mail.ref or "")
+        if signup is None or signup.state != State.PENDING_VERIFICATION or signup.verify:
+            raise _Nothing()
+        self.take_turn()
+        try:
+            self.keygen.get_user(mail.email)
+        except KeygenNotFound:
+            now = self.journal.clock()
+            values["verify_url"] = self.links.verification(signup.id, now)
+            values["link_hours"] = max(1, round(self.links.lifetime / 3600))
+            return "verify", now + self.links.lifetime
+        return "taken", None
 
     def recovered(self, email: str):
         """The Keygen user with this address and the keys of their licenses (the product
