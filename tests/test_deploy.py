@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,7 +26,7 @@ from guards import CONTENT_SECURITY_POLICY
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
 from support.paths import GUNICORN
-from support.processes import listening_url, process, wait_for_http
+from support.processes import free_port, listening_url, process, wait_for_http
 from support.proxies import HOST, Proxy, caddy, nginx
 from support.servers import Portal, emulator, keygen_state
 
@@ -239,14 +240,47 @@ def test_the_clients_request_id_reaches_the_portal(proxy, portal):
         assert re.search(r"request_id=[0-9a-f-]{32,36} ", line), line
 
 
-def test_a_verification_token_never_reaches_the_proxys_log(proxy):
-    token = "WyJ" + uuid.uuid4().hex + ".Sig" + uuid.uuid4().hex[:20]
-    proxy.get(f"/verify/{token}?from=mail")  # the portal answers 404: no email is configured
-    deadline = time.monotonic() + 5
-    while "/verify/[redacted]" not in proxy.log.read_text() and time.monotonic() < deadline:
+def verification_token() -> str:
+    return secret("WyJ" + uuid.uuid4().hex + ".Sig" + uuid.uuid4().hex[:20])
+
+
+def logged(proxy: Proxy, marker: str, timeout: float = 5) -> str:
+    """The proxy's log (access and error lines) once it holds ``marker``."""
+    deadline = time.monotonic() + timeout
+    while marker not in proxy.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = proxy.log.read_text()
+    return proxy.log.read_text()
+
+
+def test_a_verification_token_never_reaches_the_proxys_log(proxy):
+    token = verification_token()
+    proxy.get(f"/verify/{token}?from=mail")  # the portal answers 404: no email is configured
+    # A page whose Referer holds a token (a browser that ignores the portal's Referrer-Policy).
+    marker, path = unique_path()
+    proxy.get(path, headers={"Referer": f"{proxy.https}/verify/{token}?x=1"})
+    # A refused body: nginx logs it as an error, with the request line.
+    requests.post(
+        f"{proxy.https}/verify/{token}", data=b"x" * 100_000, verify=str(proxy.cert), timeout=10
+    )
+    log = logged(proxy, marker)
     assert "/verify/[redacted]" in log
+    assert token not in log
+
+
+@pytest.mark.parametrize("start", [nginx, caddy], ids=["nginx", "caddy"])
+def test_a_verification_token_never_reaches_the_proxys_error_lines(start, certificate):
+    """The portal is down: the proxy logs each failed request as an error, naming it, except a
+    verification link's token."""
+    gone = Portal("http://127.0.0.1:9", f"127.0.0.1:{free_port()}", {}, Path("/dev/null"))
+    with start(gone, *certificate) as proxy:
+        marker, path = unique_path()
+        assert proxy.get(path).status_code == 502
+        token = verification_token()
+        assert proxy.get(f"/verify/{token}").status_code == 502
+        log = logged(proxy, marker)
+        time.sleep(0.5)  # the link's line, if any, comes after the marker's
+        log = proxy.log.read_text()
+    assert marker in log  # the failure of an ordinary request is logged, with its path
     assert token not in log
 
 

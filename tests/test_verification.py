@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from sqlalchemy import update
+from werkzeug.serving import make_server
 
+from app import create_app
 from journal import State, signups
 from services import services
 from support.http import csrf_token_from, form_data, hidden, issued_key
 from support.leaks import secret
-from support.mail import PUBLIC_URL, link_in, text_of
+from support.mail import PUBLIC_URL, Recorder, link_in, smtp_on, text_of
+from support.portal import make_settings
+from support.processes import free_port
 
 VICTIM_PASSWORD = secret("the-victims-own-choice-42")
 SIGN_IN = "sign-in"
@@ -262,8 +270,6 @@ def test_a_links_lifetime_runs_from_when_it_is_sent(portal_with, keygen, clock):
     portal.sign_up()
     assert portal.deliver()["retry"] == 1  # SMTP is down: the email waits in the outbox
     clock.offset += 3600  # far past the lifetime, counted from the form
-    from support.mail import smtp_on
-
     with smtp_on(portal.port, portal.handler):
         assert portal.deliver()["sent"] == 1
     path = link_to(portal)
@@ -349,3 +355,75 @@ def test_the_same_form_sent_twice_is_one_signup_and_a_corrected_address_another(
         "clark@example.com",
     ]
     assert len(portal.journal.all()) == 2
+
+
+# -- In a real browser -------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_no_request_the_browser_makes_for_the_link_carries_its_token(keygen, browser):
+    """Chromium opens the link, chooses the password and presses the button; every request it
+    makes on the way (the redirect, the page, its style sheet and script, the form's post, the
+    key page's) is recorded: only the link's own request holds the token, and no Referer does."""
+    handler, smtp_port = Recorder(), free_port()
+    with smtp_on(smtp_port, handler), serving(keygen, smtp_port) as (url, app):
+        page = browser.new_page()
+        try:
+            page.goto(url + "/")
+            page.get_by_label("First name").fill("Lois")
+            page.get_by_label("Last name").fill("Lane")
+            page.get_by_label("Email").fill("lois@example.com")
+            page.get_by_role("button", name="Email me the link").click()
+            page.wait_for_load_state("load")
+            assert "Check your inbox" in page.content()
+            services(app).courier.run_once()
+            link = link_in(handler.received[0].parsed())
+            token = secret(link.rsplit("/", 1)[1])
+            requests_made = []
+            page.on("request", lambda request: requests_made.append(request))
+            page.goto(link)
+            assert page.url == url + "/verify"
+            page.get_by_label("Password", exact=True).fill(VICTIM_PASSWORD)
+            page.get_by_role("button", name="Create account and get my key").click()
+            page.wait_for_load_state("load")
+            assert secret(page.locator("#license-key").inner_text().strip())
+            seen = [(r.method, r.url, r.all_headers().get("referer", "")) for r in requests_made]
+        finally:
+            page.close()
+    assert {"/verify", "/static/style.css", "/static/portal.js"} <= {
+        urlsplit(url).path for _, url, _ in seen
+    }
+    assert any(method == "POST" for method, _, _ in seen)
+    assert any(referer for _, _, referer in seen)  # the pages do send one, without the token
+    for number, (method, url, referer) in enumerate(seen):
+        assert token not in referer, (method, url)
+        if number:  # only the first, the link itself, holds it
+            assert token not in url, url
+
+
+@contextmanager
+def serving(keygen, smtp_port: int) -> Iterator[tuple[str, object]]:
+    """The portal with email verification on, served over HTTP on loopback for a browser."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(
+        keygen,
+        require_email_verification=True,
+        mail_server="127.0.0.1",
+        mail_port=smtp_port,
+        mail_use_tls=False,
+        mail_default_sender="keys@portal.example",
+        public_url=url,
+        outbox_interval=0.0,
+    )
+    app = create_app(settings)
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="verifying")
+    thread.start()
+    try:
+        yield url, app
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
