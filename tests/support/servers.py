@@ -113,12 +113,14 @@ def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
+def redis_server(*options: str) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, without persistence, and with any
+    further ``options`` (e.g. deploy/compose.yaml's)."""
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server")
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += options
     with open(LOG_DIR / f"redis-{port}.log", "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
