@@ -6,6 +6,8 @@ the operators' commands in commands.py, and what every request passes through in
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
@@ -113,7 +115,8 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
     app.jinja_env.globals.update(
         product_name=settings.product_name,
         demo_mode=settings.demo_mode,
-        captcha=captcha.widget and {"site_key": captcha.site_key, **vars(captcha.widget)},
+        captcha=captcha.widget
+        and {"site_key": captcha.site_key, "action": captcha.action, **vars(captcha.widget)},
         key_delivery=settings.key_delivery,
         mail_enabled=settings.mail_enabled,
         verify_first=settings.require_email_verification,
@@ -122,12 +125,15 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
 
 
 def captcha_for(settings: Settings) -> Captcha:
+    public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
     return Captcha(
         settings.captcha_provider,
         settings.captcha_site_key,
         settings.captcha_secret_key,
         settings.captcha_verify_url,
         settings.captcha_timeout,
+        hostnames=tuple(filter(None, (public_host, *settings.trusted_hosts))),
+        action=settings.captcha_action,
     )
 
 

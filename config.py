@@ -122,6 +122,7 @@ class Settings:
 
     # Safe in every mode (docs/security.md)
     readiness_cache_seconds: float = setting(30.0, parse=checks.positive_float)
+    captcha_action: str = setting("", parse=checks.captcha_action)  # Turnstile's; "": none
 
     @property
     def mail_enabled(self) -> bool:
@@ -187,6 +188,15 @@ def _problems(values: Mapping[str, object], *, with_mail: bool) -> list[str]:
         for name in ("CAPTCHA_SITE_KEY", "CAPTCHA_SECRET_KEY"):
             if not get(SETTINGS[name].name):
                 problems.append(f"{name} is required when CAPTCHA_PROVIDER is set")
+        if not (get("public_url") or get("trusted_hosts")):
+            problems.append(
+                "CAPTCHA_PROVIDER needs PUBLIC_URL or TRUSTED_HOSTS: an answer counts only if it "
+                "was given on this portal's host name"
+            )
+    if get("captcha_action") and get("captcha_provider") != "turnstile":
+        problems.append(
+            "CAPTCHA_ACTION is Turnstile's: set it only with CAPTCHA_PROVIDER=turnstile"
+        )
     if get("terms_url") and not get("terms_version"):
         problems.append("TERMS_VERSION is required when TERMS_URL is set (each consent names it)")
     if with_mail and not problems:

@@ -293,3 +293,11 @@ def terms_version(value: str) -> str:
     if len(value) > 64 or _CONTROL.search(value):
         raise ValueError("must be a short label such as 2025-01 (at most 64 characters)")
     return value
+
+
+def captcha_action(value: str) -> str:
+    """Turnstile's action: up to 32 letters, digits, - and _."""
+    value = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError("must be up to 32 letters, digits, - and _, such as signup")
+    return value
