@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from urllib.parse import urlsplit
 
 import setting_checks as checks
 
@@ -199,9 +200,19 @@ def _problems(values: Mapping[str, object], *, with_mail: bool) -> list[str]:
         )
     if get("terms_url") and not get("terms_version"):
         problems.append("TERMS_VERSION is required when TERMS_URL is set (each consent names it)")
+    api_url = get("keygen_api_url")
+    if get("demo_mode") and isinstance(api_url, str) and not checks.is_loopback(_host(api_url)):
+        problems.append(
+            "DEMO_MODE is for the built-in Keygen emulator on this machine (its console mailer "
+            "prints keys and links): with a KEYGEN_API_URL elsewhere, turn DEMO_MODE off"
+        )
     if with_mail and not problems:
         problems += _mail_problems(get)
     return problems
+
+
+def _host(url: str) -> str | None:
+    return urlsplit(url).hostname
 
 
 def _mail_problems(get: Callable[[str], object]) -> list[str]:
