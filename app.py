@@ -233,6 +233,7 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
         workflow,
         interval=settings.reconcile_interval,
         stale_after=settings.stale_signup_after,
+        retention=settings.data_retention_days * 86400.0,
     )
     if settings.reconcile_interval > 0:
         reconciler.start()

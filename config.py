@@ -124,6 +124,7 @@ class Settings:
     # Safe in every mode (docs/security.md)
     readiness_cache_seconds: float = setting(30.0, parse=checks.positive_float)
     captcha_action: str = setting("", parse=checks.captcha_action)  # Turnstile's; "": none
+    data_retention_days: int = setting(30, parse=checks.positive_int)
 
     @property
     def mail_enabled(self) -> bool:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -36,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from database import create_schema, metadata, open_engine
-from outbox import Letter, Outbox
+from outbox import Letter, MailState, Outbox, outbox
 
 
 class State(StrEnum):
@@ -392,6 +393,25 @@ class Journal(Outbox):
     def all(self) -> list[Signup]:
         with self.engine.connect() as db:
             return [_signup(r) for r in db.execute(select(signups).order_by(signups.c.created_at))]
+
+    def forget(self, *, before: float) -> tuple[int, int]:
+        """Personal data kept no longer than needed: finished signups created before ``before``
+        lose their address, names, consent and last error (the ids stay, to match Keygen's
+        records), and the emails sent, given up or dropped before then are deleted. Unfinished
+        signups, and signups waiting for their address, keep what they need to be finished.
+        How many of each there were."""
+        kept = (*UNFINISHED, State.PENDING_VERIFICATION)
+        scrub = (
+            update(signups)
+            .where(signups.c.created_at < before)
+            .where(signups.c.state.not_in(kept))
+            .where(signups.c.email != "")
+            .values(email="", first_name=None, last_name=None, consent=None, last_error=None)
+        )
+        done = (MailState.SENT, MailState.FAILED, MailState.DROPPED)
+        drop = delete(outbox).where(outbox.c.created_at < before).where(outbox.c.state.in_(done))
+        with self.engine.begin() as db:
+            return db.execute(scrub).rowcount, db.execute(drop).rowcount
 
     def ping(self) -> None:
         with self.engine.connect() as db:

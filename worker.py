@@ -3,8 +3,9 @@
 After a crash, a deploy or a Keygen outage, journal rows are left unfinished. The reconciler
 leases each due row (so that any number of processes and instances can run it side by side) and
 drives it forward with the workflow, or compensates when a license cannot be issued. It also
-deletes the Keygen users of email verifications nobody completed in time. It runs as a
-thread in each portal process, and as `flask reconcile` for operators.
+marks email verifications nobody completed in time expired, and forgets the personal data of
+signups and emails older than DATA_RETENTION_DAYS. It runs as a thread in each portal process,
+and as `flask reconcile` for operators.
 """
 
 from __future__ import annotations
@@ -48,11 +49,14 @@ class Reconciler:
         *,
         interval: float = 30.0,
         stale_after: float = 900.0,
+        retention: float = 30 * 86400.0,
     ):
         self.journal = journal
         self.workflow = workflow
         self.interval = interval
         self.stale_after = stale_after
+        self.retention = retention  # seconds personal data is kept (DATA_RETENTION_DAYS)
+        self._forgot_at = -float("inf")
         self.owner = f"reconciler:{workflow.worker_id}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,6 +90,8 @@ class Reconciler:
                 log.exception("reconciler: signup %s failed unexpectedly", signup.id)
             finally:
                 self.journal.release(signup.id, owner=self.owner)
+        if not dry_run:
+            self.forget_old_data()
         for signup in report.stale:
             log.warning(
                 "reconciler: signup %s is still %s after %.0fs (%d attempts): %s",
@@ -96,6 +102,24 @@ class Reconciler:
                 signup.last_error or "-",
             )
         return report
+
+    FORGET_EVERY = 3600.0  # seconds; retention is counted in days
+
+    def forget_old_data(self) -> None:
+        """DATA_RETENTION_DAYS: at most once an hour in this process (any process may do it)."""
+        now = self.journal.clock()
+        if now - self._forgot_at < self.FORGET_EVERY:
+            return
+        self._forgot_at = now
+        signups, emails = self.journal.forget(before=now - self.retention)
+        if signups or emails:
+            log.info(
+                "reconciler: forgot the addresses and names of %d signup(s) and deleted %d "
+                "email(s) older than %.0f days",
+                signups,
+                emails,
+                self.retention / 86400,
+            )
 
     def start(self) -> None:
         """Run in the background until stop(); the first pass comes soon after start."""
