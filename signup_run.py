@@ -148,6 +148,8 @@ class SignupRun:
         return State.PENDING_VERIFICATION
 
     def expire(self) -> None:
+        """A verification nobody completed: EXPIRED. Only rows of an earlier release have a
+        user (created before the click) to delete first."""
         try:
             self.delete_unverified_user()
         except NotNow as pending:
@@ -159,7 +161,8 @@ class SignupRun:
             )
             return
         self.record(state=State.EXPIRED, last_error="the address was never verified")
-        self.log.info("signup %s: never verified; its user was deleted", self.id)
+        deleted = "; its user was deleted" if self.signup.user_id else ""
+        self.log.info("signup %s: never verified%s", self.id, deleted)
 
     def delete_unverified_user(self) -> None:
         user_id = self.signup.user_id
