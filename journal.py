@@ -227,7 +227,8 @@ class Journal(Outbox):
             restarted = self._update(_FREE_ROW, where, **changes)
             return Claim(self.get(existing.id), leased=restarted)
         if existing.state in UNFINISHED:
-            return Claim(existing, leased=self.lease(existing.id, owner=owner, lease=lease))
+            leased = self.lease(existing.id, owner=owner, lease=lease, background=background)
+            return Claim(existing, leased=leased)
         return Claim(existing, leased=False)
 
     def lease(self, signup_id: str, *, owner: str, lease: float, background=False) -> bool:
