@@ -355,3 +355,20 @@ def test_nginx_limits_form_submissions_per_address(portal, certificate):
         assert statuses[-1] == 429, statuses
         assert 20 <= statuses.index(429) <= 22, statuses  # the burst, and maybe one refill
         assert proxy.get("/").status_code == 200  # pages are not counted
+
+
+def test_the_traefik_recipe_keeps_links_and_operators_endpoints_to_itself():
+    """Traefik cannot run here (not in Debian): its recipe is read instead. The operators'
+    endpoints match no route; links leave no access-log line; no Referer is logged."""
+    from support.paths import ROOT
+
+    static = (ROOT / "deploy" / "traefik.yml").read_text(encoding="utf-8")
+    dynamic = (ROOT / "deploy" / "traefik" / "dynamic.yml").read_text(encoding="utf-8")
+    portal_rule = re.search(r"portal:\n\s+rule: >-\n((?:\s{8}.*\n)+)", dynamic).group(1)
+    for excluded in ("!Path(`/readyz`)", "!Path(`/metrics`)", "!Path(`/_doctor`)"):
+        assert excluded in portal_rule
+    assert "HeaderRegexp(`X-Portal-Doctor`, `.+`)" in portal_rule
+    link_router = dynamic[dynamic.index("portal-verification-link:") :]
+    assert "PathPrefix(`/verify/`)" in link_router
+    assert re.search(r"observability:\n\s+accessLogs: false", link_router)
+    assert "RequestRefererHeader: drop" in static and "Referer: keep" not in static
