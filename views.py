@@ -277,8 +277,8 @@ OPENED_LINK = "verification_link"  # the session's key of the token of the link 
 @bp.get("/verify/<token>")
 def verification_link(token: str):
     """The link in the email. Its token goes into the session and the browser on to /verify,
-    so that no page's URL holds it: no Referer the browser sends, no proxy's log line, no
-    history entry of a page. Opening it uses nothing up (mail scanners open links)."""
+    so that no page's URL holds it, and so no Referer the page's requests send and no log line
+    of them. Opening it uses nothing up (mail scanners open links)."""
     courier_or_404()
     if len(token) <= 512:
         session[OPENED_LINK] = token
