@@ -41,7 +41,7 @@ from accounts import (
     TooManyAttempts,
 )
 from errors import error_page
-from protection import LimiterUnavailable, LimitReached
+from protection import LimiterUnavailable, LimitReached, client_bucket
 from services import services
 from views import turned_away
 
@@ -95,7 +95,7 @@ def sign_in_form():
 
 @bp.post("/sign-in")
 def sign_in_submit():
-    limited = limit_page(("sign-in-ip", request.remote_addr or "unknown"))
+    limited = limit_page(("sign-in-ip", client_bucket(request.remote_addr)))
     if limited:
         return limited
     form = SignInForm()
@@ -107,7 +107,7 @@ def sign_in_submit():
 
 @bp.post("/sign-in/code")
 def code_submit():
-    limited = limit_page(("sign-in-ip", request.remote_addr or "unknown"))
+    limited = limit_page(("sign-in-ip", client_bucket(request.remote_addr)))
     if limited:
         return limited
     form = CodeForm()

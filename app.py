@@ -6,6 +6,8 @@ the operators' commands in commands.py, and what every request passes through in
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
@@ -25,7 +27,7 @@ from database import default_url
 from delivery import Courier, Links
 from email_rules import DomainRules
 from errors import register_error_pages
-from health import MailProbe
+from health import KeygenProbe, MailProbe
 from i18n import init_i18n
 from journal import Journal
 from keygen_api import CircuitBreaker, KeygenClient
@@ -69,7 +71,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     sealer = Sealer(settings.secret_key, "license-keys")  # keys Keygen shows only once
     signup = signup_workflow(settings, journal, keygen, budget, metrics, sealer)
     accounts = self_service(settings, journal, keygen)
-    courier, mail_probe = start_courier(app, settings, journal, keygen, sealer, accounts)
+    courier, mail_probe = start_courier(app, settings, journal, keygen, budget, sealer, accounts)
+    if courier is not None:
+        signup.on_mail = courier.wake  # signups finished in the background queue email too
     Services(
         settings=settings,
         brand=brand,
@@ -84,6 +88,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         courier=courier,
         mail_probe=mail_probe,
         accounts=accounts,
+        keygen_probe=KeygenProbe(
+            keygen, settings.keygen_policy_id, every=settings.readiness_cache_seconds
+        ),
     ).install(app)
     app.register_blueprint(bp)
     if accounts is not None:
@@ -129,7 +136,8 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
     app.jinja_env.globals.update(
         product_name=settings.product_name,
         demo_mode=settings.demo_mode,
-        captcha=captcha.widget and {"site_key": captcha.site_key, **vars(captcha.widget)},
+        captcha=captcha.widget
+        and {"site_key": captcha.site_key, "action": captcha.action, **vars(captcha.widget)},
         key_delivery=settings.key_delivery,
         mail_enabled=settings.mail_enabled,
         verify_first=settings.require_email_verification,
@@ -140,12 +148,15 @@ def configure(app: Flask, settings: Settings, brand: Brand, captcha: Captcha) ->
 
 
 def captcha_for(settings: Settings) -> Captcha:
+    public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
     return Captcha(
         settings.captcha_provider,
         settings.captcha_site_key,
         settings.captcha_secret_key,
         settings.captcha_verify_url,
         settings.captcha_timeout,
+        hostnames=tuple(filter(None, (public_host, *settings.trusted_hosts))),
+        action=settings.captcha_action,
     )
 
 
@@ -243,9 +254,9 @@ def signup_workflow(
         give_up_after=settings.reconcile_give_up_after,
         key_delivery=settings.key_delivery,
         verify=settings.require_email_verification,
-        # With verification, a taken address must get the answer a new one gets, too.
-        enumeration_safe=settings.enumeration_safe or settings.require_email_verification,
-        unverified_lifetime=settings.unverified_user_lifetime,
+        enumeration_safe=settings.enumeration_safe,
+        link_lifetime=settings.verification_link_lifetime,
+        mail=settings.mail_enabled,
         one_account_per_person=settings.one_account_per_person,
         on_retry=metrics.count_retry,
         sealer=sealer,
@@ -260,6 +271,7 @@ def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkf
         workflow,
         interval=settings.reconcile_interval,
         stale_after=settings.stale_signup_after,
+        retention=settings.data_retention_days * 86400.0,
     )
     if settings.reconcile_interval > 0:
         reconciler.start()
@@ -271,6 +283,7 @@ def start_courier(
     settings: Settings,
     journal: Journal,
     keygen: KeygenClient,
+    budget: KeygenBudget,
     sealer: Sealer,
     accounts: SelfService | None = None,
 ) -> tuple[Courier | None, MailProbe | None]:
@@ -307,6 +320,7 @@ def start_courier(
         sealer=sealer,
         resets=accounts and accounts.resets,
         self_service=accounts is not None,
+        budget=budget,
     )
     if settings.outbox_interval > 0:
         courier.start()

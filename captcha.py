@@ -1,7 +1,9 @@
 """The optional CAPTCHA (Cloudflare Turnstile, hCaptcha or reCAPTCHA, chosen by CAPTCHA_PROVIDER):
 what the page must load, what the Content-Security-Policy must allow for it, and the server-side
 check of the answer against the provider's siteverify endpoint. views.py asks `problem()` before
-the workflow runs, so a failed or unverifiable CAPTCHA never reaches Keygen."""
+the workflow runs, so a failed or unverifiable CAPTCHA never reaches Keygen. An answer counts only
+if it was given on this portal's own host name (an answer solved on another site that uses the
+same site key is refused) and, with Turnstile's CAPTCHA_ACTION, for this form."""
 
 from __future__ import annotations
 
@@ -87,6 +89,9 @@ class Captcha:
     verify_url: str = ""
     timeout: float = 5.0
     session: requests.Session = field(default_factory=requests.Session, repr=False)
+    # PUBLIC_URL's host and TRUSTED_HOSTS (".example.com": any name under it)
+    hostnames: tuple[str, ...] = ()
+    action: str = ""  # Turnstile's data-action; "": not checked
 
     @property
     def widget(self) -> Provider | None:
@@ -125,4 +130,26 @@ class Captcha:
             codes = verdict.get("error-codes") if isinstance(verdict, dict) else None
             log.info("captcha: answer refused (%s)", ", ".join(map(str, codes or [])) or "no code")
             return Problem(FAILED, 422)
+        if not self.ours(verdict):
+            log.info(
+                "captcha: an answer given on %r for action %r, not on this portal's page",
+                verdict.get("hostname"),
+                verdict.get("action"),
+            )
+            return Problem(FAILED, 422)
         return None
+
+    def ours(self, verdict: dict) -> bool:
+        """Whether the provider says the answer was given on this portal's page: its host name,
+        and (Turnstile) the action of this form."""
+        hostname = str(verdict.get("hostname") or "").lower().rstrip(".")
+        if not any(_matches(hostname, allowed) for allowed in self.hostnames):
+            return False
+        return not self.action or verdict.get("action") == self.action
+
+
+def _matches(hostname: str, allowed: str) -> bool:
+    """TRUSTED_HOSTS's rule: "example.com" is that name, ".example.com" it and any under it."""
+    if allowed.startswith("."):
+        return hostname == allowed[1:] or hostname.endswith(allowed)
+    return hostname == allowed.strip("[]")

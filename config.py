@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from urllib.parse import urlsplit
 
 import setting_checks as checks
 
@@ -110,7 +111,6 @@ class Settings:
     public_url: str = setting("", parse=checks.public_url)
     require_email_verification: bool = setting(False, parse=checks.boolean)
     verification_link_lifetime: float = setting(86400.0, parse=checks.positive_float)
-    unverified_user_lifetime: float = setting(172800.0, parse=checks.positive_float)
     enumeration_safe: bool = setting(False, parse=checks.boolean)
 
     # Branding and consent (docs/the-page.md): "" means none.
@@ -140,6 +140,10 @@ class Settings:
     ratelimit_password_reset_per_ip: str = setting("5/minute,20/hour", parse=checks.rates)
     ratelimit_password_reset_per_email: str = setting("3/hour", parse=checks.rates)
     ratelimit_deactivations: str = setting("5/day", parse=checks.rates)  # per signed-in user
+    # Safe in every mode (docs/security.md)
+    readiness_cache_seconds: float = setting(30.0, parse=checks.positive_float)
+    captcha_action: str = setting("", parse=checks.captcha_action)  # Turnstile's; "": none
+    data_retention_days: int = setting(30, parse=checks.positive_int)
 
     @property
     def mail_enabled(self) -> bool:
@@ -214,8 +218,23 @@ def _problems(
         for name in ("CAPTCHA_SITE_KEY", "CAPTCHA_SECRET_KEY"):
             if not get(SETTINGS[name].name):
                 problems.append(f"{name} is required when CAPTCHA_PROVIDER is set")
+        if not (get("public_url") or get("trusted_hosts")):
+            problems.append(
+                "CAPTCHA_PROVIDER needs PUBLIC_URL or TRUSTED_HOSTS: an answer counts only if it "
+                "was given on this portal's host name"
+            )
+    if get("captcha_action") and get("captcha_provider") != "turnstile":
+        problems.append(
+            "CAPTCHA_ACTION is Turnstile's: set it only with CAPTCHA_PROVIDER=turnstile"
+        )
     if get("terms_url") and not get("terms_version"):
         problems.append("TERMS_VERSION is required when TERMS_URL is set (each consent names it)")
+    api_url = get("keygen_api_url")
+    if get("demo_mode") and isinstance(api_url, str) and not checks.is_loopback(_host(api_url)):
+        problems.append(
+            "DEMO_MODE is for the built-in Keygen emulator on this machine (its console mailer "
+            "prints keys and links): with a KEYGEN_API_URL elsewhere, turn DEMO_MODE off"
+        )
     if with_mail and not problems:
         problems += _mail_problems(get)
     return problems
@@ -231,6 +250,10 @@ def _keygen_problems(get: Callable[[str], object]) -> list[str]:
         f"KEYGEN_ACCOUNT_ID is required but not set: Keygen Cloud ({api_url}) needs it; only a "
         "custom domain or a self-hosted Keygen can do without"
     ]
+
+
+def _host(url: str) -> str | None:
+    return urlsplit(url).hostname
 
 
 def _mail_problems(get: Callable[[str], object]) -> list[str]:
@@ -266,8 +289,6 @@ def _mail_problems(get: Callable[[str], object]) -> list[str]:
             "ENUMERATION_SAFE without REQUIRE_EMAIL_VERIFICATION needs KEY_DELIVERY=email "
             "(a key shown on the page would tell a new address from a known one)"
         )
-    if verify and get("verification_link_lifetime") > get("unverified_user_lifetime"):
-        problems.append("VERIFICATION_LINK_LIFETIME must not exceed UNVERIFIED_USER_LIFETIME")
     return problems
 
 

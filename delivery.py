@@ -34,8 +34,9 @@ from itsdangerous import BadData, URLSafeSerializer
 
 import email_rules
 import logs
+from budget import BudgetUnavailable, KeygenBudget
 from i18n import default_language, known_language
-from journal import Journal
+from journal import Journal, State
 from keygen_api import KeygenClient, KeygenError, KeygenNotFound
 from mailer import (
     MailConfigurationError,
@@ -66,6 +67,10 @@ SUBJECTS = {
         _l("Choose a new password for %(product_name)s"),
         _l("Choose a new password"),
     ),
+    "again": (
+        _l("We could not finish your %(product_name)s signup"),
+        _l("We could not finish your signup"),
+    ),
 }
 
 
@@ -80,10 +85,11 @@ class LinkExpired(Exception):
 class Links:
     """The portal's URLs for emails, and the signed verification link.
 
-    The token is the signup id and the time the link was made, signed with a key derived from
-    SECRET_KEY (itsdangerous, with its own salt): it can be made again from the outbox row, so
-    the database never holds it. Single use comes from the journal: a click moves the signup on
-    from PENDING_VERIFICATION, and a second click finds it moved.
+    The token is the signup id and the time the link was made (when its email is sent), signed
+    with a key derived from SECRET_KEY (itsdangerous, with its own salt), so the database never
+    holds it. Single use comes from the journal: the button on the link's page moves the signup
+    on from PENDING_VERIFICATION, and a second press finds it moved. The link's GET only puts
+    the token in the session and redirects (views.py): no page's URL holds it.
     """
 
     def __init__(
@@ -156,18 +162,24 @@ class _KeyGone(Exception):
     """Keygen shows the key only once (LEGACY_ENCRYPT), and no sealed copy of it is left."""
 
 
+class _NoTurn(Exception):
+    """The shared Keygen budget has no turn for the courier's call soon enough."""
+
+
 @dataclass(frozen=True)
 class Content:
     subject: str
     text: str
     html: str
     to_name: str
+    link_until: float | None = None  # a verification link in it works until then
 
 
 class Courier:
     """Sends the outbox's due messages; one pass with run_once(), or as a thread."""
 
     LEASE = 120.0  # seconds; outlasts one SMTP conversation (each reply is bounded by a timeout)
+    TURN_WAIT = 10.0  # seconds the courier waits for a turn at Keygen before trying later
 
     def __init__(
         self,
@@ -187,6 +199,7 @@ class Courier:
         sealer: Sealer | None = None,
         resets=None,
         self_service: bool = False,
+        budget: KeygenBudget | None = None,
     ):
         self.app = app
         self.same_mailbox = same_mailbox  # ONE_ACCOUNT_PER_PERSON: recovery finds the mailbox
@@ -203,6 +216,7 @@ class Courier:
         self.sealer = sealer  # opens the keys Keygen shows only once (sealing.py)
         self.resets = resets  # password_resets.ResetStore, when forgot-password is on
         self.self_service = self_service  # emails link to the sign-in page
+        self.budget = budget  # the signups' Keygen budget: the courier's calls take turns in it
         self.owner = f"courier:{uuid.uuid4().hex[:12]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -231,6 +245,8 @@ class Courier:
                 html=content.html,
                 message_id=f"{mail.kind}.{mail.id}@{self.links.host}",
             )
+            if content.link_until is not None:
+                self.journal.keep_awaiting(mail.ref or "", until=content.link_until)
             self.mailer.send(message)
         except _Nothing:
             self.journal.settle_mail(mail.id, owner=self.owner, state=MailState.DROPPED)
@@ -239,7 +255,7 @@ class Courier:
             return self.give_up(mail, "the license no longer exists in Keygen")
         except _KeyGone:
             return self.give_up(mail, "Keygen shows this key only once, and no copy is left")
-        except (KeygenError, MailTemporaryFailure) as error:
+        except (KeygenError, MailTemporaryFailure, BudgetUnavailable, _NoTurn) as error:
             return self.retry(mail, str(error))
         except MailConfigurationError as error:
             # Our settings, not the message: every message fails alike until they are fixed,
@@ -319,32 +335,32 @@ class Courier:
             "sign_in_url": self.links.sign_in() if self.self_service else None,
         }
         to_name = " ".join(n for n in (mail.first_name, mail.last_name) if n)
-        if mail.kind == "license":
+        kind, link_until = mail.kind, None
+        if kind == "license":
             values["license_key"] = self.license_key(mail)
-        elif mail.kind == "verify":
-            values["verify_url"] = self.links.verification(mail.ref or "", mail.created_at)
-            values["link_hours"] = max(1, round(self.links.lifetime / 3600))
-        elif mail.kind == "recovery":
+        elif kind == "verify":
+            kind, link_until = self.verification(mail, values)
+        elif kind == "recovery":
             user, keys, unrecoverable = self.recovered(mail.email)
             values["first_name"] = user.first_name or ""
             values["license_keys"] = keys
             values["unrecoverable"] = unrecoverable
             to_name = " ".join(n for n in (user.first_name, user.last_name) if n)
-        elif mail.kind == "reset":
+        elif kind == "reset":
             if self.resets is None or not self.resets.usable(mail.ref or ""):
                 raise _Nothing()  # used, expired or superseded before it went out
             values["reset_url"] = self.links.password_reset(mail.ref or "")
             values["link_minutes"] = max(1, round(self.resets.lifetime / 60))
-        elif mail.kind != "taken":
-            raise ValueError(f"unknown kind of message {mail.kind!r}")
+        elif kind not in ("taken", "again"):
+            raise ValueError(f"unknown kind of message {kind!r}")
         # In the language of the page the person used when it was queued (the outbox keeps it).
         language = mail.locale if known_language(mail.locale) else default_language(self.app)
         with self.app.app_context(), force_locale(language):
-            with_product, without = SUBJECTS[mail.kind]
+            with_product, without = SUBJECTS[kind]
             subject = with_product % values if self.product_name else str(without)
-            text = render_template(f"email/{mail.kind}.txt", **values)
-            html = render_template(f"email/{mail.kind}.html", **values)
-        return Content(subject, text, html, to_name)
+            text = render_template(f"email/{kind}.txt", **values)
+            html = render_template(f"email/{kind}.html", **values)
+        return Content(subject, text, html, to_name, link_until)
 
     def license_key(self, mail: Mail) -> str:
         """The key of a license email: its sealed copy, or else Keygen's."""
@@ -352,35 +368,66 @@ class Courier:
             key = self.sealer.unseal(mail.sealed_key)
             if key is not None:
                 return key
+        self.take_turn()
         key = self.keygen.get_license(mail.ref or "").key
         if key is None:
             raise _KeyGone()
         return key
 
+    def verification(self, mail: Mail, values: dict) -> tuple[str, float | None]:
+        """REQUIRE_EMAIL_VERIFICATION's email: the link, made now so that its lifetime runs
+        from the sending; or, for an address (or, with ONE_ACCOUNT_PER_PERSON, a mailbox) that
+        has an account, "you already have an account". Looked up here rather than on the
+        request's path, so the form's answer says nothing. _Nothing once the signup went on
+        without it (used, or expired)."""
+        signup = self.journal.find(mail.ref or "")
+        if signup is None or signup.state != State.PENDING_VERIFICATION or signup.verify:
+            raise _Nothing()
+        if self.find_user(mail.email) is not None:
+            return "taken", None
+        now = self.journal.clock()
+        values["verify_url"] = self.links.verification(signup.id, now)
+        values["link_hours"] = max(1, round(self.links.lifetime / 3600))
+        return "verify", now + self.links.lifetime
+
     def recovered(self, email: str):
-        """The Keygen user with this address, the keys of their licenses (the product token
-        sees only this product's), and how many keys Keygen does not show again. _Nothing if
-        there is no such user or no license."""
-        try:
-            user = self.keygen.get_user(email)
-        except KeygenNotFound:
-            user = self.mailbox_user(email)
-            if user is None:
-                raise _Nothing() from None
+        """The Keygen user with this address (or mailbox), the keys of their licenses (the
+        product token sees only this product's), and how many keys Keygen does not show again.
+        _Nothing if there is no such user or no license."""
+        user = self.find_user(email)
+        if user is None:
+            raise _Nothing()
+        self.take_turn()
         licenses = self.keygen.list_licenses(owner=user.id)
         if not licenses:
             raise _Nothing()
         keys = [license.key for license in licenses if license.key is not None]
         return user, keys, len(licenses) - len(keys)
 
-    def mailbox_user(self, email: str):
-        """The user of the same mailbox (jane+1@ asking for jane@'s keys): the keys then go to
-        the address asked with, which reaches that mailbox. None without ONE_ACCOUNT_PER_PERSON."""
-        if not self.same_mailbox:
-            return None
+    def find_user(self, email: str):
+        """The Keygen user with this address; with ONE_ACCOUNT_PER_PERSON, else the user of the
+        same mailbox (jane+1@ asking for jane@'s keys: they go to the address asked with,
+        which reaches that mailbox). None if there is none."""
+        self.take_turn()
+        try:
+            return self.keygen.get_user(email)
+        except KeygenNotFound:
+            if not self.same_mailbox:
+                return None
         canonical = email_rules.canonical(email)
+        self.take_turn()
         users = self.keygen.list_users(metadata={email_rules.METADATA_KEY: canonical})
         return users[0] if users else None
+
+    def take_turn(self) -> None:
+        """Wait for a turn in the Keygen budget the signups share (budget.py), as each of their
+        calls does: a flood of lost-key requests must not spend the quota signups need."""
+        if self.budget is None:
+            return
+        wait = self.budget.reserve(1, within=self.TURN_WAIT)
+        if wait is None:
+            raise _NoTurn(f"no turn at Keygen within {self.TURN_WAIT:g} s")
+        time.sleep(wait)
 
     # -- In the background -----------------------------------------------------------------------
 

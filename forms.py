@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import string
 import unicodedata
@@ -138,7 +140,7 @@ def not_common(form: FlaskForm, field: PasswordField) -> None:
 
 def not_the_email(form: FlaskForm, field: PasswordField) -> None:
     """The email address is the one thing everyone who sees the account knows."""
-    email = (form.email.data or "").casefold()
+    email = (form.address or "").casefold()
     password = (field.data or "").casefold()
     if email and password in (email, email.partition("@")[0]):
         raise ValidationError(gettext("Please don't use your email address as your password."))
@@ -193,6 +195,35 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(24)
 
 
+def new_session_secret() -> str:
+    """Kept in the signed session from the moment the form is served: a signup is bound to the
+    browser session that sent it (bound_nonce)."""
+    return secrets.token_urlsafe(24)
+
+
+def bound_nonce(session_secret: str, nonce: str) -> str:
+    """The key of a submission's journal row: its form's nonce, bound to the browser session
+    that sent it. The same form sent twice from one session is one signup; sent from another
+    session (a copied page, a cached form, a shared computer's back button) it is another,
+    unrelated one, so a nonce alone never leads to anyone's key."""
+    message = nonce.encode()
+    return hmac.new(session_secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def password_field() -> PasswordField:
+    """The password of every form that asks for one: the same rules wherever it is chosen."""
+    # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
+    return PasswordField(
+        _l("Password"),
+        validators=[
+            InputRequired(_l("Choose a password.")),
+            password_length,
+            not_the_email,
+            not_common,
+        ],
+    )
+
+
 def email_field(*checks) -> EmailField:
     """The email field of every form: shaped here, looked up in Keygen by the workflow."""
     return EmailField(
@@ -237,18 +268,31 @@ class SignupForm(PortalForm):
         ],
     )
     email = email_field(permitted_domain)
-    # No strip: spaces are part of a password, and Keygen must get exactly what was typed.
-    password = PasswordField(
-        _l("Password"),
-        validators=[
-            InputRequired(_l("Choose a password.")),
-            password_length,
-            not_the_email,
-            not_common,
-        ],
-    )
+    password = password_field()
     # Shown only when TERMS_URL is set; the page writes the label with links to the terms.
     accept_terms = BooleanField(_l("I accept the terms of service"), validators=[consent_to_terms])
+
+    @property
+    def address(self) -> str | None:
+        """The address the password must not be (not_the_email)."""
+        return self.email.data
+
+
+class AddressFirstForm(SignupForm):
+    """The form with REQUIRE_EMAIL_VERIFICATION: everything but the password, which whoever
+    controls the address chooses on the page the emailed link opens (PasswordForm)."""
+
+    password = None  # WTForms drops a field set to None
+
+
+class PasswordForm(PortalForm):
+    """The page of a verification link: the password, for the address the link was sent to."""
+
+    password = password_field()
+
+    def __init__(self, *args, address: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.address = address
 
 
 class RecoveryForm(PortalForm):

@@ -1,8 +1,9 @@
 """Readiness: can this instance sign people up right now? Each check is named and explained.
 
 /healthz says only that the process is alive; /readyz (this module) asks the world: Keygen and
-the token, the policy, the journal's database and the rate-limit storage (signups are refused
-while it is down, so an instance without it is not ready). The mail server is checked too when
+the token, the policy (remembered for READINESS_CACHE_SECONDS), the journal's database and the
+rate-limit storage (signups are refused while it is down, so an instance without it is not
+ready). The mail server is checked too when
 email is on, but it is not required: emails wait in the outbox while it is down, and signups go on.
 """
 
@@ -68,14 +69,52 @@ class MailProbe:
         return Check("mail", OK, "the mail server answers and accepts our login", required=False)
 
 
+class KeygenProbe:
+    """What Keygen says of the token and the policy, asked at most once every ``every`` seconds
+    (READINESS_CACHE_SECONDS) in this process, whatever the rate of /readyz: each question costs
+    the account's Keygen quota, which the signups need.
+
+    One thread asks at a time; the others get the last answer meanwhile (or, before there is
+    one, wait for the first), so a burst of requests never becomes a burst of calls."""
+
+    def __init__(
+        self,
+        keygen: KeygenClient,
+        policy_id: str,
+        *,
+        every: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.keygen = keygen
+        self.policy_id = policy_id
+        self.every = every
+        self.clock = clock
+        self._last: tuple[float, list[Check]] | None = None
+        self._asking = threading.Lock()
+
+    def checks(self) -> list[Check]:
+        last = self._last
+        if last is not None and self.clock() - last[0] < self.every:
+            return last[1]
+        if not self._asking.acquire(blocking=last is None):
+            return last[1]  # another thread is asking Keygen right now
+        try:
+            last = self._last
+            if last is None or self.clock() - last[0] >= self.every:
+                checks = keygen_checks(self.keygen, self.policy_id, timeout=TIMEOUT)
+                last = self._last = (self.clock(), checks)
+            return last[1]
+        finally:
+            self._asking.release()
+
+
 def readiness(
-    keygen: KeygenClient,
-    policy_id: str,
+    keygen: KeygenProbe,
     journal: Journal,
     limits: RateLimits,
     mail: MailProbe | None = None,
 ) -> list[Check]:
-    checks = keygen_checks(keygen, policy_id, timeout=TIMEOUT)
+    checks = list(keygen.checks())
     try:
         journal.ping()
         checks.append(Check("database", OK, "the signup journal answers"))
@@ -189,7 +228,22 @@ def _policy_check(
             f"token's product {product_id}: no license can be issued."
         )
         return Check("policy", ERROR, detail)
-    return Check("policy", OK, f"Policy {policy_id} exists and belongs to the token's product.")
+    if policy.protected is False:
+        detail = (
+            f"Policy {policy_id} is not protected: every user the portal creates can issue "
+            "themselves more licenses, and change or delete theirs, with their own password. "
+            "Turn on 'Protected' in the policy's settings in Keygen."
+        )
+        return Check("policy", ERROR, detail)
+    if policy.protected is None:
+        detail = (
+            f"Policy {policy_id} belongs to the token's product, but Keygen did not say whether "
+            "it is protected; make sure it is, or users can issue themselves more licenses."
+        )
+        return Check("policy", WARN, detail)
+    return Check(
+        "policy", OK, f"Policy {policy_id} exists, belongs to the token's product and is protected."
+    )
 
 
 def _protection_check(keygen: KeygenClient, timeout: tuple[float, float]) -> Check:

@@ -1,9 +1,10 @@
 """The signup journal: one row per submission, written before Keygen is called.
 
-A row holds what is needed to finish or undo a signup after any failure: the form's nonce, the
-normalised email, the license id chosen up front, the Keygen user id once known, and the state.
-Never the password, never the license key. Rows are leased, so that one worker at a time (a
-request, or a reconciler in any process or instance) drives a row forward.
+A row holds what is needed to finish or undo a signup after any failure: the form's nonce bound
+to the browser session that sent it (forms.bound_nonce), the normalised email, the license id
+chosen up front, the Keygen user id once known, and the state. Never the password, never the
+license key. Rows are leased, so that one worker at a time (a request, or a reconciler in any
+process or instance) drives a row forward.
 
 The outbox (outbox.py) shares its database (database.py), so that a signup's state and the
 email it owes are written in one transaction.
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    delete,
     func,
     insert,
     or_,
@@ -36,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from database import create_schema, metadata, open_engine
-from outbox import Letter, Outbox
+from outbox import Letter, MailState, Outbox, outbox
 
 
 class State(StrEnum):
@@ -46,9 +48,9 @@ class State(StrEnum):
     REJECTED = "REJECTED"  # Keygen refused the submission; nothing exists; may be resubmitted
     ABANDONED = "ABANDONED"  # no user was created and the password is gone; may be resubmitted
     COMPENSATED = "COMPENSATED"  # no license could be issued, so the user was deleted again
-    # REQUIRE_EMAIL_VERIFICATION: the user exists and the license waits for the link's click.
+    # REQUIRE_EMAIL_VERIFICATION: nothing exists in Keygen; the link's page asks for the password.
     PENDING_VERIFICATION = "PENDING_VERIFY"
-    EXPIRED = "EXPIRED"  # never verified: the user was deleted again, freeing the address
+    EXPIRED = "EXPIRED"  # never verified (a user an earlier release had created is deleted)
     # Keygen refused for good to delete the user of a signup that got no license (the user
     # holds another product's license, or the token may not delete): kept for an operator.
     KEPT = "KEPT"
@@ -62,6 +64,8 @@ signups = Table(
     "signups",
     metadata,
     Column("id", String(36), primary_key=True),
+    # forms.bound_nonce(): the form's nonce, bound to the browser session that sent it. Rows of
+    # releases before that hold the bare nonce, which no submission presents any more.
     Column("nonce", String(64), nullable=False, unique=True),
     Column("email", String(255), nullable=False, index=True),
     Column("license_id", String(36), nullable=False, unique=True),
@@ -75,14 +79,23 @@ signups = Table(
     Column("last_error", String(500)),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    # Added with email delivery: for the greeting, and whether the license waits for a click.
+    # Added with email delivery: for the greeting.
     Column("first_name", String(255)),
     Column("last_name", String(255)),
+    # True only on rows of releases that created the Keygen user before its address was
+    # confirmed: such a user (with a password the submitter chose) never gets a license; the
+    # reconciler deletes it. Email-first rows (PENDING_VERIFICATION, no user) keep it false.
     Column("verify", Boolean, nullable=False, default=False, server_default=text("false")),
     # Added with translated emails: the language of the page, for the emails this signup owes.
     Column("locale", String(16)),
     # Added for keys Keygen shows only once (sealing.py): sealed until shown, then wiped.
     Column("sealed_key", Text),
+    # Added with email-first verification: the consent given on the form (JSON), for the user
+    # created after the click.
+    Column("consent", String(255)),
+    # Added with background signups: the person was told to wait (for an email, or to reload),
+    # so a signup that ends without an account owes them an email saying so.
+    Column("background", Boolean, nullable=False, default=False, server_default=text("false")),
 )
 
 # The statements of the signup path, built once with bound parameters and executed with a dict
@@ -99,10 +112,24 @@ _FREE_ROW = _ROW.where(
         signups.c.lease_owner == _OWNER,
     )
 )
-_VERIFYING_ROW = _FREE_ROW.where(signups.c.state == State.PENDING_VERIFICATION)
 # The state is part of each condition: between reading a row and leasing it, its holder may
 # have finished it and let it go.
 _RESUBMITTABLE_ROW = _FREE_ROW.where(signups.c.state.in_(RESUBMITTABLE))
+# A click on a verification link may start (or, after a failure, start over) a row that waits
+# for its address, or one whose click ended without an account; never a row whose user an
+# earlier release created before the click (verify).
+_VERIFYING_ROW = _FREE_ROW.where(signups.c.verify.is_(False)).where(
+    or_(
+        (signups.c.state == State.PENDING_VERIFICATION) & signups.c.user_id.is_(None),
+        signups.c.state.in_((State.NEW, State.ABANDONED, State.COMPENSATED)),
+    )
+)
+_LEGACY_PENDING_ROW = _ROW.where(signups.c.verify.is_(True)).where(
+    signups.c.state == State.PENDING_VERIFICATION
+)
+_AWAITING_ROW = _ROW.where(signups.c.state == State.PENDING_VERIFICATION).where(
+    signups.c.next_attempt_at < bindparam("until")
+)
 _UNSHOWN_ROW = _ROW.where(signups.c.key_shown.is_(False))
 _BY_ID = select(signups).where(signups.c.id == _ID)
 _BY_NONCE = select(signups).where(signups.c.nonce == bindparam("_nonce"))
@@ -129,6 +156,8 @@ class Signup:
     verify: bool = False
     locale: str | None = None
     sealed_key: str | None = field(default=None, repr=False)
+    consent: str | None = None
+    background: bool = False
 
     @property
     def finished(self) -> bool:
@@ -162,8 +191,8 @@ class Journal(Outbox):
         lease: float,
         first_name: str | None = None,
         last_name: str | None = None,
-        verify: bool = False,
         locale: str | None = None,
+        background: bool = False,
     ) -> Claim:
         """Record a submission (or find the one with this nonce) and try to lease it.
 
@@ -175,8 +204,8 @@ class Journal(Outbox):
             "email": email,
             "first_name": first_name,
             "last_name": last_name,
-            "verify": verify,
             "locale": locale,
+            "background": background,
         }
         fresh = {
             "state": State.NEW,
@@ -207,21 +236,31 @@ class Journal(Outbox):
             changes = {**submitted, **fresh, "user_id": None, "last_error": None}
             restarted = self._update(_RESUBMITTABLE_ROW, where, **changes)
             return Claim(self.get(existing.id), leased=restarted)
-        if existing.state in UNFINISHED and self.lease(existing.id, owner=owner, lease=lease):
+        unfinished = existing.state in UNFINISHED
+        if unfinished and self.lease(existing.id, owner=owner, lease=lease, background=background):
             return Claim(self.get(existing.id), leased=True)
         return Claim(existing, leased=False)
 
     def lease(
-        self, signup_id: str, *, owner: str, lease: float, states: tuple[State, ...] = UNFINISHED
+        self,
+        signup_id: str,
+        *,
+        owner: str,
+        lease: float,
+        states: tuple[State, ...] = UNFINISHED,
+        background: bool = False,
     ) -> bool:
         """Take the row if it is still in one of ``states`` and nobody holds it (or their lease
-        ran out)."""
+        ran out); ``background``: to finish it in a backlog thread, which the person was told
+        to wait for."""
         now = self.clock()
+        changes = {"background": True} if background else {}
         return self._update(
             _FREE_ROW.where(signups.c.state.in_(states)),
             {"_id": signup_id, "_owner": owner, "_now": now},
             lease_owner=owner,
             lease_until=now + lease,
+            **changes,
         )
 
     def release(self, signup_id: str, *, owner: str) -> None:
@@ -236,18 +275,72 @@ class Journal(Outbox):
         ``mail`` is queued in the same transaction, and only if the change was made."""
         return self._update(_HELD_ROW, {"_id": signup_id, "_owner": owner}, mail=mail, **changes)
 
+    def await_address(
+        self,
+        nonce: str,
+        *,
+        signup_id: str,
+        email: str,
+        expires_at: float,
+        mail: tuple[Letter, ...],
+        first_name: str | None = None,
+        last_name: str | None = None,
+        locale: str | None = None,
+        consent: str | None = None,
+    ) -> bool:
+        """REQUIRE_EMAIL_VERIFICATION: record a signup that waits for its address to be
+        confirmed, and queue `mail` (the link) in the same transaction. False, and nothing
+        written, if this nonce was recorded before (the same form sent again)."""
+        now = self.clock()
+        row = {
+            "id": signup_id,
+            "nonce": nonce,
+            "email": email,
+            "license_id": str(uuid.uuid4()),
+            "state": State.PENDING_VERIFICATION,
+            "key_shown": False,
+            "attempts": 0,
+            "next_attempt_at": expires_at,  # then the reconciler marks it EXPIRED
+            "created_at": now,
+            "updated_at": now,
+            "first_name": first_name,
+            "last_name": last_name,
+            "locale": locale,
+            "consent": consent,
+        }
+        try:
+            with self.engine.begin() as db:
+                db.execute(_NEW_SIGNUP, row)
+                self._queue(db, mail)
+        except IntegrityError:
+            return False
+        return True
+
+    def keep_awaiting(self, signup_id: str, *, until: float) -> None:
+        """A link to this signup is being sent now: it may wait for the click until ``until``
+        (the link's lifetime runs from when it is sent, however long the email queued)."""
+        self._update(_AWAITING_ROW, {"_id": signup_id, "until": until}, next_attempt_at=until)
+
     def start_verified(self, signup_id: str, *, owner: str, lease: float) -> bool:
-        """The click on a verification link: true for exactly one caller, who then holds the
-        row (now USER_CREATED) and issues the license."""
+        """The button on a verification link's page: true for exactly one caller, who then
+        holds the row (now NEW) and creates the user with the password just chosen."""
         now = self.clock()
         return self._update(
             _VERIFYING_ROW,
             {"_id": signup_id, "_owner": owner, "_now": now},
-            state=State.USER_CREATED,
+            state=State.NEW,
+            user_id=None,
+            attempts=0,
+            last_error=None,
             next_attempt_at=now,
             lease_owner=owner,
             lease_until=now + lease,
         )
+
+    def retire_soon(self, signup_id: str) -> None:
+        """A link of a row whose user an earlier release created before the click was opened:
+        the reconciler deletes that user at its next pass, so the address can sign up again."""
+        self._update(_LEGACY_PENDING_ROW, {"_id": signup_id}, next_attempt_at=self.clock())
 
     def unverified_due(self) -> list[Signup]:
         """Verifications nobody completed in time (next_attempt_at is when their time is up),
@@ -344,6 +437,25 @@ class Journal(Outbox):
     def all(self) -> list[Signup]:
         with self.engine.connect() as db:
             return [_signup(r) for r in db.execute(select(signups).order_by(signups.c.created_at))]
+
+    def forget(self, *, before: float) -> tuple[int, int]:
+        """Personal data kept no longer than needed: finished signups created before ``before``
+        lose their address, names, consent and last error (the ids stay, to match Keygen's
+        records), and the emails sent, given up or dropped before then are deleted. Unfinished
+        signups, and signups waiting for their address, keep what they need to be finished.
+        How many of each there were."""
+        kept = (*UNFINISHED, State.PENDING_VERIFICATION)
+        scrub = (
+            update(signups)
+            .where(signups.c.created_at < before)
+            .where(signups.c.state.not_in(kept))
+            .where(signups.c.email != "")
+            .values(email="", first_name=None, last_name=None, consent=None, last_error=None)
+        )
+        done = (MailState.SENT, MailState.FAILED, MailState.DROPPED)
+        drop = delete(outbox).where(outbox.c.created_at < before).where(outbox.c.state.in_(done))
+        with self.engine.begin() as db:
+            return db.execute(scrub).rowcount, db.execute(drop).rowcount
 
     def ping(self) -> None:
         with self.engine.connect() as db:

@@ -92,17 +92,22 @@ class Policy:
     scheme: str | None = None
     keys_readable_later: bool = True
     name: str | None = None
+    # Whether its licenses' owners are kept from creating, changing or deleting licenses
+    # themselves (app/policies/license_policy.rb); None when Keygen did not say.
+    protected: bool | None = None
 
     @classmethod
     def from_document(cls, document: dict) -> Policy:
         data = document["data"]
         attributes = data.get("attributes") or {}
+        protected = attributes.get("protected")
         return cls(
             id=data["id"],
             product_id=_related_id(data["relationships"].get("product")),
             scheme=attributes.get("scheme"),
             keys_readable_later=keys_readable_later(attributes),
             name=attributes.get("name"),
+            protected=protected if isinstance(protected, bool) else None,
         )
 
 

@@ -62,7 +62,7 @@ _NEW_MAIL = {
 class Letter:
     """A message to queue: what it is about, and to whom."""
 
-    kind: str  # license | verify | taken | recovery | reset (delivery.py composes each)
+    kind: str  # license | verify | taken | recovery | reset | again (delivery.py composes each)
     email: str
     ref: str | None = None
     first_name: str | None = None

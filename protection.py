@@ -118,7 +118,7 @@ class RateLimits:
 
     def admit_client(self, address: str | None) -> None:
         """Count one submission from this address, or raise LimitReached."""
-        self._hit([("ip", self.per_ip, address or "unknown")])
+        self._hit([("ip", self.per_ip, client_bucket(address))])
 
     def admit_signup(self, email: str, organisation: str | None = None) -> None:
         """Count one valid signup for this email and, unless None, for this organisation's
@@ -136,7 +136,7 @@ class RateLimits:
         """Count one lost-key request from this client and for this email (separate buckets of
         their own), or raise LimitReached. Both are tested before either is counted."""
         buckets = [
-            ("recovery-ip", self.recovery_per_ip, address or "unknown"),
+            ("recovery-ip", self.recovery_per_ip, client_bucket(address)),
             ("recovery-email", self.recovery_per_email, self._digest(email)),
         ]
         self._test(buckets)
@@ -178,6 +178,21 @@ class RateLimits:
             return getattr(self.strategy, method)(limit, name, key)
         except Exception as error:  # redis, memcached: each storage raises its own errors
             raise LimiterUnavailable(f"rate limit storage failed: {error!r}") from error
+
+
+def client_bucket(address: str | None) -> str:
+    """Whose count a client address adds to: an IPv4 address its own, an IPv6 address its /64.
+    One subscriber gets a whole /64 and may use any address in it, so counting each address
+    would give one client 2^64 buckets."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is the IPv4 client 192.0.2.1
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network((ip, 64), strict=False))
 
 
 # -- Bot traps ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from delivery import LinkInvalid
 from errors import error_page
 from i18n import page_language
 from keygen_webhooks import WebhookRefused
+from protection import client_bucket
 from services import services
 
 log = logging.getLogger(f"portal.{__name__}")
@@ -42,7 +43,7 @@ def forgot_form():
 @bp.post("/forgot-password")
 def forgot_submit():
     """The same answer for every address; Keygen's webhook tells the portal which exist."""
-    limited = limit_page(("reset-ip", request.remote_addr or "unknown"))
+    limited = limit_page(("reset-ip", client_bucket(request.remote_addr)))
     if limited:
         return limited
     form = ForgotPasswordForm()

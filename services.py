@@ -11,7 +11,7 @@ from branding import Brand
 from captcha import Captcha
 from config import Settings
 from delivery import Courier
-from health import MailProbe
+from health import KeygenProbe, MailProbe
 from journal import Journal
 from keygen_api import KeygenClient
 from metrics import Metrics
@@ -37,6 +37,7 @@ class Services:
     courier: Courier | None  # None: email is off
     mail_probe: MailProbe | None
     accounts: SelfService | None = None  # SELF_SERVICE is off
+    keygen_probe: KeygenProbe  # /readyz's questions to Keygen, asked at most so often
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

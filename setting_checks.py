@@ -377,3 +377,14 @@ def keygen_public_key(value: str) -> str:
     value = value.strip()
     keygen_webhooks.public_key(value)  # raises ValueError in words
     return value
+
+
+# -- Safe in every mode --------------------------------------------------------------------------
+
+
+def captcha_action(value: str) -> str:
+    """Turnstile's action: up to 32 letters, digits, - and _."""
+    value = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", value):
+        raise ValueError("must be up to 32 letters, digits, - and _, such as signup")
+    return value

@@ -10,12 +10,18 @@ finishes or undoes later from the journal.
 
 Email (KEY_DELIVERY, REQUIRE_EMAIL_VERIFICATION, ENUMERATION_SAFE) is decided here too, but only
 queued: the message goes into the journal's outbox in the same transaction as the state it
-belongs to, and delivery.py sends it off the request's path.
+belongs to, and delivery.py sends it off the request's path. With REQUIRE_EMAIL_VERIFICATION the
+form only records the signup and queues the link: the user and the license are created when
+whoever controls the address has chosen the password on the link's page (confirm). With
+ENUMERATION_SAFE the answer leaves before Keygen is asked anything, and a backlog thread does
+the work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -27,8 +33,8 @@ from admission import Admission, Busy, Later, NotNow, Ticket
 from budget import BudgetUnavailable
 from journal import RESUBMITTABLE, UNFINISHED, Claim, Journal, Signup, State
 from keygen_api import KeygenClient, KeygenError, KeygenRateLimited, License
+from outbox import Letter
 from outcomes import (
-    EMAIL_TAKEN,
     AlreadyIssued,
     Applicant,
     CheckInbox,
@@ -36,7 +42,6 @@ from outcomes import (
     LinkUsed,
     Outcome,
     Processing,
-    Rejected,
     SignupError,
     SignupUnavailable,
     TooBusy,
@@ -66,7 +71,8 @@ class SignupWorkflow:
         verify: bool = False,
         enumeration_safe: bool = False,
         one_account_per_person: bool = False,
-        unverified_lifetime: float = 172800.0,
+        link_lifetime: float = 86400.0,
+        mail: bool = False,
         on_retry: Callable[[str], None] | None = None,
         sealer: Sealer | None = None,
         on_operator_problem: Callable[[str], None] | None = None,
@@ -81,11 +87,15 @@ class SignupWorkflow:
         # page: the key is shown once; email: it is only emailed; both.
         self.key_on_page = key_delivery in ("page", "both")
         self.key_by_email = key_delivery in ("email", "both")
-        self.verify = verify  # the license waits until the address is confirmed
+        self.verify = verify  # the account waits until the address is confirmed
         self.enumeration_safe = enumeration_safe  # a taken address answered like a new one
         # A mailbox, not an address, is a person: looked up by its canonical form (email_rules).
         self.one_account_per_person = one_account_per_person
-        self.unverified_lifetime = unverified_lifetime
+        self.link_lifetime = link_lifetime  # VERIFICATION_LINK_LIFETIME
+        # Whether a signup finished in the background tells the person by email how it ended
+        # (the page told them to wait for the key's email).
+        self.promises_email = mail and not self.key_on_page
+        self.on_mail: Callable[[], None] = lambda: None  # the courier's wake, set by app.py
         # Told of each step tried again: "now" (within the request) or "later" (the reconciler).
         self.on_retry: Callable[[str], None] = on_retry or (lambda when: None)
         # Keeps a key Keygen shows only once until it is delivered (sealing.py).
@@ -102,21 +112,61 @@ class SignupWorkflow:
 
     def sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         """Drive this submission to its end, or wait for whoever is driving it already.
+        ``nonce`` is the form's nonce bound to the browser session (forms.bound_nonce).
 
         Its turn at Keygen within ADMISSION_WAIT is waited for here; a later one, within
         ADMISSION_BACKLOG, is queued and finished in the background while the person sees "we
         are finishing your signup"; beyond that the portal is too busy, and nothing is written.
         """
-        try:
-            with _turned_away():
-                return self._by_email(self._sign_up(applicant, nonce))
-        except Rejected as rejection:
-            if self.enumeration_safe and rejection.errors == {"email": EMAIL_TAKEN}:
-                # The run queued an email to the address's owner; the page says what it says
-                # to a new address.
-                about = "verify" if self.verify else "key"
-                return CheckInbox(applicant.email, about, refusal=rejection.refusal)
-            raise
+        if self.verify:
+            return self.request_verification(applicant, nonce)
+        with _turned_away():
+            if self.enumeration_safe:
+                return self._in_background(applicant, nonce)
+            return self._by_email(self._sign_up(applicant, nonce))
+
+    def request_verification(self, applicant: Applicant, nonce: str) -> Outcome:
+        """REQUIRE_EMAIL_VERIFICATION: record the signup and queue the email, and nothing else:
+        no Keygen call, no password. The courier finds out whether the address has an account
+        when it writes the email (the link, or "you already have an account"), so every address
+        gets this same answer. The same form sent again from this session with the same address
+        is this signup again; with another address (a typo put right), a new one."""
+        signup_id = str(uuid.uuid4())
+        letter = Letter(
+            kind="verify",
+            email=applicant.email,
+            ref=signup_id,
+            first_name=applicant.first_name,
+            last_name=applicant.last_name,
+            dedupe=f"verify:{signup_id}",
+            locale=applicant.locale,
+        )
+        self.journal.await_address(
+            hashlib.sha256(f"{nonce}\n{applicant.email}".encode()).hexdigest(),
+            signup_id=signup_id,
+            email=applicant.email,
+            expires_at=self.journal.clock() + self.link_lifetime,
+            mail=(letter,),
+            first_name=applicant.first_name,
+            last_name=applicant.last_name,
+            locale=applicant.locale,
+            consent=json.dumps(applicant.consent) if applicant.consent else None,
+        )
+        return CheckInbox(applicant.email, "verify")
+
+    def _in_background(self, applicant: Applicant, nonce: str) -> Outcome:
+        """ENUMERATION_SAFE: "check your inbox" at once, before Keygen is asked anything, so
+        that neither the answer nor its time tells a new address from a registered one. A
+        backlog thread creates the user and the license at the signup's turn, the password in
+        memory only; the person gets the key by email, or "you already have an account", or
+        (if this process stops first: worker.py) an email saying to sign up again."""
+        ticket = self.admission.ticket()
+        if self.admission.backlog_full:
+            raise TooBusy("the queue of signups waiting for Keygen is full")
+        queued = self._queue(applicant, nonce, self._owner(), ticket.turn)
+        if queued is None and self.admission.backlog_full:
+            raise TooBusy("the queue of signups waiting for Keygen is full")
+        return CheckInbox(applicant.email, "key")  # a copy of a queued form: the same answer
 
     def _sign_up(self, applicant: Applicant, nonce: str) -> Outcome:
         ends_at = self.clock.monotonic() + self.deadline
@@ -176,17 +226,25 @@ class SignupWorkflow:
 
     # -- The link in a verification email ----------------------------------------------------------
 
-    def confirm(self, signup_id: str) -> Outcome:
-        """The click on a verification link (whose signature and age the caller checked):
-        issue the license, exactly once however often the link is used."""
+    def confirm(self, signup_id: str, password: str | None) -> Outcome:
+        """The button on a verification link's page (whose signature and age the caller
+        checked): create the user with the password chosen there, and the license, exactly once
+        however often the link is used. Without a password, only show what the signup came to.
+        An address that got an account meanwhile is Rejected, and told so: whoever presses the
+        button controls it."""
         owner = self._owner()
         with _turned_away(), self.admission.seat() as seated:
             if not seated:
                 raise TooBusy("no free slot to issue a verified signup's license")
-            if self.journal.start_verified(signup_id, owner=owner, lease=self.lease):
+            started = password is not None and self.journal.start_verified(
+                signup_id, owner=owner, lease=self.lease
+            )
+            if started:
                 signup = self.journal.get(signup_id)
+                applicant = _applicant(signup, password)
                 ends_at = self.clock.monotonic() + self.deadline
-                return self._by_email(self._drive(signup, None, ends_at, owner))
+                outcome = self._drive(signup, applicant, ends_at, owner, hides_taken=False)
+                return self._by_email(outcome)
         signup = self.journal.find(signup_id)
         if signup is None:
             raise LinkUsed(f"signup {signup_id} is not in the journal")
@@ -201,14 +259,29 @@ class SignupWorkflow:
             return Processing(signup.email)
         raise LinkUsed(f"signup {signup.id} is {signup.state}")
 
-    def link_open(self, signup_id: str) -> bool:
-        """Whether pressing a verification link's button can still do something."""
+    def link_state(self, signup_id: str) -> tuple[str, Signup | None]:
+        """What a verification link's page offers, and the signup: "password" (choose it and
+        press the button), "press" (the button alone: the signup is being finished, or its key
+        waits to be shown), "taken" (the address had an account when the button was pressed),
+        "expired" or "used"."""
         signup = self.journal.find(signup_id)
         if signup is None:
-            return False
+            return "used", None
+        if signup.verify:
+            # An earlier release created this user before the click, with the password the
+            # submitter chose: never given a license; deleted at the reconciler's next pass.
+            self.journal.retire_soon(signup.id)
+            return "expired", signup
         if signup.state == State.ISSUED:
-            return self.key_on_page and not signup.key_shown
-        return signup.state == State.PENDING_VERIFICATION or signup.state in UNFINISHED
+            return ("press" if self.key_on_page and not signup.key_shown else "used"), signup
+        passwordless = (State.PENDING_VERIFICATION, State.NEW, State.ABANDONED, State.COMPENSATED)
+        state = {
+            **dict.fromkeys(passwordless, "password"),
+            State.USER_CREATED: "press",
+            State.REJECTED: "taken",
+            State.EXPIRED: "expired",
+        }.get(signup.state, "used")
+        return state, signup
 
     # -- The reconciler's steps --------------------------------------------------------------------
 
@@ -220,8 +293,9 @@ class SignupWorkflow:
         return self.journal.get(signup.id).state
 
     def expire(self, signup: Signup, *, owner: str) -> State:
-        """Delete the user of a verification nobody completed, so the address is free again.
-        Only a user this signup created, and only without a license."""
+        """Mark a verification nobody completed EXPIRED. A row of an earlier release that
+        created the user before the click has its user deleted, so the address is free again:
+        only a user this signup created, and only without a license."""
         run = self._run(signup, owner=owner, retries=0)
         with contextlib.suppress(SignupError):
             run.expire()
@@ -244,9 +318,10 @@ class SignupWorkflow:
         owner: str,
         *,
         turns: int = 0,
+        **options,
     ) -> Outcome:
         run = self._run(
-            signup, owner=owner, retries=3, ends_at=ends_at, shows_key=True, turns=turns
+            signup, owner=owner, retries=3, ends_at=ends_at, shows_key=True, turns=turns, **options
         )
         try:
             license = self._go(run, applicant)
@@ -255,10 +330,8 @@ class SignupWorkflow:
                 self.journal.release(signup.id, owner=owner)
             with self._settled:
                 self._settled.notify_all()
-        if license is None:
+        if not isinstance(license, License):
             return Processing(signup.email)
-        if license == State.PENDING_VERIFICATION:
-            return CheckInbox(signup.email, "verify")
         return Issued(signup.email, license.key, license.id, signup.id)
 
     def _go(self, run: SignupRun, applicant: Applicant | None) -> License | State | None:
@@ -274,7 +347,9 @@ class SignupWorkflow:
                 return None
             return run.reschedule(NotNow(str(later), delay=later.turn), applicant)
 
-    def _claim(self, applicant: Applicant, nonce: str, owner: str, *, lease: float) -> Claim:
+    def _claim(
+        self, applicant: Applicant, nonce: str, owner: str, *, lease: float, background=False
+    ) -> Claim:
         """The journal row of this submission: new and leased to us, or someone else's."""
         return self.journal.claim(
             nonce,
@@ -283,8 +358,8 @@ class SignupWorkflow:
             lease=lease,
             first_name=applicant.first_name,
             last_name=applicant.last_name,
-            verify=self.verify,
             locale=applicant.locale,
+            background=background,
         )
 
     def _queue(self, applicant: Applicant, nonce: str, owner: str, turn: float) -> Outcome | None:
@@ -292,7 +367,7 @@ class SignupWorkflow:
         nonce is someone else's already or the backlog is full."""
         if self.admission.backlog_full:
             return None
-        claim = self._claim(applicant, nonce, owner, lease=turn + self.lease)
+        claim = self._claim(applicant, nonce, owner, lease=turn + self.lease, background=True)
         if not claim.leased:
             return None
         signup = claim.signup
@@ -306,7 +381,8 @@ class SignupWorkflow:
         False if the backlog is full or the row is no longer ours."""
         if self.admission.backlog_full:
             return False
-        if not self.journal.lease(signup.id, owner=owner, lease=later.turn + self.lease):
+        lease = later.turn + self.lease
+        if not self.journal.lease(signup.id, owner=owner, lease=lease, background=True):
             return False
         self.admission.run_later(
             lambda: self._finish_later(signup, applicant, owner, turns=later.calls),
@@ -335,6 +411,7 @@ class SignupWorkflow:
         finally:
             if not run.released:
                 self.journal.release(signup.id, owner=owner)
+            self.on_mail()  # the key, or why there is none, goes out now
 
     # -- Showing the key ---------------------------------------------------------------------------
 
@@ -410,6 +487,18 @@ class SignupWorkflow:
 
     def _owner(self) -> str:
         return f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
+
+
+def _applicant(signup: Signup, password: str) -> Applicant:
+    """A signup that waited for its address, with the password chosen on the link's page."""
+    return Applicant(
+        email=signup.email,
+        password=password,
+        first_name=signup.first_name or "",
+        last_name=signup.last_name or "",
+        consent=json.loads(signup.consent) if signup.consent else {},
+        locale=signup.locale,
+    )
 
 
 @contextlib.contextmanager

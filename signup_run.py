@@ -54,7 +54,7 @@ class Workflow(Protocol):
     key_on_page: bool
     enumeration_safe: bool
     one_account_per_person: bool
-    unverified_lifetime: float
+    promises_email: bool
     give_up_after: float
 
     def on_retry(self, when: str) -> None: ...
@@ -91,6 +91,7 @@ class SignupRun:
         retries: int,
         shows_key: bool = False,
         turns: int = 0,
+        hides_taken: bool | None = None,
     ):
         self.workflow = workflow
         self.keygen = workflow.keygen
@@ -98,6 +99,9 @@ class SignupRun:
         self.signup = signup
         self.owner = owner
         self.shows_key = shows_key  # a request shows the key it issues; the reconciler does not
+        # ENUMERATION_SAFE: a taken address ends with an email to its owner, not a page saying
+        # so (not after a verification link's button: whoever pressed it owns the address).
+        self.hides_taken = workflow.enumeration_safe if hides_taken is None else hides_taken
         self.released = False
         self.applicant: Applicant | None = None  # with it, a late turn waits in the backlog
         self.looked_up = False  # for the same person (ONE_ACCOUNT_PER_PERSON), in this run
@@ -117,9 +121,10 @@ class SignupRun:
         return self.signup.id
 
     def drive(self, applicant: Applicant | None) -> License | State | None:
-        """The license; PENDING_VERIFICATION if it waits for the address to be confirmed; or
-        None if it will be finished later. Raises SignupError, or admission.Later when the
-        next call's turn is past the deadline and the password is at hand."""
+        """The license; PENDING_VERIFICATION for a row whose user an earlier release created
+        before its address was confirmed; or None if it will be finished later. Raises
+        SignupError, or admission.Later when the next call's turn is past the deadline and the
+        password is at hand."""
         self.applicant = applicant
         try:
             user_id = self.signup.user_id
@@ -127,7 +132,7 @@ class SignupRun:
                 user = self.create_user(applicant) if applicant else self.find_our_user()
                 user_id = user.id
                 if self.signup.verify:
-                    return self.await_verification(user_id)
+                    return self.retire_unconfirmed(user_id)
                 self.record(state=State.USER_CREATED, user_id=user_id)
             license = self.create_license(user_id)
             self.issued(license)
@@ -158,22 +163,24 @@ class SignupRun:
         )
         self.released = True
 
-    def await_verification(self, user_id: str) -> State:
-        """The user exists; the license waits for the click on the link we email now."""
-        now = self.journal.clock()
+    def retire_unconfirmed(self, user_id: str) -> State:
+        """A row of an earlier release, which created the user before its address was
+        confirmed, with a password the submitter chose: that user never gets a license. The
+        reconciler deletes it at its next pass (expire), freeing the address."""
         self.record(
             state=State.PENDING_VERIFICATION,
             user_id=user_id,
-            last_error=None,
-            next_attempt_at=now + self.workflow.unverified_lifetime,  # then: expire()
+            last_error="its user was created before the address was confirmed",
+            next_attempt_at=self.journal.clock(),
             lease_owner=None,
             lease_until=None,
-            mail=(self.letter("verify", ref=self.id, dedupe=f"verify:{self.id}:{user_id}"),),
         )
         self.released = True
         return State.PENDING_VERIFICATION
 
     def expire(self) -> None:
+        """A verification nobody completed: EXPIRED. Only rows of an earlier release have a
+        user (created before the click) to delete first."""
         try:
             self.delete_unverified_user()
         except _Refused as refused:
@@ -188,7 +195,8 @@ class SignupRun:
             )
             return
         self.record(state=State.EXPIRED, last_error="the address was never verified")
-        self.log.info("signup %s: never verified; its user was deleted", self.id)
+        deleted = "; its user was deleted" if self.signup.user_id else ""
+        self.log.info("signup %s: never verified%s", self.id, deleted)
 
     def delete_unverified_user(self) -> None:
         user_id = self.signup.user_id
@@ -249,7 +257,7 @@ class SignupRun:
                 )
             except KeygenInvalid as error:
                 only_taken = _is_taken(error) and len(error.problems) == 1
-                if only_taken and self.first_send() and self.workflow.enumeration_safe:
+                if only_taken and self.first_send() and self.hides_taken:
                     # Nothing of ours can exist yet, so no lookup: a taken address costs the
                     # same one call as a new one, and its response comes as fast.
                     raise self.taken() from None
@@ -305,7 +313,8 @@ class SignupRun:
         if user is not None and self.is_ours(user):
             return user
         state = State.REJECTED if user is not None else State.ABANDONED
-        self.record(state=state, last_error="the user was never created by this signup")
+        mail = self.owed_mail("taken" if user is not None else "again")
+        self.record(state=state, last_error="the user was never created by this signup", mail=mail)
         self.log.info("signup %s: %s (no user of ours in Keygen)", self.id, state)
         raise TryLater(f"signup {self.id}: {state}")
 
@@ -323,10 +332,19 @@ class SignupRun:
         """Someone else has this address (or, ``refusal`` "same_person", this mailbox). With
         ENUMERATION_SAFE the person sees what a new address sees, and the address's owner gets
         an email on how to recover their key."""
-        mail = ()
-        if self.workflow.enumeration_safe:
-            mail = (self.letter("taken", ref=self.id),)
-        return self.refused(Rejected({"email": EMAIL_TAKEN}, refusal=refusal), mail=mail)
+        rejected = Rejected({"email": EMAIL_TAKEN}, refusal=refusal)
+        return self.refused(rejected, mail=self.owed_mail("taken"))
+
+    def owed_mail(self, why: str) -> tuple[Letter, ...]:
+        """The email a signup that ends without an account owes: "taken" to an address's owner
+        when a page may not say it has an account (ENUMERATION_SAFE), and "taken" or "again"
+        ("please sign up again") to a person told to wait for an email while the signup was
+        finished in the background."""
+        if why == "taken" and self.hides_taken:
+            return (self.letter("taken", ref=self.id),)
+        if self.signup.background and self.workflow.promises_email:
+            return (self.letter(why, ref=self.id),)
+        return ()
 
     def is_ours(self, user: User) -> bool:
         return user.metadata.get("portalSignupId") == self.id
@@ -444,7 +462,7 @@ class SignupRun:
             )
             self.record(last_error=f"compensation failed: {error}"[:500])
             raise NotNow("compensation failed", delay=self.pacer.backoff()) from None
-        self.record(state=State.COMPENSATED)
+        self.record(state=State.COMPENSATED, mail=self.owed_mail("again"))
         self.log.warning("signup %s: deleted user %s (no license issued)", self.id, user_id)
 
     def kept(self, error: KeygenError) -> None:
@@ -521,8 +539,9 @@ class SignupRun:
             raise TryLater(f"signup {self.id}: lost the lease (another worker took over)")
         self.signup = dataclasses.replace(self.signup, **changes)
 
-    def refused(self, error: SignupError, *, mail: tuple[Letter, ...] = ()) -> SignupError:
+    def refused(self, error: SignupError, *, mail: tuple[Letter, ...] | None = None) -> SignupError:
         """Nothing was created and the submission is done: the person may resubmit."""
+        mail = self.owed_mail("again") if mail is None else mail
         self.record(state=State.REJECTED, last_error=str(error)[:500], mail=mail)
         return error
 
@@ -533,7 +552,7 @@ class SignupRun:
             if known is None:
                 return self.operator_problem("creating a user", error)
             errors.setdefault(*known)
-        if self.workflow.enumeration_safe and len(errors) > 1:
+        if self.hides_taken and len(errors) > 1:
             errors.pop("email", None)  # say nothing about the address; the rest is fixable
         if not errors:
             # A 400 without codes is a request Keygen cannot parse: a bug on our side.

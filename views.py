@@ -8,10 +8,19 @@ import re
 import uuid
 from collections.abc import Callable
 
-from flask import Blueprint, abort, current_app, g, render_template, request
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_babel import get_locale, gettext
 from flask_babel import lazy_gettext as _l
-from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError, generate_csrf
 from markupsafe import escape
 
@@ -19,7 +28,15 @@ import doctor
 import email_rules
 from delivery import LinkExpired, LinkInvalid
 from errors import error_page
-from forms import RecoveryForm, SignupForm, new_nonce
+from forms import (
+    AddressFirstForm,
+    PasswordForm,
+    RecoveryForm,
+    SignupForm,
+    bound_nonce,
+    new_nonce,
+    new_session_secret,
+)
 from health import readiness
 from i18n import page_language
 from outbox import Letter
@@ -48,6 +65,7 @@ bp = Blueprint("portal", __name__)
 @bp.get("/")
 def signup_form():
     nonce = new_nonce()
+    session_secret()  # now, so that a double click racing this page's answer carries it too
     return stencil("signup.html", _blank_form, "csrf_token", "nonce", "served").fill(
         csrf_token=generate_csrf(),  # Flask-WTF's: also puts the raw token in the session
         nonce=nonce,
@@ -55,8 +73,25 @@ def signup_form():
     )
 
 
+SESSION_BINDING = "binding"  # the session's key of its secret (bound_nonce)
+
+
+def session_secret() -> str:
+    """This browser session's secret (forms.bound_nonce), made when it is first needed."""
+    if SESSION_BINDING not in session:
+        session[SESSION_BINDING] = new_session_secret()
+    return session[SESSION_BINDING]
+
+
+def new_signup_form() -> SignupForm:
+    """The form: without a password when the address is verified first (REQUIRE_EMAIL_...)."""
+    if services().settings.require_email_verification:
+        return AddressFirstForm()
+    return SignupForm()
+
+
 def _blank_form(markers: dict[str, str]) -> str:
-    form = SignupForm()
+    form = new_signup_form()
     form.csrf_token.current_token = markers["csrf_token"]
     form.nonce.data, form.served.data = markers["nonce"], markers["served"]
     return render_template("signup.html", form=form)
@@ -108,7 +143,7 @@ def signup_submit():
         limits.admit_client(request.remote_addr)  # after the CSRF check, before anything else
     except (LimitReached, LimiterUnavailable) as error:
         return turned_away(error)
-    form = SignupForm()
+    form = new_signup_form()
     if form.website.data:
         # A bot filled in the field people cannot see: a page like a real outcome, no signup.
         log.info("request %s: honeypot field filled; nothing was created", g.request_id)
@@ -137,7 +172,7 @@ def signup_submit():
         return turned_away(error)
     applicant = Applicant(
         email=form.email.data,
-        password=form.password.data,
+        password=form.password.data if form.password else "",  # none yet: verified first
         first_name=form.first_name.data,
         last_name=form.last_name.data,
         consent=services().brand.consent_record(),
@@ -145,7 +180,8 @@ def signup_submit():
     )
     metrics = services().metrics
     try:
-        outcome = services().signup.sign_up(applicant, form.nonce.data)
+        nonce = bound_nonce(session_secret(), form.nonce.data)
+        outcome = services().signup.sign_up(applicant, nonce)
     except Rejected as rejection:
         metrics.count_signup(rejection)
         for name, message in rejection.errors.items():
@@ -205,7 +241,7 @@ def form_expired(error: CSRFError):
     log.warning("request %s: CSRF check failed: %s", g.request_id, error.description)
     if request.endpoint != "portal.signup_submit" or "expired" not in (error.description or ""):
         return error_page(400, kind="csrf")
-    form = SignupForm()
+    form = new_signup_form()
     form.form_errors.append(FORM_EXPIRED)
     return render_template("signup.html", form=form), 400
 
@@ -254,53 +290,105 @@ def courier_or_404():
 
 # -- Verifying the address (REQUIRE_EMAIL_VERIFICATION) -----------------------------------------
 
+OPENED_LINK = "verification_link"  # the session's key of the token of the link last opened
+
 
 @bp.get("/verify/<token>")
-def verify_form(token: str):
-    """Only a page with a button: mail scanners open links, and must not use them up."""
-    signup_id = verified_signup(token)
-    if not isinstance(signup_id, str):
-        return signup_id  # the page saying why the link does not work
-    if not services().signup.link_open(signup_id):
-        return render_template("link.html", problem="used"), 410
-    return render_template("verify.html", form=FlaskForm(), token=token)
+def verification_link(token: str):
+    """The link in the email. Its token goes into the session and the browser on to /verify,
+    so that no page's URL holds it, and so no Referer the page's requests send and no log line
+    of them. Opening it uses nothing up (mail scanners open links)."""
+    courier_or_404()
+    if len(token) <= 512:
+        session[OPENED_LINK] = token
+    else:
+        session.pop(OPENED_LINK, None)
+    response = redirect(url_for("portal.verify_form"), 303)
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
-@bp.post("/verify/<token>")
-def verify_submit(token: str):
-    signup_id = verified_signup(token)
-    if not isinstance(signup_id, str):
-        return signup_id
+@bp.get("/verify")
+def verify_form():
+    """The page of the link last opened: the password to choose, and the button."""
+    found = linked_signup()
+    if not isinstance(found, str):
+        return found  # the page saying why the link does not work
+    offer, signup = services().signup.link_state(found)
+    if offer not in ("password", "press"):
+        return link_problem(offer)
+    return verify_page(offer, signup.email, PasswordForm(address=signup.email))
+
+
+@bp.post("/verify")
+def verify_submit():
+    found = linked_signup()
+    if not isinstance(found, str):
+        return found
     workflow = services().signup
+    offer, signup = workflow.link_state(found)
+    if offer not in ("password", "press"):
+        return link_problem(offer)
+    form = PasswordForm(address=signup.email)
+    if offer == "password" and not form.validate():
+        return verify_page(offer, signup.email, form), 422
     metrics = services().metrics
     try:
-        outcome = workflow.confirm(signup_id)
+        outcome = workflow.confirm(found, form.password.data if offer == "password" else None)
     except LinkUsed as error:
         log.info("request %s: %s", g.request_id, error)
-        return render_template("link.html", problem="used"), 410
+        return link_problem("used")
+    except Rejected as rejection:
+        metrics.count_signup(rejection)
+        if "email" in rejection.errors:  # an account for this address came first
+            return link_problem("taken")
+        for name, message in rejection.errors.items():
+            if name in form:
+                form[name].errors.append(gettext(message))
+        return verify_page(offer, signup.email, form), 422
     except TryLater as error:
         metrics.count_signup(error)
         log.warning("request %s: %s", g.request_id, error)
-        return error_page(503, retry_after=60)
+        form.form_errors.append(TRY_LATER)
+        return verify_page(offer, signup.email, form, reference=g.request_id), 503
     except (SignupUnavailable, TooBusy) as error:
         metrics.count_signup(error)
         return not_now(error)
     metrics.count_signup(outcome)
     wake_courier()
-    first_name = workflow.journal.get(signup_id).first_name or ""
-    return show(outcome, first_name=first_name)
+    if not isinstance(outcome, Processing):
+        session.pop(OPENED_LINK, None)
+    return show(outcome, first_name=signup.first_name or "")
 
 
-def verified_signup(token: str):
-    """The signup id in the token, or the page to answer with instead."""
+def verify_page(offer: str, email: str, form: PasswordForm, **values):
+    return render_template(
+        "verify.html", form=form, email=email, needs_password=offer == "password", **values
+    )
+
+
+LINK_PROBLEMS = {"used": 410, "expired": 410, "taken": 409, "invalid": 404}
+
+
+def link_problem(problem: str):
+    return render_template("link.html", problem=problem), LINK_PROBLEMS[problem]
+
+
+def linked_signup():
+    """The signup id in the session's link token, or the page to answer with instead."""
+    links = courier_or_404().links
+    token = session.get(OPENED_LINK)
+    if not token:
+        log.info("request %s: the verification page without a link", g.request_id)
+        return link_problem("invalid")
     try:
-        return courier_or_404().links.verified_signup(token)
+        return links.verified_signup(token)
     except LinkExpired as error:
         log.info("request %s: %s", g.request_id, error)
-        return render_template("link.html", problem="expired"), 410
+        return link_problem("expired")
     except LinkInvalid:
         log.info("request %s: a verification link that is not ours", g.request_id)
-        return render_template("link.html", problem="invalid"), 404
+        return link_problem("invalid")
 
 
 # -- Lost-key recovery ----------------------------------------------------------------------
@@ -346,11 +434,10 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Whether this instance can sign people up now, with every check named. A failing check
-    that is not required (the mail server) makes it "degraded", still 200."""
-    workflow = services().signup
-    limits = services().limits
-    mail = services().mail_probe
-    checks = readiness(workflow.keygen, workflow.policy_id, workflow.journal, limits, mail)
+    that is not required (the mail server) makes it "degraded", still 200. Only those who may
+    read /metrics see the checks (ids, hosts, what Keygen said); anyone else, the status."""
+    portal = services()
+    checks = readiness(portal.keygen_probe, portal.journal, portal.limits, portal.mail_probe)
     ready = all(check.ok for check in checks if check.required)
     failing = [check for check in checks if not check.ok]
     body = {
@@ -361,6 +448,8 @@ def readyz():
     }
     if failing:
         log.warning("%s: %s", body["status"], "; ".join(c.detail for c in failing))
+    if not portal.metrics.may_read(request.headers, request.remote_addr):
+        body = {"status": body["status"]}
     return body, 200 if ready else 503
 
 

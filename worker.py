@@ -3,8 +3,9 @@
 After a crash, a deploy or a Keygen outage, journal rows are left unfinished. The reconciler
 leases each due row (so that any number of processes and instances can run it side by side) and
 drives it forward with the workflow, or compensates when a license cannot be issued. It also
-deletes the Keygen users of email verifications nobody completed in time. It runs as a
-thread in each portal process, and as `flask reconcile` for operators.
+marks email verifications nobody completed in time expired, and forgets the personal data of
+signups and emails older than DATA_RETENTION_DAYS. It runs as a thread in each portal process,
+and as `flask reconcile` for operators.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ class Reconciler:
         *,
         interval: float = 30.0,
         stale_after: float = 900.0,
+        retention: float = 30 * 86400.0,
     ):
         self.journal = journal
         self.workflow = workflow
         self.interval = interval
         self.stale_after = stale_after
+        self.retention = retention  # seconds personal data is kept (DATA_RETENTION_DAYS)
+        self._forgot_at = -float("inf")
         self.owner = f"reconciler:{workflow.worker_id}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,6 +97,7 @@ class Reconciler:
                 self.journal.release(signup.id, owner=self.owner)
         if not dry_run:
             self.wipe_shown_keys()
+            self.forget_old_data()
         for signup in report.stale:
             log.warning(
                 "reconciler: signup %s is still %s after %.0fs (%d attempts): %s",
@@ -113,6 +118,24 @@ class Reconciler:
             return
         self._wiped_at = now
         self.journal.wipe_shown_keys(older_than=self.workflow.lease)
+
+    FORGET_EVERY = 3600.0  # seconds; retention is counted in days
+
+    def forget_old_data(self) -> None:
+        """DATA_RETENTION_DAYS: at most once an hour in this process (any process may do it)."""
+        now = self.journal.clock()
+        if now - self._forgot_at < self.FORGET_EVERY:
+            return
+        self._forgot_at = now
+        signups, emails = self.journal.forget(before=now - self.retention)
+        if signups or emails:
+            log.info(
+                "reconciler: forgot the addresses and names of %d signup(s) and deleted %d "
+                "email(s) older than %.0f days",
+                signups,
+                emails,
+                self.retention / 86400,
+            )
 
     def start(self) -> None:
         """Run in the background until stop(); the first pass comes soon after start."""

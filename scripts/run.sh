@@ -31,7 +31,7 @@ PY
   echo "DEMO MODE: no KEYGEN_* settings, so the portal talks to the built-in Keygen emulator." >&2
   echo "           Keys it shows are not real." >&2
   .venv/bin/python -m keygen_emulator --port "$emulator_port" --account-id "$KEYGEN_ACCOUNT_ID" \
-    --product-token "$KEYGEN_PRODUCT_TOKEN" --policy-id "$KEYGEN_POLICY_ID" &
+    --product-token "$KEYGEN_PRODUCT_TOKEN" --policy-id "$KEYGEN_POLICY_ID" --protected &
   emulator=$!
   trap 'kill "$emulator" 2>/dev/null || true' EXIT INT TERM
   for _ in $(seq 100); do

@@ -83,7 +83,9 @@ def keygen_server() -> Iterator[tuple[Emulator, str, dict]]:
     emulator = Emulator()
     account = emulator.add_account(slug="portal-test")
     product, token = emulator.add_product(account, name="Portal Test App")
-    policy = emulator.add_policy(account, product)
+    # Protected, as the portal's policy must be (health.py): its users cannot issue themselves
+    # more licenses.
+    policy = emulator.add_policy(account, product, protected=True)
     other_product, _ = emulator.add_product(account, name="Another App")
     other_policy = emulator.add_policy(account, other_product)
     ids = dict(

@@ -134,6 +134,21 @@ def test_the_honeypot_answers_before_the_captcha_is_asked(keygen, verify):
         ),
         ({"CAPTCHA_VERIFY_URL": "http://verify.example/siteverify"}, "CAPTCHA_VERIFY_URL must use"),
         ({"CAPTCHA_TIMEOUT": "0"}, "CAPTCHA_TIMEOUT must be a positive number"),
+        (
+            {"CAPTCHA_PROVIDER": "turnstile", "CAPTCHA_SITE_KEY": "x", "CAPTCHA_SECRET_KEY": "y"},
+            "CAPTCHA_PROVIDER needs PUBLIC_URL or TRUSTED_HOSTS",
+        ),
+        ({"CAPTCHA_ACTION": "sign up!"}, "CAPTCHA_ACTION must be up to 32 letters"),
+        (
+            {
+                "CAPTCHA_PROVIDER": "hcaptcha",
+                "CAPTCHA_SITE_KEY": "x",
+                "CAPTCHA_SECRET_KEY": "y",
+                "TRUSTED_HOSTS": "a.example",
+                "CAPTCHA_ACTION": "signup",
+            },
+            "CAPTCHA_ACTION is Turnstile's",
+        ),
     ],
 )
 def test_bad_captcha_settings_refuse_to_start(env, problem):
@@ -154,8 +169,63 @@ def test_captcha_settings_are_parsed_and_the_secret_stays_out_of_repr():
             "CAPTCHA_PROVIDER": "Turnstile",
             "CAPTCHA_SITE_KEY": SITE_KEY,
             "CAPTCHA_SECRET_KEY": CAPTCHA_SECRET,
+            "TRUSTED_HOSTS": "licenses.example.com",  # whose answers count
         }
     )
     assert (settings.captcha_provider, settings.captcha_verify_url) == ("turnstile", "")
     assert settings.captcha_timeout == 5.0
     assert CAPTCHA_SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "confirms", "accepted"),
+    [
+        ({}, {"hostname": "localhost"}, True),
+        ({}, {"hostname": "phishing.example"}, False),  # solved on another site, our site key
+        ({}, {}, False),  # the provider named no host name
+        (
+            {"trusted_hosts": ("localhost", ".example.com")},
+            {"hostname": "signup.example.com"},
+            True,
+        ),
+        (
+            {"trusted_hosts": ("localhost", ".example.com")},
+            {"hostname": "example.com.evil.test"},
+            False,
+        ),
+        (
+            {"trusted_hosts": (), "public_url": "https://licenses.example.com"},
+            {"hostname": "licenses.example.com"},
+            True,
+        ),
+        ({"captcha_action": "signup"}, {"hostname": "localhost", "action": "signup"}, True),
+        ({"captcha_action": "signup"}, {"hostname": "localhost", "action": "login"}, False),
+        ({"captcha_action": "signup"}, {"hostname": "localhost"}, False),
+    ],
+)
+def test_an_answer_counts_only_for_this_portals_host_name_and_action(
+    keygen, verify, settings, confirms, accepted
+):
+    verify.confirms = confirms
+    if "public_url" in settings:
+        settings = {
+            **settings,
+            "mail_server": "127.0.0.1",
+            "mail_default_sender": "keys@example.com",
+            "outbox_interval": 0,
+        }
+    client = captcha_app(keygen, verify, **settings)
+    response = submit(client, **{"cf-turnstile-response": "an-answer"})
+    if accepted:
+        assert response.status_code == 200
+        assert len(keygen.users()) == 1
+    else:
+        assert response.status_code == 422
+        assert "complete the check that you are not a robot" in response.get_data(as_text=True)
+        assert keygen.calls() == []
+
+
+def test_turnstiles_action_is_on_the_widget(keygen, verify):
+    client = captcha_app(keygen, verify, captcha_action="signup")
+    assert 'class="cf-turnstile" data-sitekey="' in client.get("/").get_data(as_text=True)
+    assert 'data-action="signup"' in client.get("/").get_data(as_text=True)

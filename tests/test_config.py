@@ -177,3 +177,26 @@ def test_configuration_doc_and_env_example_list_exactly_the_settings():
     assert not unknown, f"in docs/configuration.md but not in config.py: {unknown}"
     filled_in = re.findall(r"^([A-Z][A-Z0-9_]*)=", example, re.MULTILINE)
     assert sorted(filled_in) == sorted(SETTINGS), ".env.example differs from config.py"
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://api.keygen.sh", True),
+        ("https://keygen.example.com", True),
+        ("http://127.0.0.1:8001", False),
+        ("http://localhost:8001", False),
+        ("http://[::1]:8001", False),
+    ],
+)
+def test_the_demo_runs_only_against_a_keygen_on_this_machine(url, refused):
+    """The demo prints emails, keys included, to the console: never against a real Keygen."""
+    environ = {**GOOD, "DEMO_MODE": "true", "KEYGEN_API_URL": url}
+    if not refused:
+        assert load_settings(environ).demo_mode is True
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ)
+    assert any(
+        p.startswith("DEMO_MODE is for the built-in Keygen emulator") for p in caught.value.problems
+    )

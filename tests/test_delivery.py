@@ -1,7 +1,7 @@
 """Delivering the key, end to end through the real form, the Keygen emulator over HTTP and a real
 SMTP server (aiosmtpd) on loopback: each KEY_DELIVERY mode, the outbox when SMTP is down, refuses
-or answers 4xx (F10-F12 of docs/reference/reliability.md), email verification, enumeration-safe
-answers, and lost-key recovery."""
+or answers 4xx (F10-F12 of docs/reference/reliability.md), and lost-key recovery. Email
+verification is test_verification.py's, enumeration-safe answers test_enumeration.py's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app import create_app
 from config import ConfigError, load_settings
-from journal import State, signups
+from journal import signups
 from outbox import Letter, MailState, outbox
 from services import services
 from support.http import csrf_token_from, form_data, issued_key
@@ -220,135 +220,6 @@ def test_the_outbox_backlog_is_a_metric(portal_with, keygen):
     assert 'portal_signups_total{outcome="check_inbox"} 1.0' in body
 
 
-# -- Verify the address first ----------------------------------------------------------------
-
-
-def verify_link(portal) -> str:
-    portal.deliver()
-    [message] = [m for m in portal.mails() if "Confirm" in m["Subject"]]
-    assert PRODUCT in text_of(message, "plain") and PRODUCT in text_of(message, "html")
-    return link_in(message).removeprefix(PUBLIC_URL)
-
-
-def press(portal, path: str):
-    page = portal.client.get(path)
-    return portal.client.post(path, data={"csrf_token": csrf_token_from(page.get_data(True))})
-
-
-def test_verification_link_works_once_and_the_license_exists_only_after_the_click(
-    portal_with, keygen
-):
-    portal = portal_with(require_email_verification=True, key_delivery="both")
-    response = portal.sign_up()
-    assert "Open the link in it to confirm your address" in response.get_data(as_text=True)
-    assert len(keygen.users()) == 1 and keygen.licenses() == []
-    path = verify_link(portal)
-    for _ in range(2):  # a mail scanner's prefetch, then the person: neither uses the link up
-        page = portal.client.get(path)
-        assert page.status_code == 200 and "Confirm and get my key" in page.get_data(True)
-    assert keygen.licenses() == []
-    issued = press(portal, path)
-    assert issued.status_code == 200
-    shown = issued_key(issued.get_data(as_text=True))
-    assert "Welcome, Clark" in issued.get_data(as_text=True)
-    assert keys_in_keygen(keygen) == [shown]
-    assert portal.client.get(path).status_code == 410
-    csrf = csrf_token_from(portal.client.get("/").get_data(as_text=True))
-    again = portal.client.post(path, data={"csrf_token": csrf})
-    assert again.status_code == 410 and shown not in again.get_data(as_text=True)
-    assert "already used" in again.get_data(as_text=True)
-    portal.deliver()
-    [key_mail] = [m for m in portal.mails() if "license key" in m["Subject"]]
-    assert shown in text_of(key_mail, "plain")
-    assert len(keygen.licenses()) == 1
-
-
-def test_verification_in_email_mode_emails_the_key_after_the_click(portal_with, keygen):
-    portal = portal_with(require_email_verification=True, key_delivery="email")
-    portal.sign_up()
-    issued = press(portal, verify_link(portal))
-    [key] = keys_in_keygen(keygen)
-    assert "Check your inbox" in issued.get_data(as_text=True)
-    assert key not in issued.get_data(as_text=True)
-    portal.deliver()
-    assert key in text_of(portal.mails()[-1], "plain")
-
-
-def test_an_expired_link_is_refused(portal_with, keygen, clock):
-    portal = portal_with(require_email_verification=True, verification_link_lifetime=600)
-    portal.sign_up()
-    path = verify_link(portal)
-    portal.courier.links.clock = clock.wall
-    clock.offset += 601
-    assert portal.client.get(path).status_code == 410
-    page = portal.client.get("/")  # any page of ours carries a CSRF token for the POST
-    token = csrf_token_from(page.get_data(as_text=True))
-    refused = portal.client.post(path, data={"csrf_token": token})
-    assert refused.status_code == 410 and "expired" in refused.get_data(as_text=True)
-    assert keygen.licenses() == []
-
-
-@pytest.mark.parametrize("change", ["flip", "other-signup"])
-def test_a_tampered_link_is_refused(portal_with, keygen, change):
-    portal = portal_with(require_email_verification=True)
-    portal.sign_up()
-    path = verify_link(portal)
-    token = path.removeprefix("/verify/")
-    if change == "flip":
-        token = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
-    else:
-        payload, _, signature = token.rpartition(".")
-        token = payload.replace(payload[2], "x" if payload[2] != "x" else "y") + "." + signature
-    page = portal.client.get(f"/verify/{token}")
-    assert page.status_code == 404 and "does not work" in page.get_data(as_text=True)
-    csrf = csrf_token_from(portal.client.get("/").get_data(as_text=True))
-    assert portal.client.post(f"/verify/{token}", data={"csrf_token": csrf}).status_code == 404
-    assert keygen.licenses() == []
-
-
-def test_an_abandoned_verification_frees_the_address_after_the_configured_time(
-    portal_with, keygen, clock
-):
-    portal = portal_with(
-        require_email_verification=True,
-        verification_link_lifetime=600,
-        unverified_user_lifetime=3600,
-    )
-    portal.sign_up()
-    [user] = keygen.users()
-    reconciler = services(portal.app).reconciler
-    clock.offset += 3000
-    reconciler.run_once()
-    assert keygen.users() == [user]  # not yet
-    clock.offset += 700
-    report = reconciler.run_once()
-    assert list(report.worked.values()) == [State.EXPIRED]
-    assert keygen.users() == [] and keygen.licenses() == []
-    old_path = verify_link(portal)
-    # The address is free: the same person signs up again and gets a new, working link.
-    response = portal.sign_up()
-    assert "Check your inbox" in response.get_data(as_text=True)
-    assert len(keygen.users()) == 1
-    portal.deliver()
-    links = [link_in(m) for m in portal.mails() if "Confirm" in m["Subject"]]
-    new_path = links[-1].removeprefix(PUBLIC_URL)
-    assert portal.client.get(old_path).status_code == 410  # the old signup's link is dead
-    assert issued_key(press(portal, new_path).get_data(as_text=True)) == keys_in_keygen(keygen)[0]
-
-
-def test_a_verified_user_is_never_cleaned_up(portal_with, keygen, clock):
-    portal = portal_with(
-        require_email_verification=True,
-        verification_link_lifetime=600,
-        unverified_user_lifetime=3600,
-    )
-    portal.sign_up()
-    press(portal, verify_link(portal))
-    clock.offset += 10**5
-    services(portal.app).reconciler.run_once()
-    assert len(keygen.users()) == 1 and len(keygen.licenses()) == 1
-
-
 # -- No account enumeration -------------------------------------------------------------------
 
 
@@ -358,38 +229,6 @@ SAME_HEADERS_EXCEPT = {"X-Request-ID", "Date", "Set-Cookie"}
 def comparable(response) -> tuple:
     headers = sorted((k, v) for k, v in response.headers if k not in SAME_HEADERS_EXCEPT)
     return response.status_code, headers, response.data
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [dict(require_email_verification=True), dict(enumeration_safe=True, key_delivery="email")],
-    ids=["verification", "email-only"],
-)
-def test_new_and_existing_addresses_get_identical_responses(portal_with, keygen, settings):
-    # The exact address, as Keygen compares it (test_one_person.py: the same mailbox).
-    portal = portal_with(**settings, one_account_per_person=False)
-    portal.sign_up(email="taken@example.com")
-    portal.deliver()
-    portal.handler.received.clear()
-    before = len(keygen.calls())
-    existing = portal.sign_up(email="taken@example.com", first_name="Mallory")
-    calls_existing = [c["route"] for c in keygen.calls()[before:]]
-    before = len(keygen.calls())
-    new = portal.sign_up(email="new@example.com")
-    calls_new = [c["route"] for c in keygen.calls()[before:]]
-    assert comparable(existing) == comparable(new)
-    assert b"taken@example.com" not in existing.data
-    assert calls_existing == ["users.create"]
-    if settings.get("require_email_verification"):
-        assert calls_new == ["users.create"]  # the same single call: similar timing
-    portal.deliver()
-    by_address = {m["To"].addresses[0].addr_spec: m for m in portal.mails()}
-    taken = by_address["taken@example.com"]
-    assert "already has an account" in text_of(taken, "plain")
-    assert f"{PUBLIC_URL}/lost-key" in text_of(taken, "plain")
-    assert f"{PUBLIC_URL}/lost-key" in text_of(taken, "html")
-    assert "new@example.com" in by_address
-    assert len([u for u in keygen.users() if u["email"] == "taken@example.com"]) == 1
 
 
 def test_without_enumeration_safety_a_taken_address_is_named(portal_with, keygen):
@@ -450,6 +289,21 @@ def test_recovery_sends_only_this_products_keys(portal_with, keygen):
     assert keys == [shown]
     secret_all = [secret(k) for k in keys_in_keygen(keygen)]
     assert len(secret_all) == 2
+
+
+def test_recovery_takes_its_turns_in_the_signups_keygen_budget(portal_with, keygen):
+    """Lost-key requests cost Keygen calls too: a flood of them must wait for turns like the
+    signups', not spend the quota the signups need."""
+    portal = portal_with()
+    portal.sign_up()
+    budget = services(portal.app).signup.admission.budget
+    assert budget.reserve(1000, within=10**6) is not None  # the next minutes' turns are taken
+    before = len(keygen.calls())
+    ask_for_keys(portal, "clark@example.com")
+    assert portal.deliver()["retry"] == 1
+    assert len(keygen.calls()) == before
+    [row] = portal.journal.mail()
+    assert "no turn at Keygen" in row.last_error
 
 
 def test_an_unknown_address_gets_the_same_page_and_no_email(portal_with, keygen):
@@ -542,10 +396,6 @@ def test_mail_settings_load():
         ({"KEY_DELIVERY": "sms"}, "KEY_DELIVERY must be page, email or both"),
         ({"MAIL_DEFAULT_SENDER": "Acme <keys@example.com"}, "MAIL_DEFAULT_SENDER must be"),
         ({"ENUMERATION_SAFE": "true"}, "ENUMERATION_SAFE without REQUIRE_EMAIL_VERIFICATION"),
-        (
-            {"REQUIRE_EMAIL_VERIFICATION": "1", "VERIFICATION_LINK_LIFETIME": "999999"},
-            "VERIFICATION_LINK_LIFETIME must not exceed",
-        ),
     ],
 )
 def test_unsafe_mail_settings_are_named(env, problem):

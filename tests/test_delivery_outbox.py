@@ -49,13 +49,27 @@ def test_an_expired_lease_lets_another_sender_take_over(journal):
 
 
 def test_a_click_is_taken_by_exactly_one_caller(journal):
-    claim = journal.claim("v" * 20, "zoe@example.com", owner="me", lease=60, verify=True)
-    assert claim.signup.verify is True
-    journal.record(claim.signup.id, owner="me", state=State.PENDING_VERIFICATION, user_id="u")
+    letter = Letter("verify", "zoe@example.com", ref="s-1", dedupe="verify:s-1")
+    mail = (letter,)
+    common = dict(signup_id="s-1", email="zoe@example.com", expires_at=10**12, mail=mail)
+    assert journal.await_address("v" * 64, **common)
+    assert not journal.await_address("v" * 64, **{**common, "signup_id": "s-2"})  # sent again
+    assert [m.ref for m in journal.mail()] == ["s-1"]  # and queued once, with its row
+    [row] = journal.all()
+    assert (row.state, row.user_id, row.verify) == (State.PENDING_VERIFICATION, None, False)
+    assert journal.start_verified("s-1", owner="a", lease=60)
+    assert not journal.start_verified("s-1", owner="b", lease=60)
+    assert journal.get("s-1").state == State.NEW
+
+
+def test_a_click_never_starts_a_row_whose_user_was_made_before_it(journal):
+    """Rows of the release that created the user on the form (verify): never licensed."""
+    claim = journal.claim("w" * 20, "zoe@example.com", owner="me", lease=60)
+    journal.record(
+        claim.signup.id, owner="me", state=State.PENDING_VERIFICATION, user_id="u", verify=True
+    )
     journal.release(claim.signup.id, owner="me")
-    assert journal.start_verified(claim.signup.id, owner="a", lease=60)
-    assert not journal.start_verified(claim.signup.id, owner="b", lease=60)
-    assert journal.get(claim.signup.id).state == State.USER_CREATED
+    assert not journal.start_verified(claim.signup.id, owner="a", lease=60)
 
 
 def test_the_outbox_and_new_columns_are_added_to_an_older_database(tmp_path):
@@ -82,7 +96,7 @@ def test_the_outbox_and_new_columns_are_added_to_an_older_database(tmp_path):
     journal.create_schema()
     journal.create_schema()  # every start runs it
     columns = {c["name"] for c in inspect(journal.engine).get_columns("signups")}
-    assert {"first_name", "last_name", "verify"} <= columns
+    assert {"first_name", "last_name", "verify", "consent", "background"} <= columns
     assert "outbox" in inspect(journal.engine).get_table_names()
     old = journal.get("s1")
-    assert (old.verify, old.first_name) == (False, None)
+    assert (old.verify, old.first_name, old.background, old.consent) == (False, None, False, None)

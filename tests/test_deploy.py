@@ -16,15 +16,17 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
+from doctor import PROBE_HEADER, sign_probe
 from guards import CONTENT_SECURITY_POLICY
 from support.http import csrf_token_from, issued_key
 from support.leaks import KEY_PATTERN, PASSWORD, SECRET_KEY, secret
 from support.paths import GUNICORN
-from support.processes import listening_url, process, wait_for_http
+from support.processes import free_port, listening_url, process, wait_for_http
 from support.proxies import HOST, Proxy, caddy, nginx
 from support.servers import Portal, emulator, keygen_state
 
@@ -238,15 +240,60 @@ def test_the_clients_request_id_reaches_the_portal(proxy, portal):
         assert re.search(r"request_id=[0-9a-f-]{32,36} ", line), line
 
 
-def test_a_verification_token_never_reaches_the_proxys_log(proxy):
-    token = "WyJ" + uuid.uuid4().hex + ".Sig" + uuid.uuid4().hex[:20]
-    proxy.get(f"/verify/{token}?from=mail")  # the portal answers 404: no email is configured
-    deadline = time.monotonic() + 5
-    while "/verify/[redacted]" not in proxy.log.read_text() and time.monotonic() < deadline:
+def verification_token() -> str:
+    """A made-up one (the test's own HTTP client logs the URLs it asks for: not a secret)."""
+    return "WyJ" + uuid.uuid4().hex + ".Sig" + uuid.uuid4().hex[:20]
+
+
+def logged(proxy: Proxy, marker: str, timeout: float = 5) -> str:
+    """The proxy's log (access and error lines) once it holds ``marker``."""
+    deadline = time.monotonic() + timeout
+    while marker not in proxy.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = proxy.log.read_text()
+    return proxy.log.read_text()
+
+
+def test_a_verification_token_never_reaches_the_proxys_log(proxy):
+    token = verification_token()
+    proxy.get(f"/verify/{token}?from=mail")  # the portal answers 404: no email is configured
+    # A page whose Referer holds a token (a browser that ignores the portal's Referrer-Policy).
+    marker, path = unique_path()
+    proxy.get(path, headers={"Referer": f"{proxy.https}/verify/{token}?x=1"})
+    # A refused body: nginx logs it as an error, with the request line.
+    requests.post(
+        f"{proxy.https}/verify/{token}", data=b"x" * 100_000, verify=str(proxy.cert), timeout=10
+    )
+    log = logged(proxy, marker)
     assert "/verify/[redacted]" in log
     assert token not in log
+
+
+@pytest.mark.parametrize("start", [nginx, caddy], ids=["nginx", "caddy"])
+def test_a_verification_token_never_reaches_the_proxys_error_lines(start, certificate):
+    """The portal is down: the proxy logs each failed request as an error, naming it, except a
+    verification link's token."""
+    gone = Portal("http://127.0.0.1:9", f"127.0.0.1:{free_port()}", {}, Path("/dev/null"))
+    with start(gone, *certificate) as proxy:
+        marker, path = unique_path()
+        assert proxy.get(path).status_code == 502
+        token = verification_token()
+        assert proxy.get(f"/verify/{token}").status_code == 502
+        log = logged(proxy, marker)
+        time.sleep(0.5)  # the link's line, if any, comes after the marker's
+        log = proxy.log.read_text()
+    assert marker in log  # the failure of an ordinary request is logged, with its path
+    assert token not in log
+
+
+def test_the_operators_endpoints_are_not_routed_to_the_public(proxy, portal):
+    """/readyz may cost Keygen calls and /metrics tells how the business goes: the orchestrator
+    and Prometheus ask the portal directly. The doctor's probe passes only when signed."""
+    for path in ("/readyz", "/metrics", "/_doctor"):
+        marker = uuid.uuid4().hex
+        assert proxy.get(f"{path}?probe={marker}").status_code == 404, path
+        assert portal_line(portal, marker, timeout=1) is None, f"{path} reached the portal"
+    signed = {PROBE_HEADER: sign_probe(SECRET_KEY)}
+    assert proxy.get("/_doctor", headers=signed).json()["scheme"] == "https"
 
 
 def test_the_forwarded_headers_arrive(proxy, portal):
@@ -308,3 +355,20 @@ def test_nginx_limits_form_submissions_per_address(portal, certificate):
         assert statuses[-1] == 429, statuses
         assert 20 <= statuses.index(429) <= 22, statuses  # the burst, and maybe one refill
         assert proxy.get("/").status_code == 200  # pages are not counted
+
+
+def test_the_traefik_recipe_keeps_links_and_operators_endpoints_to_itself():
+    """Traefik cannot run here (not in Debian): its recipe is read instead. The operators'
+    endpoints match no route; links leave no access-log line; no Referer is logged."""
+    from support.paths import ROOT
+
+    static = (ROOT / "deploy" / "traefik.yml").read_text(encoding="utf-8")
+    dynamic = (ROOT / "deploy" / "traefik" / "dynamic.yml").read_text(encoding="utf-8")
+    portal_rule = re.search(r"portal:\n\s+rule: >-\n((?:\s{8}.*\n)+)", dynamic).group(1)
+    for excluded in ("!Path(`/readyz`)", "!Path(`/metrics`)", "!Path(`/_doctor`)"):
+        assert excluded in portal_rule
+    assert "HeaderRegexp(`X-Portal-Doctor`, `.+`)" in portal_rule
+    link_router = dynamic[dynamic.index("portal-verification-link:") :]
+    assert "PathPrefix(`/verify/`)" in link_router
+    assert re.search(r"observability:\n\s+accessLogs: false", link_router)
+    assert "RequestRefererHeader: drop" in static and "Referer: keep" not in static

@@ -114,6 +114,15 @@ def test_the_probe_is_refused_before_validation_on_a_protected_account(protected
     assert protected.emulator.users(protected.account)[0]["role"] == "admin"  # only the seed
 
 
+def test_an_unprotected_policy_is_an_error(protected):
+    """Its licenses' owners could issue themselves more licenses, bypassing the portal."""
+    policy = protected.emulator.add_policy(protected.account, protected.product, protected=False)
+    code, lines = doctor(protected, keygen_policy_id=policy)
+    assert code == 1
+    line = line_with(lines, "is not protected")
+    assert line.startswith("ERROR ") and "Turn on 'Protected'" in line
+
+
 def test_a_wrong_token_is_an_error_without_showing_it(protected):
     token = secret("prod-" + "5" * 64 + "v3")
     code, lines = doctor(protected, keygen_product_token=token)

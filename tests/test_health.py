@@ -1,5 +1,8 @@
 """/healthz and /readyz: alive is not the same as ready, and not-ready says why."""
 
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 from sqlalchemy import create_engine
 
 from app import create_app
@@ -31,7 +34,7 @@ def test_keygen_stopped_is_named_and_healthz_stays_up(keygen):
     emulator = Emulator()
     account = emulator.add_account()
     product, token = emulator.add_product(account)
-    policy = emulator.add_policy(account, product)
+    policy = emulator.add_policy(account, product, protected=True)
     server = serve(emulator)
     app = create_app(
         make_settings(
@@ -42,8 +45,12 @@ def test_keygen_stopped_is_named_and_healthz_stays_up(keygen):
             keygen_policy_id=policy,
         )
     )
+    now = [0.0]
+    services(app).keygen_probe.clock = lambda: now[0]
     assert readyz(app)[0] == 200
     server.stop()
+    assert readyz(app)[0] == 200  # Keygen's last answer stands for READINESS_CACHE_SECONDS
+    now[0] += 30
     status, body = readyz(app)
     assert status == 503
     assert failing(body) == ["keygen", "policy"]
@@ -113,3 +120,51 @@ def test_the_mail_server_down_is_named_but_the_instance_stays_ready(keygen):
     assert failing(body) == ["mail"]
     assert body["checks"]["mail"]["required"] is False
     assert "emails wait in the outbox" in body["checks"]["mail"]["detail"]
+
+
+def test_an_unprotected_policy_is_not_ready(keygen):
+    """Keygen lets the owner of a license under an unprotected policy issue themselves more
+    licenses with their own password: the portal would hand out unlimited trials."""
+    policy = keygen.emulator.add_policy(keygen.account, keygen.product, protected=False)
+    status, body = readyz(create_app(make_settings(keygen, keygen_policy_id=policy)))
+    assert status == 503
+    assert failing(body) == ["policy"]
+    assert "is not protected" in body["checks"]["policy"]["detail"]
+
+
+def test_keygen_is_asked_once_per_cache_period_whatever_the_rate(keygen):
+    app = create_app(make_settings(keygen, readiness_cache_seconds=30))
+    now = [1000.0]
+    services(app).keygen_probe.clock = lambda: now[0]
+    client = app.test_client()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: client.get("/readyz").status_code, range(40)))
+    assert statuses == [200] * 40
+    assert [c["route"] for c in keygen.calls()] == ["me", "policies.show"]
+    now[0] += 29
+    assert client.get("/readyz").status_code == 200
+    assert len(keygen.calls()) == 2
+    now[0] += 1
+    assert client.get("/readyz").status_code == 200
+    assert [c["route"] for c in keygen.calls()] == ["me", "policies.show"] * 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "peer"),
+    [
+        ({}, "203.0.113.9"),  # another machine
+        ({"X-Forwarded-For": "203.0.113.9"}, "127.0.0.1"),  # through a proxy on this machine
+        ({"Authorization": "Bearer not-the-metrics-token"}, "127.0.0.1"),
+    ],
+)
+def test_only_who_may_read_metrics_sees_the_checks(keygen, headers, peer):
+    token = "m" * 24
+    app = create_app(
+        make_settings(keygen, metrics_token=token if "Authorization" in headers else "")
+    )
+    answer = app.test_client().get("/readyz", headers=headers, environ_base={"REMOTE_ADDR": peer})
+    assert (answer.status_code, answer.get_json()) == (200, {"status": "ready"})
+    if "Authorization" in headers:
+        allowed = {"Authorization": f"Bearer {token}"}
+        full = app.test_client().get("/readyz", headers=allowed).get_json()
+        assert full["status"] == "ready" and keygen.policy in full["checks"]["policy"]["detail"]

@@ -26,6 +26,7 @@ from journal import Journal
 from outbox import Letter
 from support.captcha import captcha_app
 from support.http import csrf_token_from, form_data, issued_key
+from support.leaks import PASSWORD
 from support.mail import PRODUCT, PUBLIC_URL, link_in, text_of
 from support.paths import ROOT
 
@@ -311,9 +312,18 @@ def assert_email_in(message, language: str, where: str, subject: str, **values) 
     assert_no_english(visible_text(html), language, f"{where} (HTML)")
 
 
-def press(portal, path: str):
-    page = portal.client.get(path)
-    return portal.client.post(path, data={"csrf_token": csrf_token_from(page.get_data(True))})
+def opened(client, path: str, **options):
+    """A verification link as a browser opens it: the link, then the page it redirects to."""
+    assert client.get(path, **options).status_code == 303
+    return client.get("/verify", **options)
+
+
+def press(portal, path: str, client=None, **options):
+    """The link's page, its password chosen and its button pressed."""
+    client = client or portal.client
+    page = opened(client, path, **options)
+    data = {"csrf_token": csrf_token_from(page.get_data(True)), "password": PASSWORD}
+    return client.post("/verify", data=data, **options)
 
 
 @pytest.mark.parametrize("language", TRANSLATED)
@@ -338,10 +348,10 @@ def test_each_email_comes_in_the_language_of_the_page(portal_with, keygen, langu
         product_name=PRODUCT,
     )
     path = link_in(verify).removeprefix(PUBLIC_URL)
-    assert_page_in(portal.client.get(path), language, "verify page")
+    assert_page_in(opened(portal.client, path), language, "verify page")
     issued = press(portal, path)
     assert_page_in(issued, language, "check-inbox page (key)")
-    used = portal.client.get(path)
+    used = opened(portal.client, path)
     assert used.status_code == 410
     assert_page_in(used, language, "used-link page")
 
@@ -403,9 +413,9 @@ def test_the_language_is_the_one_of_the_signup_even_for_a_click_from_another_bro
     portal.deliver()
     path = link_in(portal.mails()[0]).removeprefix(PUBLIC_URL)
     other = portal.app.test_client()  # no cookie: an English browser
-    page = other.get(path, headers={"Accept-Language": "en"})
-    assert html_lang(page) == "en"
-    other.post(path, data={"csrf_token": csrf_token_from(page.get_data(as_text=True))})
+    english = {"headers": {"Accept-Language": "en"}}
+    assert html_lang(opened(other, path, **english)) == "en"
+    press(portal, path, other, **english)
     portal.deliver()
     key_mail = portal.mails()[-1]
     assert_email_in(
@@ -448,12 +458,12 @@ def test_the_link_problem_pages_are_translated(portal_with, keygen, clock, langu
     portal.sign_up()
     portal.deliver()
     path = link_in(portal.mails()[0]).removeprefix(PUBLIC_URL)
-    invalid = portal.client.get(path[:-3] + ("A" if path[-3] != "A" else "B") + path[-2:])
+    invalid = opened(portal.client, path[:-3] + ("A" if path[-3] != "A" else "B") + path[-2:])
     assert invalid.status_code == 404
     assert_page_in(invalid, language, "invalid-link page")
     portal.courier.links.clock = clock.wall
     clock.offset += 601
-    expired = portal.client.get(path)
+    expired = opened(portal.client, path)
     assert expired.status_code == 410
     assert_page_in(expired, language, "expired-link page")
 

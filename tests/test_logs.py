@@ -263,3 +263,30 @@ def test_log_level_reaches_the_logger_of_every_module_of_the_portal(keygen):
             assert module.log.getEffectiveLevel() == logging.WARNING, module.__name__
     finally:
         portal.setLevel(logging.NOTSET)
+
+
+# Lines a client can make the portal log (a request line, a header): each repeats one piece of a
+# pattern for 16 KiB, and ends with every word that lets a pattern look at the line at all.
+HOSTILE_PIECES = [
+    "a.", "a-", "a+", ".a", "a", "A-", "AAAA-", "'", '"', ":", "=", "a:", "a://", "a://x:",
+    "a://:", "/verify/a/", "key=", "key=a&", "password=", '"key":', "'password':", '"cookie":"',
+    "cookie:'a", "bearer ", "x" * 16 + ".", "x" * 16 + ".xxxx.", "prod-", "key/", " ",
+]  # fmt: skip
+EVERY_TRIGGER = " authorization cookie csrf bearer basic pass pwd secret token key session :// "
+EVERY_TRIGGER += "/verify/ prod- key/ = : , @ - ."
+
+
+@pytest.mark.parametrize("piece", HOSTILE_PIECES)
+def test_masking_a_16_kib_hostile_line_takes_under_5_ms(piece):
+    """Every pattern runs in one pass: a line built to make a regex backtrack costs no more than
+    any other line of its length (the best of a few runs, as other tests share the machine)."""
+    from logs import redact
+
+    size = 16 * 1024 - len(EVERY_TRIGGER)
+    line = (piece * (size // len(piece) + 1))[:size] + EVERY_TRIGGER
+    took = []
+    for _ in range(5):
+        started = time.perf_counter()
+        redact(line)
+        took.append(time.perf_counter() - started)
+    assert min(took) < 0.005, f"{min(took) * 1000:.1f} ms"

@@ -3,6 +3,7 @@ honeypot (S38) and the minimum time to fill in the form. Every refusal calls Key
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -16,10 +17,11 @@ from flask import Flask
 
 from app import create_app
 from config import ConfigError, load_settings
-from protection import FillTimer, LimitReached, RateLimits
+from protection import FillTimer, LimiterUnavailable, LimitReached, RateLimits
 from services import services
 from support.http import csrf_token_from, form_data, hidden
 from support.leaks import PASSWORD
+from support.paths import ROOT
 from support.portal import make_settings
 from support.processes import free_port
 from support.servers import emulator, keygen_state, portal, redis_server, settings_for
@@ -333,3 +335,80 @@ def test_a_serve_time_note_is_bound_to_its_form_and_cannot_be_backdated():
     assert timer.age("", "nonce-of-this-form") is None
     assert timer.age(stamp, None) is None
     assert FillTimer("another key", 3).age(stamp, "nonce-of-this-form") is None
+
+
+@pytest.mark.parametrize("way", ["form", "lost-key"])
+def test_ipv6_clients_are_counted_per_64(way):
+    """A subscriber may use any address of its /64: one bucket for all of them, and one bucket
+    for an IPv4 client however it is written."""
+    flask_app = Flask(__name__)
+    flask_app.config["SECRET_KEY"] = "a test key"
+    limits = RateLimits(
+        flask_app,
+        storage_uri="memory://",
+        per_ip="2/minute",
+        per_email="50/hour",
+        recovery_per_ip="2/minute",
+        recovery_per_email="50/hour",
+    )
+
+    def admit(address: str) -> None:
+        if way == "form":
+            limits.admit_client(address)
+        else:
+            limits.admit_recovery(address, f"{uuid.uuid4().hex}@example.com")
+
+    admit("2001:db8:1:2::1")
+    admit("2001:db8:1:2:ffff:ffff:ffff:fffe")
+    with pytest.raises(LimitReached):
+        admit("2001:db8:1:2:abcd::9")  # the same /64
+    admit("2001:db8:1:3::1")  # the next /64 is another subscriber
+    admit("192.0.2.7")
+    admit("::ffff:192.0.2.7")
+    with pytest.raises(LimitReached):
+        admit("192.0.2.7")
+
+
+# -- The compose file's Redis ---------------------------------------------------------------
+
+
+def compose_redis_options() -> list[str]:
+    """The options deploy/compose.yaml starts redis-server with."""
+    text = (ROOT / "deploy" / "compose.yaml").read_text(encoding="utf-8")
+    [command] = re.findall(r'\[\s*"redis-server",([^\]]*)\]', text)
+    return json.loads("[" + command + "]")
+
+
+def test_the_compose_files_redis_is_bounded_and_evicts_rather_than_refuses():
+    options = compose_redis_options()
+    assert re.fullmatch(r"\d+(mb|gb)", options[options.index("--maxmemory") + 1])
+    assert options[options.index("--maxmemory-policy") + 1] in ("allkeys-lru", "volatile-lru")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["compose", "noeviction"])
+def test_a_full_redis_with_the_compose_files_policy_still_admits_everyone(policy):
+    """Filled to its bound by many clients' counters: with compose.yaml's policy old counters
+    go and submissions are still counted; with Redis's default every write, so every signup,
+    would be refused."""
+    options = compose_redis_options()
+    options[options.index("--maxmemory") + 1] = "2mb"  # full after a few thousand clients
+    if policy == "noeviction":
+        options[options.index("--maxmemory-policy") + 1] = "noeviction"
+    flask_app = Flask(__name__)
+    flask_app.config["SECRET_KEY"] = "a test key"
+    with redis_server(*options) as url:
+        limits = RateLimits(flask_app, storage_uri=url, per_ip="5/minute", per_email="5/hour")
+        refused = 0
+        for n in range(40_000):
+            try:
+                limits.admit_client(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}")
+            except LimiterUnavailable:
+                refused += 1
+                if policy == "noeviction":
+                    break
+        evicted = redis.Redis.from_url(url).info("stats")["evicted_keys"]
+    if policy == "compose":
+        assert (refused, evicted > 0) == (0, True)
+    else:
+        assert refused == 1

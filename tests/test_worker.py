@@ -147,3 +147,33 @@ def test_the_background_reconciler_runs_by_itself(workflow, keygen, journal):
     finally:
         reconciler.stop()
     assert journal.get(row.id).state == State.ABANDONED
+
+
+def test_personal_data_is_forgotten_after_data_retention_days(portal_with, keygen, clock):
+    """The reconciler scrubs finished signups older than DATA_RETENTION_DAYS (the ids stay, to
+    match Keygen's records) and deletes the emails sent by then; what is unfinished keeps what
+    it needs."""
+    from sqlalchemy import select
+
+    from journal import signups
+    from outbox import outbox
+
+    portal = portal_with(key_delivery="email", data_retention_days=30)
+    portal.sign_up(email="old@example.com", first_name="Oldie", last_name="Longago")
+    held = portal.journal.claim("held-" + "n" * 20, "held@example.com", owner="w", lease=10**9)
+    portal.deliver()
+    clock.offset += 20 * 86400
+    portal.sign_up(email="recent@example.com")
+    portal.deliver()
+    clock.offset += 11 * 86400  # the first two are 31 days old, the last one 11
+    services(portal.app).reconciler.run_once()
+    rows = {row.id: row for row in portal.journal.all()}
+    assert rows[held.signup.id].email == "held@example.com"  # unfinished: still needed
+    [old] = [row for row in rows.values() if row.state == State.ISSUED and not row.email]
+    assert (old.first_name, old.last_name, old.last_error) == (None, None, None)
+    assert old.user_id and old.license_id  # to match Keygen's records
+    assert "recent@example.com" in {row.email for row in rows.values()}
+    assert [mail.email for mail in portal.journal.mail()] == ["recent@example.com"]
+    with portal.journal.engine.connect() as db:
+        stored = repr([*db.execute(select(signups)), *db.execute(select(outbox))])
+    assert "old@example.com" not in stored and "Oldie" not in stored and "Longago" not in stored

@@ -39,7 +39,7 @@ def branded_world(secret_key: str, **changes) -> Iterator[tuple[str, Emulator, d
     emulator = Emulator()
     account = emulator.add_account(slug="acme")
     product, token = emulator.add_product(account, name="Acme Pro")
-    policy = emulator.add_policy(account, product, name="Acme Pro, yearly")
+    policy = emulator.add_policy(account, product, name="Acme Pro, yearly", protected=True)
     # A folder of its own, not tmp_path: scripts/screenshots.py runs this outside pytest.
     with serve(emulator) as keygen, tempfile.TemporaryDirectory(prefix="portal-branded-") as home:
         settings = Settings(

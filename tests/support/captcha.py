@@ -26,6 +26,7 @@ class VerifyEndpoint:
     def __init__(self):
         self.mode = "success"  # success | refuse | error | garbage | hang
         self.checks: list[dict[str, str]] = []
+        self.confirms = {"hostname": "localhost"}  # what a success says the answer was given on
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,7 +37,7 @@ class VerifyEndpoint:
                 if endpoint.mode == "hang":
                     time.sleep(3)
                 status, body = {
-                    "success": (200, {"success": True, "hostname": "localhost"}),
+                    "success": (200, {"success": True, **endpoint.confirms}),
                     "refuse": (200, {"success": False, "error-codes": ["invalid-input-response"]}),
                     "error": (500, {"success": True}),  # a 5xx is never believed
                     "garbage": (200, "<html>oops</html>"),
@@ -78,6 +79,6 @@ def captcha_app(keygen, verify: VerifyEndpoint, provider: str = "turnstile", **c
         captcha_secret_key=CAPTCHA_SECRET,
         captcha_verify_url=verify.url,
         captcha_timeout=1.0,
-        **changes,
+        **{"trusted_hosts": ("localhost",), **changes},  # the test client's Host
     )
     return create_app(settings).test_client()

@@ -35,7 +35,8 @@ def emulator(*flags: str) -> Iterator[dict]:
     }
     args = [sys.executable, "-m", "keygen_emulator", "--port", "0"]
     args += ["--account-id", ids["account"], "--product-token", ids["token"]]
-    args += ["--policy-id", ids["policy"], *flags]
+    # A protected account, so its policy is protected too, as the portal's must be (health.py).
+    args += ["--policy-id", ids["policy"], "--protected", *flags]
     with process("emulator", args, dict(os.environ)) as proc:
         ids["url"] = listening_url(proc, r"listening on (http://127\.0\.0\.1:\d+)")
         wait_for_http(ids["url"] + "/v1/ping", process=proc)
@@ -112,12 +113,14 @@ def settings_for(keygen: dict, **changes: str) -> dict[str, str]:
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
+def redis_server(*options: str) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, without persistence, and with any
+    further ``options`` (e.g. deploy/compose.yaml's)."""
     binary = shutil.which("redis-server")
     require(binary is not None, "redis-server")
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += options
     with open(LOG_DIR / f"redis-{port}.log", "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
