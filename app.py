@@ -261,6 +261,7 @@ def signup_workflow(
         on_retry=metrics.count_retry,
         sealer=sealer,
         on_operator_problem=metrics.count_operator_problem,
+        on_refusal=metrics.count_refusal,
     )
 
 

@@ -36,8 +36,8 @@ class Services:
     reconciler: Reconciler
     courier: Courier | None  # None: email is off
     mail_probe: MailProbe | None
-    accounts: SelfService | None = None  # SELF_SERVICE is off
     keygen_probe: KeygenProbe  # /readyz's questions to Keygen, asked at most so often
+    accounts: SelfService | None  # None: SELF_SERVICE is off
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION] = self

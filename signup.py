@@ -42,6 +42,7 @@ from outcomes import (
     LinkUsed,
     Outcome,
     Processing,
+    Rejected,
     SignupError,
     SignupUnavailable,
     TooBusy,
@@ -76,6 +77,7 @@ class SignupWorkflow:
         on_retry: Callable[[str], None] | None = None,
         sealer: Sealer | None = None,
         on_operator_problem: Callable[[str], None] | None = None,
+        on_refusal: Callable[[str], None] | None = None,
     ):
         self.keygen = keygen
         self.journal = journal
@@ -102,6 +104,9 @@ class SignupWorkflow:
         self.sealer = sealer
         # Told the reason of each Keygen refusal only an operator can fix ("payment_required").
         self.on_operator_problem: Callable[[str], None] = on_operator_problem or (lambda _: None)
+        # Told the reason of a refusal to keep to one trial per person ("same_person") that a
+        # background signup met after its page had been answered.
+        self.on_refusal: Callable[[str], None] = on_refusal or (lambda _: None)
         # Outlives our own work (the deadline plus a compensation's grace period), so that no
         # one takes a row we are still driving.
         self.lease = deadline + keygen.timeout[0] + 3.0
@@ -406,8 +411,12 @@ class SignupWorkflow:
             turns = self.admission.calls_per_signup
         run = self._run(signup, owner=owner, retries=3, turns=turns)
         try:
-            with contextlib.suppress(SignupError):  # the run recorded what happened
-                self._go(run, applicant)
+            self._go(run, applicant)
+        except Rejected as rejection:  # the run recorded it; the page was answered already
+            if rejection.refusal:
+                self.on_refusal(rejection.refusal)
+        except SignupError:
+            pass  # the run recorded what happened
         finally:
             if not run.released:
                 self.journal.release(signup.id, owner=owner)

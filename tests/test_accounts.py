@@ -438,7 +438,7 @@ def test_keygen_limiting_password_attempts_holds_up_no_signup(browser, keygen, c
 def test_a_visitor_who_never_signs_in_has_only_the_csrf_token_in_the_session(browser):
     """Self-service adds nothing to a signup visitor's session cookie."""
     cookie = browser.get("/").headers["Set-Cookie"]
-    assert set(session_of(cookie)) == {"csrf_token"}
+    assert set(session_of(cookie)) == {"csrf_token", "binding"}  # binding: views.SESSION_BINDING
     assert "Set-Cookie" not in browser.get("/lost-key").headers  # an error page, rendered
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +143,17 @@ class MailPortal:
         data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
         return self.client.post("/", data=data)
 
+    def settled(self, timeout: float = 20.0) -> list:
+        """The journal once no signup is left unfinished: the backlog threads (ENUMERATION_SAFE,
+        a late turn at Keygen) are done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.journal.all()
+            if all(row.finished for row in rows):
+                return rows
+            time.sleep(0.05)
+        raise AssertionError(f"signups still unfinished: {self.journal.all()}")
+
 
 @pytest.fixture
 def portal_with(keygen, clock) -> Iterator:
@@ -169,8 +181,12 @@ def portal_with(keygen, clock) -> Iterator:
         app = create_app(make_settings(keygen, **values))
         portal = MailPortal(app, app.test_client(), handler, port, clock)
         portal.journal.clock = clock.wall
+        portals.append(portal)
         return portal
 
+    portals: list[MailPortal] = []
     yield build
+    for portal in portals:  # no backlog thread of this test may reach the next one's Keygen
+        portal.settled()
     for server in servers:
         server.__exit__(None, None, None)

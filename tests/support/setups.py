@@ -22,9 +22,9 @@ def setups_server() -> Iterator[KeygenWorld]:
     emulator = Emulator()
     account = emulator.add_account(slug="vendor")
     product, token = emulator.add_product(account, name="App")
-    policy = emulator.add_policy(account, product)
+    policy = emulator.add_policy(account, product, protected=True)
     other_product, other_token = emulator.add_product(account, name="Other App")
-    other_policy = emulator.add_policy(account, other_product)
+    other_policy = emulator.add_policy(account, other_product, protected=True)
     server = serve(emulator)
     world = KeygenWorld(
         emulator=emulator,
@@ -41,8 +41,10 @@ def setups_server() -> Iterator[KeygenWorld]:
     emulator.add_environment(account, "staging")
     sandbox_product, sandbox_token = emulator.add_product(account, environment="sandbox")
     world.sandbox_token = secret(sandbox_token)
-    world.sandbox_policy = emulator.add_policy(account, sandbox_product)
-    world.legacy_policy = emulator.add_policy(account, product, scheme="LEGACY_ENCRYPT")
+    world.sandbox_policy = emulator.add_policy(account, sandbox_product, protected=True)
+    world.legacy_policy = emulator.add_policy(
+        account, product, scheme="LEGACY_ENCRYPT", protected=True
+    )
     yield world
     server.stop()
 
