@@ -121,6 +121,11 @@ class Admission:
     def backlog_full(self) -> bool:
         return self._backlog.full
 
+    @property
+    def backlog_idle(self) -> bool:
+        """No signup queued or running in the background in this process."""
+        return self._backlog.idle
+
     def run_later(self, job: Callable[[], None], *, starts_in: float) -> None:
         """Run ``job`` in a backlog thread, ``starts_in`` seconds from now (check backlog_full
         first)."""
@@ -310,11 +315,17 @@ class Backlog:
         self.threads = threads
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._started = 0
+        self._pending = 0  # submitted and not yet done
         self._lock = threading.Lock()
 
     @property
     def full(self) -> bool:
         return self._queue.qsize() >= self.LIMIT
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running."""
+        return self._pending == 0
 
     def submit(self, job: Callable[[], None]) -> None:
         with self._lock:
@@ -322,6 +333,7 @@ class Backlog:
                 self._started += 1
                 name = f"signup-backlog-{self._started}"
                 threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._pending += 1
         self._queue.put(job)
 
     def _work(self) -> None:
@@ -331,6 +343,9 @@ class Backlog:
                 job()
             except Exception:  # one signup's failure must not stop the others
                 log.exception("a queued signup failed")
+            finally:
+                with self._lock:
+                    self._pending -= 1
 
 
 class Bulkhead:

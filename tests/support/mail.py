@@ -143,6 +143,14 @@ class MailPortal:
         data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
         return self.client.post("/", data=data)
 
+    def background_done(self, timeout: float = 20.0) -> None:
+        """Until no signup is queued or running in this portal's backlog threads."""
+        admission = services(self.app).signup.admission
+        deadline = time.monotonic() + timeout
+        while not admission.backlog_idle:
+            assert time.monotonic() < deadline, "background signups still running"
+            time.sleep(0.05)
+
     def settled(self, timeout: float = 20.0) -> list:
         """The journal once no signup is left unfinished: the backlog threads (ENUMERATION_SAFE,
         a late turn at Keygen) are done."""
@@ -187,6 +195,6 @@ def portal_with(keygen, clock) -> Iterator:
     portals: list[MailPortal] = []
     yield build
     for portal in portals:  # no backlog thread of this test may reach the next one's Keygen
-        portal.settled()
+        portal.background_done()
     for server in servers:
         server.__exit__(None, None, None)
