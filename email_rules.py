@@ -8,6 +8,7 @@ the person typed.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -95,6 +96,12 @@ def canonical(email: str) -> str:
     for ignored in provider.ignores:
         local = local.replace(ignored, "")
     return f"{local}@{provider.home or domain}"
+
+
+def person_key(canonical_form: str) -> str:
+    """A mailbox as the journal keeps it while its account is being created: a hash, not the
+    address."""
+    return hashlib.sha256(canonical_form.encode()).hexdigest()
 
 
 def ascii_domain(domain: str) -> str:

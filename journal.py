@@ -35,6 +35,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from database import create_schema, metadata, open_engine
@@ -101,6 +102,20 @@ signups = Table(
 # The statements of the signup path, built once with bound parameters and executed with a dict
 # of values. `_id`, `_owner`, `_now` fill the conditions; the other keys are the SET.
 _ID, _OWNER, _NOW = bindparam("_id"), bindparam("_owner"), bindparam("_now")
+# ONE_ACCOUNT_PER_PERSON: the signup creating an account for a mailbox (a hash of its canonical
+# form) right now, so that two spellings sent at once cannot both pass the lookup in Keygen.
+person_holds = Table(
+    "person_holds",
+    metadata,
+    Column("person", String(64), primary_key=True),
+    Column("signup_id", String(36), nullable=False),
+    Column("held_at", Float, nullable=False),
+)
+_NEW_HOLD = {
+    "postgresql": postgresql.insert(person_holds).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(person_holds).on_conflict_do_nothing(),
+}
+
 _NEW_SIGNUP = insert(signups)
 _ROW = update(signups).where(signups.c.id == _ID)
 _HELD_ROW = _ROW.where(signups.c.lease_owner == _OWNER)  # ours: we hold the lease
@@ -454,8 +469,34 @@ class Journal(Outbox):
         )
         done = (MailState.SENT, MailState.FAILED, MailState.DROPPED)
         drop = delete(outbox).where(outbox.c.created_at < before).where(outbox.c.state.in_(done))
+        holds = delete(person_holds).where(person_holds.c.held_at < before)
         with self.engine.begin() as db:
+            db.execute(holds)
             return db.execute(scrub).rowcount, db.execute(drop).rowcount
+
+    def hold_person(self, person: str, signup_id: str) -> bool:
+        """Whether this signup may create the account of ``person`` (a mailbox): True unless
+        another signup that is still creating one holds it. A finished holder's hold passes on."""
+        with self.engine.begin() as db:
+            db.execute(
+                _NEW_HOLD[db.dialect.name],
+                {"person": person, "signup_id": signup_id, "held_at": self.clock()},
+            )
+            holder = db.execute(
+                select(person_holds.c.signup_id).where(person_holds.c.person == person)
+            ).scalar_one()
+            if holder == signup_id:
+                return True
+            state = db.execute(select(signups.c.state).where(signups.c.id == holder)).scalar()
+            if state in UNFINISHED:
+                return False
+            taken_over = (
+                update(person_holds)
+                .where(person_holds.c.person == person)
+                .where(person_holds.c.signup_id == holder)
+                .values(signup_id=signup_id, held_at=self.clock())
+            )
+            return db.execute(taken_over).rowcount == 1
 
     def ping(self) -> None:
         with self.engine.connect() as db:

@@ -240,6 +240,9 @@ class SignupRun:
         metadata = {"createdBy": CREATED_BY, "portalSignupId": self.id, **applicant.consent}
         if self.workflow.one_account_per_person:
             canonical = email_rules.canonical(applicant.email)
+            if not self.journal.hold_person(email_rules.person_key(canonical), self.id):
+                self.log.info("signup %s: refused: the same mailbox is signing up now", self.id)
+                raise self.taken(refusal="same_person")
             ours = self.same_person(applicant.email, canonical)
             if ours is not None:
                 return ours

@@ -294,7 +294,7 @@ def test_recovery_sends_only_this_products_keys(portal_with, keygen):
 def test_recovery_takes_its_turns_in_the_signups_keygen_budget(portal_with, keygen):
     """Lost-key requests cost Keygen calls too: a flood of them must wait for turns like the
     signups', not spend the quota the signups need."""
-    portal = portal_with()
+    portal = portal_with(keygen_max_rps=4)
     portal.sign_up()
     budget = services(portal.app).signup.admission.budget
     assert budget.reserve(1000, within=10**6) is not None  # the next minutes' turns are taken

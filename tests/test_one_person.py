@@ -14,13 +14,14 @@ import requests
 
 from app import create_app
 from email_rules import METADATA_KEY, disposable_list
-from outcomes import EMAIL_TAKEN, TryLater
+from journal import State
+from outcomes import EMAIL_TAKEN, Applicant, Rejected, TryLater
 from services import services
 from support.http import csrf_token_from, form_submitter, issued_key, sign_up_over_http
 from support.leaks import PASSWORD, secret
 from support.portal import make_settings
 from support.servers import emulator, keygen_state, portal, redis_server, settings_for
-from support.workflow import CLARK, make_workflow, submit
+from support.workflow import CLARK, make_workflow, submit, wait_for_call
 
 TAKEN = EMAIL_TAKEN
 DISPOSABLE = "temporary inbox"
@@ -140,6 +141,38 @@ def test_an_earlier_send_of_the_same_submission_is_ours_not_taken(keygen, journa
     assert len(keygen.licenses()) == 1
 
 
+def test_two_spellings_sent_at_once_get_one_account(keygen, journal, clock):
+    """Both would pass Keygen's lookup before either user exists: the first holds the mailbox
+    in the journal while it creates the account, and the second is refused as taken."""
+    workflow = make_workflow(keygen, journal, clock, one_account_per_person=True)
+    keygen.emulator.inject("users.create", delay=0.5, times=1)  # the first is slow to finish
+    jane = Applicant("jane@gmail.com", PASSWORD, "Jane", "Doe")
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(submit(workflow, jane)))
+    first.start()
+    wait_for_call(keygen, "users.create")
+    with pytest.raises(Rejected) as refused:
+        submit(workflow, Applicant("j.ane+farm@googlemail.com", PASSWORD, "Jane", "Doe"))
+    first.join(timeout=10)
+    assert refused.value.errors == {"email": EMAIL_TAKEN}
+    assert refused.value.refusal == "same_person"
+    assert [user["email"] for user in keygen.users()] == ["jane@gmail.com"]
+    assert len(keygen.licenses()) == 1
+    # Once the first has finished, Keygen's lookup refuses the next spelling (no hold needed).
+    with pytest.raises(Rejected):
+        submit(workflow, Applicant("jane+2@gmail.com", PASSWORD, "Jane", "Doe"))
+
+
+def test_a_mailbox_is_held_only_while_its_account_is_being_created(journal):
+    first = journal.claim("a" * 32, "jane@gmail.com", owner="w1", lease=30).signup
+    second = journal.claim("b" * 32, "j.ane@gmail.com", owner="w2", lease=30).signup
+    assert journal.hold_person("jane-mailbox", first.id)
+    assert journal.hold_person("jane-mailbox", first.id)  # again: still its own
+    assert not journal.hold_person("jane-mailbox", second.id)  # the first is still working
+    journal.record(first.id, owner="w1", state=State.REJECTED)
+    assert journal.hold_person("jane-mailbox", second.id)  # a finished holder's hold passes on
+
+
 def test_a_lookup_keygen_refuses_stops_the_signup_and_names_the_problem(keygen, caplog):
     _, sign_up = built(keygen)
     keygen.emulator.inject("users.index", status=403, times=None)
@@ -160,6 +193,7 @@ def test_a_lookup_that_fails_once_is_asked_again(keygen):
 def test_with_enumeration_safety_the_same_mailbox_gets_a_new_addresss_answer(portal_with, keygen):
     mailed = portal_with(enumeration_safe=True, key_delivery="email")
     mailed.sign_up(email="jane@gmail.com")
+    mailed.settled()  # jane's account exists (signups run in the background here)
     mailed.deliver()
     mailed.handler.received.clear()
     same = mailed.sign_up(email="j.ane+2@gmail.com", first_name="Mallory")

@@ -27,7 +27,13 @@ from outcomes import (
 from signup import SignupWorkflow
 from signup_run import CREATED_BY
 from support.leaks import PASSWORD, secret
-from support.workflow import make_workflow, only_row, only_user_and_license, submit
+from support.workflow import (
+    make_workflow,
+    only_row,
+    only_user_and_license,
+    submit,
+    wait_for_call,
+)
 from worker import Reconciler
 
 # -- The happy path ---------------------------------------------------------------------------
@@ -500,11 +506,3 @@ def test_waiting_for_a_copy_takes_no_slot(keygen, journal, pauses, clock):
     first.join(timeout=10)
     copy.join(timeout=10)
     assert [type(r) for r in results] == [Issued, Issued]
-
-
-def wait_for_call(keygen, route: str, timeout: float = 5.0, count: int = 1) -> None:
-    """Until Keygen has seen `count` calls of this route (the last signup is now stuck on it)."""
-    deadline = time.monotonic() + timeout
-    while len(keygen.calls(route)) < count:
-        assert time.monotonic() < deadline, f"no {route} call within {timeout} s"
-        time.sleep(0.02)

@@ -57,6 +57,7 @@ def make_settings(world: KeygenWorld, **changes) -> Settings:
         signup_deadline=4.0,
         database_url=f"sqlite:///{SCRATCH.folder('journal')}/portal.db",
         reconcile_interval=0.0,  # tests run the reconciler themselves
+        keygen_max_rps=1000,  # no pacing of Keygen's calls, unless a test is about it
     )
     values.update(changes)
     return Settings(**values)

@@ -89,3 +89,11 @@ def only_user_and_license(keygen: KeygenWorld) -> tuple[dict, dict]:
 def only_row(journal: Journal):
     [row] = journal.all()
     return row
+
+
+def wait_for_call(keygen, route: str, timeout: float = 5.0, count: int = 1) -> None:
+    """Until Keygen has seen `count` calls of this route (the last signup is now stuck on it)."""
+    deadline = time.monotonic() + timeout
+    while len(keygen.calls(route)) < count:
+        assert time.monotonic() < deadline, f"no {route} call within {timeout} s"
+        time.sleep(0.02)
