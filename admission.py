@@ -73,6 +73,7 @@ class Ticket:
 
     turn: float  # seconds from when it was given; 0 once waited out (or without a budget)
     at: float
+    busy: bool = False  # the schedule had no burst left for it: its calls go one interval apart
 
     @property
     def pending(self) -> bool:
@@ -183,7 +184,15 @@ class Admission:
             if reserved is None:
                 raise Busy(f"no turn at Keygen within {within:g} s")
             turn = reserved
-        return Ticket(turn, self.clock.monotonic() + turn)
+        return Ticket(turn, self.clock.monotonic() + turn, busy=turn > 0)
+
+    def spacing(self, ticket: Ticket | None = None) -> float:
+        """How far apart a signup's reserved calls go: one interval of the budget when the
+        schedule is busy (a queued signup's always is). Back to back, a busy schedule's calls
+        would bunch: with 3 calls a signup, four signups' calls could fall in one of Keygen's
+        1 s windows (12 for a quota of 10)."""
+        busy = ticket is None or ticket.busy
+        return self.budget.interval if self.budget is not None and busy else 0.0
 
     def _wait(self, seconds: float) -> None:
         with self._lock:
@@ -212,6 +221,7 @@ class Pacer:
         retries: int,
         turns: int = 0,
         attempts: int = 0,
+        spacing: float = 0.0,
         on_pause: Callable[[str, KeygenError, float], None] | None = None,
     ):
         self.admission = admission
@@ -222,6 +232,8 @@ class Pacer:
         # Calls already reserved in the budget, at about now (the signup's turn). Any other call
         # takes a turn of its own: a retry, a lookup, the reconciler's pass.
         self.turns = turns
+        self.spacing = spacing  # between reserved calls (Admission.spacing)
+        self._reserved_at: float | None = None  # when the next reserved call may go
         self.attempts = attempts  # of earlier runs over the row: how far the reconciler backs off
         self.attempt = 0  # retries in this run
         self.not_before = 0.0  # Keygen's window is used up until then (a 429)
@@ -238,6 +250,7 @@ class Pacer:
             wait = self.not_before - self.clock.monotonic()
         elif self.turns:
             self.turns -= 1
+            self._reserved_call()
             return
         else:
             left = self.ends_at - self.clock.monotonic() - 1.0
@@ -255,10 +268,23 @@ class Pacer:
             wait = max(turn, self.not_before - self.clock.monotonic())
             if later and wait > left:
                 raise Later(wait, calls)
-            if later:
+            if later:  # this call, then the rest of those reserved, each at its place
                 self.turns = calls - 1
+                self.spacing = self.admission.spacing() if wait > 0 else 0.0
+                self._reserved_at = self.clock.monotonic() + max(0.0, wait) + self.spacing
         if wait > 0:
             self.clock.sleep(wait)
+
+    def _reserved_call(self) -> None:
+        """Wait for a reserved call's place in the schedule: the first goes at once, each next
+        one ``spacing`` after the one before."""
+        if not self.spacing:
+            return
+        now = self.clock.monotonic()
+        if self._reserved_at is not None and self._reserved_at > now:
+            self.clock.sleep(self._reserved_at - now)
+            now = self._reserved_at
+        self._reserved_at = now + self.spacing
 
     def timeout(self, *, final: bool = False) -> tuple[float, float]:
         """(connect, read) timeouts that fit in what is left of the deadline."""

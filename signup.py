@@ -207,7 +207,10 @@ class SignupWorkflow:
                 if not claim.leased:
                     return claim.signup
                 turns = self.admission.calls_per_signup
-                return self._drive(claim.signup, applicant, ends_at, owner, turns=turns)
+                spacing = self.admission.spacing(ticket)
+                return self._drive(
+                    claim.signup, applicant, ends_at, owner, turns=turns, spacing=spacing
+                )
         found = self.journal.find_nonce(nonce)
         if found is not None and found.state not in RESUBMITTABLE:
             return found
@@ -409,7 +412,9 @@ class SignupWorkflow:
         # The calls reserved when the signup was queued: this is their turn.
         if turns is None:
             turns = self.admission.calls_per_signup
-        run = self._run(signup, owner=owner, retries=3, turns=turns)
+        # Queued: its turn came from a busy schedule, so its calls go one interval apart.
+        spacing = self.admission.spacing()
+        run = self._run(signup, owner=owner, retries=3, turns=turns, spacing=spacing)
         try:
             self._go(run, applicant)
         except Rejected as rejection:  # the run recorded it; the page was answered already

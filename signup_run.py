@@ -91,6 +91,7 @@ class SignupRun:
         retries: int,
         shows_key: bool = False,
         turns: int = 0,
+        spacing: float = 0.0,
         hides_taken: bool | None = None,
     ):
         self.workflow = workflow
@@ -112,6 +113,7 @@ class SignupRun:
             timeout=self.keygen.timeout,
             retries=retries,
             turns=turns,  # reserved with the signup's turn: the first calls need no other
+            spacing=spacing,
             attempts=signup.attempts,
             on_pause=self.paused,
         )
