@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from budget import CALLS_PER_SIGNUP, BudgetUnavailable, KeygenBudget
 from keygen_api import KeygenCircuitOpen, KeygenError, KeygenRateLimited
+from outcomes import SignupUnavailable, TooBusy
 
 log = logging.getLogger(f"portal.{__name__}")
 
@@ -415,3 +416,14 @@ class Bulkhead:
             self._free += 1
             self._given_back_at = time.monotonic()
             self._changed.notify()
+
+
+@contextmanager
+def turned_away() -> Iterator[None]:
+    """Admission's refusals, as the signup errors the pages know."""
+    try:
+        yield
+    except Busy as error:
+        raise TooBusy(str(error)) from None
+    except BudgetUnavailable as error:
+        raise SignupUnavailable(str(error)) from None

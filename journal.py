@@ -35,11 +35,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from database import create_schema, metadata, open_engine
 from outbox import Letter, MailState, Outbox, outbox
+from person_holds import PersonHolds, person_holds
 
 
 class State(StrEnum):
@@ -102,20 +102,6 @@ signups = Table(
 # The statements of the signup path, built once with bound parameters and executed with a dict
 # of values. `_id`, `_owner`, `_now` fill the conditions; the other keys are the SET.
 _ID, _OWNER, _NOW = bindparam("_id"), bindparam("_owner"), bindparam("_now")
-# ONE_ACCOUNT_PER_PERSON: the signup creating an account for a mailbox (a hash of its canonical
-# form) right now, so that two spellings sent at once cannot both pass the lookup in Keygen.
-person_holds = Table(
-    "person_holds",
-    metadata,
-    Column("person", String(64), primary_key=True),
-    Column("signup_id", String(36), nullable=False),
-    Column("held_at", Float, nullable=False),
-)
-_NEW_HOLD = {
-    "postgresql": postgresql.insert(person_holds).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(person_holds).on_conflict_do_nothing(),
-}
-
 _NEW_SIGNUP = insert(signups)
 _ROW = update(signups).where(signups.c.id == _ID)
 _HELD_ROW = _ROW.where(signups.c.lease_owner == _OWNER)  # ours: we hold the lease
@@ -187,7 +173,7 @@ class Claim:
     leased: bool
 
 
-class Journal(Outbox):
+class Journal(Outbox, PersonHolds):
     def __init__(self, url: str, *, threads: int = 5, clock: Callable[[], float] = time.time):
         """``threads``: how many of the process's threads may use it at once (gunicorn's)."""
         self.clock = clock
@@ -474,29 +460,9 @@ class Journal(Outbox):
             db.execute(holds)
             return db.execute(scrub).rowcount, db.execute(drop).rowcount
 
-    def hold_person(self, person: str, signup_id: str) -> bool:
-        """Whether this signup may create the account of ``person`` (a mailbox): True unless
-        another signup that is still creating one holds it. A finished holder's hold passes on."""
-        with self.engine.begin() as db:
-            db.execute(
-                _NEW_HOLD[db.dialect.name],
-                {"person": person, "signup_id": signup_id, "held_at": self.clock()},
-            )
-            holder = db.execute(
-                select(person_holds.c.signup_id).where(person_holds.c.person == person)
-            ).scalar_one()
-            if holder == signup_id:
-                return True
-            state = db.execute(select(signups.c.state).where(signups.c.id == holder)).scalar()
-            if state in UNFINISHED:
-                return False
-            taken_over = (
-                update(person_holds)
-                .where(person_holds.c.person == person)
-                .where(person_holds.c.signup_id == holder)
-                .values(signup_id=signup_id, held_at=self.clock())
-            )
-            return db.execute(taken_over).rowcount == 1
+    def still_working(self, signup_id: str) -> bool:
+        signup = self.find(signup_id)
+        return signup is not None and signup.state in UNFINISHED
 
     def ping(self) -> None:
         with self.engine.connect() as db:

@@ -1,10 +1,11 @@
 """The Keygen API as the portal uses it: URLs, headers, Keygen's limits, HTTP connections.
 
-Everything the portal knows about Keygen lives here and in the two modules this one re-exports:
-keygen_records.py (the resources read from Keygen's JSON:API documents) and keygen_errors.py
-(Keygen's answers as exceptions named after what the caller should do next); circuit.py holds
-the circuit breaker and the Retry-After gate. The rest of the portal imports `KeygenClient`, the
-records and the errors from here. The facts are checked
+Everything the portal knows about Keygen lives here and in the modules this one re-exports:
+keygen_records.py (the resources read from Keygen's JSON:API documents), keygen_errors.py
+(Keygen's answers as exceptions named after what the caller should do next) and
+keygen_permissions.py (what the product token needs); keygen_self_service.py holds the calls made
+as a signed-in person, and circuit.py the circuit breaker and the Retry-After gate. The rest of
+the portal imports `KeygenClient`, the records and the errors from here. The facts are checked
 against keygen-api's source (github.com/keygen-sh/keygen-api), whose files the comments name.
 """
 
@@ -39,10 +40,22 @@ from keygen_errors import (
     json_or_none,
     seconds_until_quota_resets,
 )
+from keygen_permissions import (
+    ENDPOINT_PERMISSIONS,
+    NEEDED_PERMISSIONS,
+    SELF_SERVICE_PERMISSIONS,
+    WILDCARD_PERMISSION,
+    missing_permissions,
+    needed_permissions,
+)
 from keygen_records import Bearer, License, Machine, Policy, Token, User
 from keygen_self_service import SelfServiceCalls
 
 __all__ = [
+    "ENDPOINT_PERMISSIONS",
+    "NEEDED_PERMISSIONS",
+    "SELF_SERVICE_PERMISSIONS",
+    "WILDCARD_PERMISSION",
     "Bearer",
     "CircuitBreaker",
     "KeygenAccessDenied",
@@ -63,6 +76,8 @@ __all__ = [
     "Problem",
     "Token",
     "User",
+    "missing_permissions",
+    "needed_permissions",
 ]
 
 log = logging.getLogger(f"portal.{__name__}")
@@ -76,10 +91,10 @@ log = logging.getLogger(f"portal.{__name__}")
 # before v1.3.0 (API 1.5) refuses a license's `owner` relationship, so it is not supported.
 API_VERSION = "1.7"
 API_VERSIONS = ("1.7", "1.8")  # what KEYGEN_API_VERSION may pin
-OLDEST_KEYGEN = "v1.3.0"
+OLDEST_KEYGEN = "v1.3.0"  # the oldest self-hosted Keygen CE/EE release the portal works with
 # Keygen Cloud's domain: its hosts find an account only by the URL's /accounts/<id>, never by
 # the Host, which only a custom domain can do (resolve_account_service.rb refuses "internal").
-CLOUD_DOMAIN = "keygen.sh"  # the oldest self-hosted Keygen CE/EE release the portal works with
+CLOUD_DOMAIN = "keygen.sh"
 MEDIA_TYPE = "application/vnd.api+json"
 USER_AGENT = "keygen-signup-portal/1.0"
 
@@ -106,64 +121,6 @@ _OTHER_TOKEN_KINDS = {
 def token_kind(token: str) -> str | None:
     """What kind of token other than a product token this is ("an admin token"), if any."""
     return _OTHER_TOKEN_KINDS.get(token.split("-", 1)[0])
-
-
-# -- Permissions (Keygen EE) ---------------------------------------------------------------------
-
-# Every permission the product token needs, and what for: Keygen EE can narrow a token to some
-# of its product's permissions, and then refuses every other call with 403 "token lacks
-# permission to perform action" (`verify_permissions!` in app/policies/application_policy.rb).
-# Whoever adds a call adds its permission here and to ENDPOINT_PERMISSIONS: the doctor lists the
-# ones the token lacks.
-NEEDED_PERMISSIONS: dict[str, str] = {
-    "product.read": "checking the token (GET /me)",
-    "policy.read": "checking KEYGEN_POLICY_ID",
-    "user.create": "creating each user",
-    "user.read": "finding the same person before a signup, a user after a timeout, lost keys",
-    "user.delete": "undoing a signup whose license failed",
-    "license.create": "issuing each license",
-    "license.read": "showing a key again, emailing it, and lost-key recovery",
-}
-# The permission each endpoint the client calls needs (its policy's verify_permissions!; /me
-# is ProductPolicy#me?), by endpoint_name().
-ENDPOINT_PERMISSIONS: dict[str, str] = {
-    "me": "product.read",
-    "policies.show": "policy.read",
-    "users.create": "user.create",
-    "users.show": "user.read",
-    "users.index": "user.read",
-    "users.destroy": "user.delete",
-    "licenses.create": "license.create",
-    "licenses.show": "license.read",
-    "licenses.index": "license.read",
-    # Only to delete a LEGACY_ENCRYPT license whose key was lost with Keygen's answer; without
-    # it the portal logs the license for the operator instead, so NEEDED_PERMISSIONS omits it.
-    "licenses.destroy": "license.delete",
-    "machines.destroy": "machine.delete",
-}
-WILDCARD_PERMISSION = "*"  # app/models/permission.rb
-
-
-# SELF_SERVICE: the product token frees a machine once the person's own token showed it is
-# theirs (a user may not delete a machine of a protected license: app/policies/machine_policy.rb).
-SELF_SERVICE_PERMISSIONS: dict[str, str] = {
-    "machine.delete": "freeing a customer's machine (SELF_SERVICE)",
-}
-
-
-def needed_permissions(*, self_service: bool) -> dict[str, str]:
-    """The permissions the product token needs, and what for, with these features on."""
-    return {**NEEDED_PERMISSIONS, **(SELF_SERVICE_PERMISSIONS if self_service else {})}
-
-
-def missing_permissions(
-    granted: tuple[str, ...] | None, needed: dict[str, str] = NEEDED_PERMISSIONS
-) -> list[str]:
-    """The ``needed`` permissions a token with these (effective) permissions lacks; none for
-    Keygen CE (None: it has no permissions) or a wildcard."""
-    if granted is None or WILDCARD_PERMISSION in granted:
-        return []
-    return [permission for permission in needed if permission not in granted]
 
 
 # -- Protecting Keygen and ourselves -----------------------------------------------------------

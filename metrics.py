@@ -90,12 +90,38 @@ class Metrics:
         self._journal_collector = _JournalCollector(journal)
         if self.registry is not None:
             self.registry.register(self._journal_collector)
+        self._signup_metrics()
+        self._keygen_metrics()
+        self._refresh_breaker()
+
+    def _signup_metrics(self) -> None:
         self.signups = Counter(
             "portal_signups",
             "Signup submissions the workflow finished with, by outcome.",
             ["outcome"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "portal_signup_retries",
+            "Signup steps tried again: now (within the request) or later (by the reconciler).",
+            ["when"],
+            registry=self.registry,
+        )
+        for when in ("now", "later"):
+            self.retries.labels(when=when)
+        for outcome in (*OUTCOMES.values(), *REFUSALS):
+            self.signups.labels(outcome=outcome)
+        self.operator_problems = Counter(
+            "portal_operator_problems",
+            "Signups stopped by a Keygen refusal only an operator can fix, by reason: "
+            "payment_required (402), subscription, permission, token, delete_refused, ...",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in OPERATOR_REASONS:
+            self.operator_problems.labels(reason=reason)
+
+    def _keygen_metrics(self) -> None:
         self.keygen_requests = Counter(
             "portal_keygen_requests",
             "HTTP requests to Keygen by route and status ('none': no answer).",
@@ -109,23 +135,6 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.retries = Counter(
-            "portal_signup_retries",
-            "Signup steps tried again: now (within the request) or later (by the reconciler).",
-            ["when"],
-            registry=self.registry,
-        )
-        for when in ("now", "later"):
-            self.retries.labels(when=when)
-        self.operator_problems = Counter(
-            "portal_operator_problems",
-            "Signups stopped by a Keygen refusal only an operator can fix, by reason: "
-            "payment_required (402), subscription, permission, token, delete_refused, ...",
-            ["reason"],
-            registry=self.registry,
-        )
-        for reason in OPERATOR_REASONS:
-            self.operator_problems.labels(reason=reason)
         self.rate_limited = Counter(
             "portal_keygen_rate_limited",
             "Answers 429 (too many requests) from Keygen.",
@@ -137,9 +146,6 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=self.registry,
         )
-        for outcome in (*OUTCOMES.values(), *REFUSALS):
-            self.signups.labels(outcome=outcome)
-        self._refresh_breaker()
 
     def keygen_call(self, endpoint: str, status: int | None, seconds: float) -> None:
         """The Keygen client's observer: every HTTP attempt, answered or not."""

@@ -20,41 +20,36 @@ the work.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from admission import Admission, Busy, Later, NotNow, Ticket
-from budget import BudgetUnavailable
-from journal import RESUBMITTABLE, UNFINISHED, Claim, Journal, Signup, State
+from admission import Admission, Later, NotNow, Ticket, turned_away
+from journal import RESUBMITTABLE, Claim, Journal, Signup, State
 from keygen_api import KeygenClient, KeygenError, KeygenRateLimited, License
-from outbox import Letter
 from outcomes import (
     AlreadyIssued,
     Applicant,
     CheckInbox,
     Issued,
-    LinkUsed,
     Outcome,
     Processing,
     Rejected,
     SignupError,
-    SignupUnavailable,
     TooBusy,
     TryLater,
 )
 from sealing import Sealer
 from signup_run import SignupRun
+from verification import EmailFirst
 
 log = logging.getLogger(f"portal.{__name__}")
 
 
-class SignupWorkflow:
+class SignupWorkflow(EmailFirst):
     """Creates a user and their license, within a total deadline, exactly once per nonce."""
 
     POLL = 0.1  # how often a copy of a submission looks at the journal while it waits
@@ -125,39 +120,10 @@ class SignupWorkflow:
         """
         if self.verify:
             return self.request_verification(applicant, nonce)
-        with _turned_away():
+        with turned_away():
             if self.enumeration_safe:
                 return self._in_background(applicant, nonce)
             return self._by_email(self._sign_up(applicant, nonce))
-
-    def request_verification(self, applicant: Applicant, nonce: str) -> Outcome:
-        """REQUIRE_EMAIL_VERIFICATION: record the signup and queue the email, and nothing else:
-        no Keygen call, no password. The courier finds out whether the address has an account
-        when it writes the email (the link, or "you already have an account"), so every address
-        gets this same answer. The same form sent again from this session with the same address
-        is this signup again; with another address (a typo put right), a new one."""
-        signup_id = str(uuid.uuid4())
-        letter = Letter(
-            kind="verify",
-            email=applicant.email,
-            ref=signup_id,
-            first_name=applicant.first_name,
-            last_name=applicant.last_name,
-            dedupe=f"verify:{signup_id}",
-            locale=applicant.locale,
-        )
-        self.journal.await_address(
-            hashlib.sha256(f"{nonce}\n{applicant.email}".encode()).hexdigest(),
-            signup_id=signup_id,
-            email=applicant.email,
-            expires_at=self.journal.clock() + self.link_lifetime,
-            mail=(letter,),
-            first_name=applicant.first_name,
-            last_name=applicant.last_name,
-            locale=applicant.locale,
-            consent=json.dumps(applicant.consent) if applicant.consent else None,
-        )
-        return CheckInbox(applicant.email, "verify")
 
     def _in_background(self, applicant: Applicant, nonce: str) -> Outcome:
         """ENUMERATION_SAFE: "check your inbox" at once, before Keygen is asked anything, so
@@ -231,65 +197,6 @@ class SignupWorkflow:
         if self.clock.monotonic() + self.POLL >= ends_at:
             return Processing(signup.email)
         return None
-
-    # -- The link in a verification email ----------------------------------------------------------
-
-    def confirm(self, signup_id: str, password: str | None) -> Outcome:
-        """The button on a verification link's page (whose signature and age the caller
-        checked): create the user with the password chosen there, and the license, exactly once
-        however often the link is used. Without a password, only show what the signup came to.
-        An address that got an account meanwhile is Rejected, and told so: whoever presses the
-        button controls it."""
-        owner = self._owner()
-        with _turned_away(), self.admission.seat() as seated:
-            if not seated:
-                raise TooBusy("no free slot to issue a verified signup's license")
-            started = password is not None and self.journal.start_verified(
-                signup_id, owner=owner, lease=self.lease
-            )
-            if started:
-                signup = self.journal.get(signup_id)
-                applicant = _applicant(signup, password)
-                ends_at = self.clock.monotonic() + self.deadline
-                outcome = self._drive(signup, applicant, ends_at, owner, hides_taken=False)
-                return self._by_email(outcome)
-        signup = self.journal.find(signup_id)
-        if signup is None:
-            raise LinkUsed(f"signup {signup_id} is not in the journal")
-        if signup.state == State.ISSUED:
-            # Issued after an earlier click, by the reconciler, and never shown: show it now.
-            ends_at = self.clock.monotonic() + self.deadline
-            with _turned_away():
-                outcome = self._present(signup, waited_for_it=False, ends_at=ends_at)
-            if isinstance(outcome, Issued):
-                return outcome
-        elif signup.state in UNFINISHED:
-            return Processing(signup.email)
-        raise LinkUsed(f"signup {signup.id} is {signup.state}")
-
-    def link_state(self, signup_id: str) -> tuple[str, Signup | None]:
-        """What a verification link's page offers, and the signup: "password" (choose it and
-        press the button), "press" (the button alone: the signup is being finished, or its key
-        waits to be shown), "taken" (the address had an account when the button was pressed),
-        "expired" or "used"."""
-        signup = self.journal.find(signup_id)
-        if signup is None:
-            return "used", None
-        if signup.verify:
-            # An earlier release created this user before the click, with the password the
-            # submitter chose: never given a license; deleted at the reconciler's next pass.
-            self.journal.retire_soon(signup.id)
-            return "expired", signup
-        if signup.state == State.ISSUED:
-            return ("press" if self.key_on_page and not signup.key_shown else "used"), signup
-        passwordless = (State.PENDING_VERIFICATION, State.NEW, State.ABANDONED, State.COMPENSATED)
-        state = {
-            **dict.fromkeys(passwordless, "password"),
-            State.USER_CREATED: "press",
-            State.REJECTED: "taken",
-            State.EXPIRED: "expired",
-        }.get(signup.state, "used")
-        return state, signup
 
     # -- The reconciler's steps --------------------------------------------------------------------
 
@@ -501,26 +408,3 @@ class SignupWorkflow:
 
     def _owner(self) -> str:
         return f"{self.worker_id}:{uuid.uuid4().hex[:8]}"  # threads of one process differ
-
-
-def _applicant(signup: Signup, password: str) -> Applicant:
-    """A signup that waited for its address, with the password chosen on the link's page."""
-    return Applicant(
-        email=signup.email,
-        password=password,
-        first_name=signup.first_name or "",
-        last_name=signup.last_name or "",
-        consent=json.loads(signup.consent) if signup.consent else {},
-        locale=signup.locale,
-    )
-
-
-@contextlib.contextmanager
-def _turned_away() -> Iterator[None]:
-    """Admission's refusals, as the signup errors the pages know."""
-    try:
-        yield
-    except Busy as error:
-        raise TooBusy(str(error)) from None
-    except BudgetUnavailable as error:
-        raise SignupUnavailable(str(error)) from None

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import email_rules
 from admission import CALLS_PER_SIGNUP, Admission, NotNow, Pacer
-from diagnosis import refused_for_good, what_to_do, why_kept
+from diagnosis import what_to_do
 from journal import Journal, Signup, State
 from keygen_api import (
     KeygenClient,
@@ -41,6 +41,7 @@ from outcomes import (
     SignupUnavailable,
     TryLater,
 )
+from signup_undo import Undoing
 
 
 class Workflow(Protocol):
@@ -78,7 +79,7 @@ class _SignupLog(logging.LoggerAdapter):
         return msg, kwargs
 
 
-class SignupRun:
+class SignupRun(Undoing):
     """One pass over one journal row that this run holds the lease on."""
 
     def __init__(
@@ -164,63 +165,6 @@ class SignupRun:
             **kept,
         )
         self.released = True
-
-    def retire_unconfirmed(self, user_id: str) -> State:
-        """A row of an earlier release, which created the user before its address was
-        confirmed, with a password the submitter chose: that user never gets a license. The
-        reconciler deletes it at its next pass (expire), freeing the address."""
-        self.record(
-            state=State.PENDING_VERIFICATION,
-            user_id=user_id,
-            last_error="its user was created before the address was confirmed",
-            next_attempt_at=self.journal.clock(),
-            lease_owner=None,
-            lease_until=None,
-        )
-        self.released = True
-        return State.PENDING_VERIFICATION
-
-    def expire(self) -> None:
-        """A verification nobody completed: EXPIRED. Only rows of an earlier release have a
-        user (created before the click) to delete first."""
-        try:
-            self.delete_unverified_user()
-        except _Refused as refused:
-            self.kept(refused.error)
-            return
-        except NotNow as pending:
-            self.log.warning("signup %s: %s; will retry in %.0fs", self.id, pending, pending.delay)
-            self.record(
-                attempts=self.signup.attempts + 1,
-                next_attempt_at=self.journal.clock() + pending.delay,
-                last_error=str(pending)[:500],
-            )
-            return
-        self.record(state=State.EXPIRED, last_error="the address was never verified")
-        deleted = "; its user was deleted" if self.signup.user_id else ""
-        self.log.info("signup %s: never verified%s", self.id, deleted)
-
-    def delete_unverified_user(self) -> None:
-        user_id = self.signup.user_id
-        if not user_id:
-            return
-        try:
-            self.take_turn()
-            user = self.keygen.get_user(user_id, timeout=self.pacer.timeout())
-            if not self.is_ours(user):
-                return  # not the user this signup created: never ours to delete
-            self.take_turn()
-            if self.keygen.list_licenses(owner=user_id, timeout=self.pacer.timeout()):
-                raise NotNow("the unverified user has a license", delay=Pacer.RESCHEDULE_CAP)
-            self.take_turn()
-            self.keygen.delete_user(user_id, timeout=self.pacer.timeout())
-        except KeygenNotFound:
-            pass  # deleted already
-        except KeygenError as error:
-            if refused_for_good(error):
-                raise _Refused(error) from None
-            delay = self.pacer.backoff()
-            raise NotNow(f"cannot remove the unverified user: {error}", delay=delay) from None
 
     def letter(
         self, kind: str, *, ref: str, dedupe: str | None = None, sealed_key: str | None = None
@@ -448,45 +392,6 @@ class SignupRun:
         )
         self.record(license_id=str(uuid.uuid4()))
 
-    def compensate(self, user_id: str) -> None:
-        """Delete the user we created, so their email is free for the next attempt."""
-        self.take_turn(final=True)
-        try:
-            self.keygen.delete_user(user_id, timeout=self.pacer.timeout(final=True))
-        except KeygenNotFound:
-            pass
-        except KeygenError as error:
-            if refused_for_good(error):
-                self.kept(error)
-                return
-            self.log.error(
-                "signup %s: user %s has no license and could not be deleted yet: %s",
-                self.id,
-                user_id,
-                error,
-            )
-            self.record(last_error=f"compensation failed: {error}"[:500])
-            raise NotNow("compensation failed", delay=self.pacer.backoff()) from None
-        self.record(state=State.COMPENSATED, mail=self.owed_mail("again"))
-        self.log.warning("signup %s: deleted user %s (no license issued)", self.id, user_id)
-
-    def kept(self, error: KeygenError) -> None:
-        """Keygen will not delete our user, and asking again will not change its mind: keep the
-        row (KEPT) for an operator, instead of asking again and again."""
-        self.log.error(
-            "signup %s: Keygen refused to delete user %s (%s): %s. It stays in Keygen without "
-            "a license of this product; delete it there if it should go.",
-            self.id,
-            self.signup.user_id,
-            error,
-            why_kept(error),
-            extra={"keygen_request_id": error.request_id, "keygen_reason": "delete_refused"},
-        )
-        self.record(
-            state=State.KEPT, last_error=f"Keygen refused to delete the user: {error}"[:500]
-        )
-        self.workflow.on_operator_problem("delete_refused")
-
     # Turns, the journal and errors.
 
     def take_turn(self, *, final: bool = False) -> None:
@@ -577,14 +482,6 @@ class SignupRun:
         )
         self.workflow.on_operator_problem(error.reason)
         return SignupUnavailable(f"signup {self.id}: {step}: {error}")
-
-
-class _Refused(Exception):
-    """Keygen refused for good to delete a user (diagnosis.refused_for_good)."""
-
-    def __init__(self, error: KeygenError):
-        self.error = error
-        super().__init__(str(error))
 
 
 def _is_taken(error: KeygenInvalid) -> bool:

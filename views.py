@@ -144,22 +144,8 @@ def signup_submit():
     except (LimitReached, LimiterUnavailable) as error:
         return turned_away(error)
     form = new_signup_form()
-    if form.website.data:
-        # A bot filled in the field people cannot see: a page like a real outcome, no signup.
-        log.info("request %s: honeypot field filled; nothing was created", g.request_id)
-        return render_template("processing.html", email=form.email.data), 202
-    if problem := services().captcha.problem(request.form, request.remote_addr):
-        form.form_errors.append(gettext(problem.message))  # before anything reaches Keygen
-        return render_template("signup.html", form=form), problem.status
-    timer = services().fill_timer
-    age = timer.age(form.served.data, form.nonce.data)
-    if age is None:
-        form.served.data = timer.stamp(form.nonce.data)
-    if timer.too_fast(age):
-        when = "without a valid serve time" if age is None else f"{age:.1f} s after it was served"
-        log.info("request %s: form sent too fast, %s", g.request_id, when)
-        form.form_errors.append(TOO_FAST)
-        return render_template("signup.html", form=form), 422
+    if (stopped := stop_bots(form)) is not None:
+        return stopped
     if not form.validate():
         refused(getattr(form, "refusal", None))
         return render_template("signup.html", form=form), 422
@@ -178,6 +164,33 @@ def signup_submit():
         consent=services().brand.consent_record(),
         locale=page_language(),
     )
+    return sign_up(form, applicant)
+
+
+def stop_bots(form: SignupForm):
+    """The page for a submission a bot trap caught (the honeypot, the CAPTCHA, a form sent
+    faster than a person fills it in), or None: nothing of it reaches Keygen."""
+    if form.website.data:
+        # A bot filled in the field people cannot see: a page like a real outcome, no signup.
+        log.info("request %s: honeypot field filled; nothing was created", g.request_id)
+        return render_template("processing.html", email=form.email.data), 202
+    if problem := services().captcha.problem(request.form, request.remote_addr):
+        form.form_errors.append(gettext(problem.message))
+        return render_template("signup.html", form=form), problem.status
+    timer = services().fill_timer
+    age = timer.age(form.served.data, form.nonce.data)
+    if age is None:
+        form.served.data = timer.stamp(form.nonce.data)
+    if timer.too_fast(age):
+        when = "without a valid serve time" if age is None else f"{age:.1f} s after it was served"
+        log.info("request %s: form sent too fast, %s", g.request_id, when)
+        form.form_errors.append(TOO_FAST)
+        return render_template("signup.html", form=form), 422
+    return None
+
+
+def sign_up(form: SignupForm, applicant: Applicant):
+    """The workflow's answer to a well-formed submission, as a page (and a count)."""
     metrics = services().metrics
     try:
         nonce = bound_nonce(session_secret(), form.nonce.data)

@@ -17,8 +17,9 @@ races, delayed deletions; Keygen Cloud's by default), wsgi (create_app, the cont
 server (serve(), the command line).
 """
 
+from keygen_emulator.seeds import seed_contract
 from keygen_emulator.server import ServerThread, main, serve
-from keygen_emulator.state import Emulator, seed_contract
+from keygen_emulator.state import Emulator
 from keygen_emulator.wsgi import create_app
 
 __all__ = ["Emulator", "ServerThread", "create_app", "main", "seed_contract", "serve"]

@@ -8,12 +8,11 @@ controllers' `authorized_scope`: what a bearer may not see is a 404, not a 403.
 from __future__ import annotations
 
 import re
-import secrets
 import uuid
 
 import flask
 
-from keygen_emulator import documents, listing, people
+from keygen_emulator import documents, listing
 from keygen_emulator.deployment import licensed_user_limit_error
 from keygen_emulator.errors import (
     DENIED_ANONYMOUS,
@@ -24,42 +23,29 @@ from keygen_emulator.errors import (
     invalid,
     not_found,
     too_long,
-    unauthorized,
 )
 from keygen_emulator.formats import (
     UUID_RE,
-    basic_pair,
     legacy_key,
     license_key,
     parse_time,
-    password_matches,
 )
 from keygen_emulator.machines import MachineRoutes
 from keygen_emulator.passwords import PasswordRoutes
 from keygen_emulator.pipeline import Call
-from keygen_emulator.schema import LICENSE_SCHEMAS, MAX_ATTRIBUTES, TOKEN_SCHEMA, USER_SCHEMAS
+from keygen_emulator.schema import LICENSE_SCHEMAS, MAX_ATTRIBUTES, USER_SCHEMAS
 from keygen_emulator.state import ROLES
+from keygen_emulator.tokens import TokenRoutes
 
-USER_TOKEN_TTL = 14 * 24 * 3600
 _STAFF_READ = frozenset(ROLES[1:])
 _STAFF_CREATE = frozenset({"admin", "developer", "sales_agent"})
 _STAFF_WRITE = frozenset({"admin", "developer"})
 _GROUP_SETTERS = frozenset({"product", "admin", "developer", "sales_agent", "support_agent"})
-_TOKEN_PREFIXES = {
-    "user": "user",
-    "admin": "admin",
-    "developer": "dev",
-    "sales_agent": "sales",
-    "support_agent": "spprt",
-    "read_only": "read",
-}
-# The email format of the model (`email_check` in app/models/user.rb), approximated; and the
-# stricter one of Basic authentication (EMAIL_RE in config/initializers/regexp.rb).
+# The email format of the model (`email_check` in app/models/user.rb), approximated.
 _EMAIL_RE = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
-_BASIC_EMAIL_RE = re.compile(r"[^@\s]+@(?:[-a-z0-9]+\.)+[a-z]{2,}", re.I)
 
 
-class Api(MachineRoutes, PasswordRoutes, Call):
+class Api(MachineRoutes, PasswordRoutes, TokenRoutes, Call):
     """A Keygen API request, answered by the method named after its route."""
 
     def me(self) -> flask.Response:
@@ -407,95 +393,6 @@ class Api(MachineRoutes, PasswordRoutes, Call):
             self.verify_permissions()
             document = documents.policy_document(policy)
         return self.render(200, {"data": document})
-
-    # Tokens
-
-    def tokens_create(self) -> flask.Response:
-        authorization = self.request.headers.get("Authorization", "")
-        scheme, _, credentials = authorization.strip().partition(" ")
-        data = self.typed(TOKEN_SCHEMA) or {}
-        attributes = data.get("attributes") or {}
-        if scheme.lower() == "basic":
-            bearer = self._check_password(*(basic_pair(credentials.strip()) or ("", "")))
-            self.log["authenticated"] = True
-        else:
-            self.authenticate(required=True)
-            self.verify_permissions()
-            bearer = self.bearer
-        with self.emu.lock:
-            if self.role() == "product" and scheme.lower() != "basic":
-                kind, prefix, bearer_type, expiry = "product-token", "prod", "products", None
-            else:
-                role = bearer["role"]
-                kind = f"{role.replace('_', '-')}-token"
-                prefix, bearer_type = _TOKEN_PREFIXES[role], "users"
-                expiry = self.emu.clock() + USER_TOKEN_TTL if role == "user" else None
-            if "expiry" in attributes:
-                expiry = None if attributes["expiry"] is None else parse_time(attributes["expiry"])
-            token = self.emu.store.add_token(
-                self.account["id"],
-                f"{prefix}-{secrets.token_hex(32)}v3",
-                kind,
-                bearer_type,
-                bearer["id"],
-                expiry,
-                name=attributes.get("name"),
-                minted=True,
-                environment_id=self.environment and self.environment["id"],
-            )
-            document = documents.token_document(token, reveal=True)
-        return self.render(201, {"data": document}, location=f"tokens/{token['id']}")
-
-    def _check_password(self, email: str, password: str) -> dict:
-        """The user behind Basic email:password (app/controllers/api/v1/tokens_controller.rb)."""
-
-        def refuse(code: str, detail: str) -> Halt:
-            return unauthorized(code, detail, header="Authorization")
-
-        if not _BASIC_EMAIL_RE.fullmatch(email):
-            raise refuse("EMAIL_REQUIRED", "email is required")
-        with self.emu.lock:
-            user_id = self.emu.store.emails.get((self.account["id"], email.lower()))
-            user = self.emu.store.users.get(user_id or "")
-        if user is None:
-            raise refuse("EMAIL_INVALID", "email must be valid")
-        if user["password"] is None:
-            raise refuse("PASSWORD_NOT_SUPPORTED", "password is unsupported")
-        if not password:
-            raise refuse("PASSWORD_REQUIRED", "password is required")
-        factor = user["second_factor"]
-        if factor is not None:  # before the password, "so that we don't leak correctness"
-            otp = (self.params.get("meta") or {}).get("otp")
-            if otp is None:
-                raise unauthorized("OTP_REQUIRED", "second factor is required", pointer="/meta/otp")
-            with self.emu.lock:
-                if not people.verify(factor, str(otp), self.emu.clock()):
-                    detail = "second factor must be valid"
-                    raise unauthorized("OTP_INVALID", detail, pointer="/meta/otp")
-        if not password_matches(user["password"], password):
-            raise refuse("PASSWORD_INVALID", "password must be valid")
-        if user["banned"]:  # TokenPolicy#generate?: deny! 'user is banned'
-            raise forbidden("You do not have permission to complete the request (user is banned)")
-        return user
-
-    def tokens_destroy(self) -> flask.Response:
-        self.authenticate(required=True)
-        role = self.role()
-        store = self.emu.store
-        with self.emu.lock:
-            token = store.tokens.get(store.token_ids.get(self.args["id"].lower(), ""))
-            visible = token is not None and token["account_id"] == self.account["id"]
-            if visible and token["bearer_id"] != self.bearer["id"] and role not in _STAFF_WRITE:
-                # A product may revoke the tokens of users who hold one of its licenses.
-                visible = role == "product" and any(
-                    lic["owner_id"] == token["bearer_id"] and lic["product_id"] == self.bearer["id"]
-                    for lic in store.licenses.values()
-                )
-            if not visible:
-                raise not_found("token", self.args["id"])
-            self.verify_permissions()
-            store.delete_token(token)
-        return self.render(204, None)
 
     # Visibility (the controllers' authorized scopes) and documents
 

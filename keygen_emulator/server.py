@@ -19,7 +19,8 @@ from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from keygen_emulator.state import Emulator, from_environment
+from keygen_emulator.seeds import from_environment
+from keygen_emulator.state import Emulator
 from keygen_emulator.wsgi import create_app
 
 MAX_BODY = 4 * 1024 * 1024

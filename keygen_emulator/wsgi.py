@@ -13,7 +13,8 @@ import flask
 
 from keygen_emulator.faults import DropMiddleware
 from keygen_emulator.routes import Api
-from keygen_emulator.state import Emulator, from_environment
+from keygen_emulator.seeds import from_environment
+from keygen_emulator.state import Emulator
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -36,13 +37,17 @@ def create_app(emulator: Emulator | None = None) -> flask.Flask:
     return app
 
 
-def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
-    def body() -> dict:
-        data = flask.request.get_json(silent=True)
-        return data if isinstance(data, dict) else {}
+def _body() -> dict:
+    data = flask.request.get_json(silent=True)
+    return data if isinstance(data, dict) else {}
 
-    def refused(error: Exception) -> tuple[flask.Response, int]:
-        return flask.jsonify(error=str(error)), 400
+
+def _refused(error: Exception) -> tuple[flask.Response, int]:
+    return flask.jsonify(error=str(error)), 400
+
+
+def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
+    body, refused = _body, _refused
 
     @app.get("/_emulator/state")
     def state():
@@ -76,9 +81,15 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
             return refused(error)
         return "", 204
 
+    _register_policies(app, emulator)
+    _register_deployment(app, emulator)
+    _register_self_service(app, emulator, body, refused)
+
+
+def _register_policies(app: flask.Flask, emulator: Emulator) -> None:
     @app.post("/_emulator/policies")
     def add_policy():
-        fields = body()
+        fields = _body()
         try:
             policy = emulator.add_policy(
                 str(fields.get("account", "")),
@@ -87,7 +98,7 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
                 name=fields.get("name"),
             )
         except (KeyError, TypeError, ValueError) as error:
-            return refused(error)
+            return _refused(error)
         return flask.jsonify(id=policy), 201
 
     @app.delete("/_emulator/policies/<policy_id>")
@@ -95,30 +106,30 @@ def _register_control_plane(app: flask.Flask, emulator: Emulator) -> None:
         emulator.delete_policy(policy_id)
         return "", 204
 
-    # The deployment's switches (deployment.py); reset() restores Keygen Cloud's.
+
+def _register_deployment(app: flask.Flask, emulator: Emulator) -> None:
+    """The deployment's switches (deployment.py); reset() restores Keygen Cloud's."""
 
     @app.post("/_emulator/deployment")
     def configure():
         try:
-            emulator.configure(**body())
+            emulator.configure(**_body())
         except (TypeError, ValueError) as error:
-            return refused(error)
+            return _refused(error)
         return "", 204
 
     @app.post("/_emulator/accounts/<account>/state")
     def account_state(account: str):
         try:
-            emulator.set_account_state(account, **body())
+            emulator.set_account_state(account, **_body())
         except (KeyError, TypeError, ValueError) as error:
-            return refused(error)
+            return _refused(error)
         return "", 204
 
     @app.post("/_emulator/jobs")
     def run_jobs():
         emulator.run_jobs()
         return "", 204
-
-    _register_self_service(app, emulator, body, refused)
 
 
 def _register_self_service(app: flask.Flask, emulator: Emulator, body, refused) -> None:

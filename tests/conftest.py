@@ -21,7 +21,7 @@ from config import Settings
 from journal import Journal
 from keygen_emulator import Emulator, serve
 from signup import SignupWorkflow
-from support.http import csrf_token_from, form_data
+from support.http import form_submitter
 from support.leaks import PASSWORD, SECRET_KEY, SECRETS, find_leaks, secret
 from support.paths import LOG_DIR, SCRATCH
 from support.portal import KeygenWorld, make_settings
@@ -29,6 +29,7 @@ from support.servers import new_postgres_database
 from support.workflow import Clock, make_workflow
 
 pytest_plugins = [
+    "support.axe",  # axe_source
     "support.browser",  # browser
     "support.captcha",  # verify
     "support.mail",  # portal_with
@@ -137,13 +138,7 @@ def client(app):
 def sign_up(client) -> Callable[..., object]:
     """Submit the real form, with the CSRF token of a freshly served page."""
 
-    def submit(**changes):
-        page = client.get("/")
-        data = form_data(**changes)
-        data.setdefault("csrf_token", csrf_token_from(page.get_data(as_text=True)))
-        return client.post("/", data=data)
-
-    return submit
+    return form_submitter(client)
 
 
 # -- The workflow, driven directly ----------------------------------------------------------------

@@ -12,15 +12,13 @@ import pytest
 from app import create_app
 from services import services
 from support.accounts import customer, machine_ids, serving
+from support.axe import serious_violations
 from support.branded import BRANDING
 from support.leaks import PASSWORD
-from support.paths import ROOT
 from support.portal import make_settings
-from support.processes import free_port, require
+from support.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-AXE = ROOT / ".tools" / "node_modules" / "axe-core" / "axe.min.js"
-AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"]
 LAPTOP = {"name": "Clark's laptop", "platform": "macOS", "hostname": "kent-mbp"}
 DESKTOP = {"name": "Office PC", "platform": "Windows", "hostname": "dp-04"}
 
@@ -112,24 +110,6 @@ def test_a_wrong_password_keeps_the_address_and_says_so(browser, site, clark):
 
 
 # -- Accessibility -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def axe_source() -> str:
-    require(AXE.exists(), f"axe-core ({AXE.relative_to(ROOT)})")
-    return AXE.read_text(encoding="utf-8")
-
-
-def serious_violations(page, axe_source: str) -> list[str]:
-    page.add_script_tag(content=axe_source)
-    result = page.evaluate(
-        "tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", AXE_TAGS
-    )
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
-        for v in result["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])

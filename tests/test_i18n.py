@@ -26,6 +26,7 @@ from journal import Journal
 from outbox import Letter
 from support.captcha import captcha_app
 from support.http import csrf_token_from, form_data, issued_key
+from support.languages import assert_no_english, visible_text
 from support.leaks import PASSWORD
 from support.mail import PRODUCT, PUBLIC_URL, link_in, text_of
 from support.paths import ROOT
@@ -116,43 +117,6 @@ def test_the_compiled_catalogue_matches_its_source(language):
 
 
 # -- Rendered pages --------------------------------------------------------------------------
-
-
-def visible_text(page: str) -> str:
-    page = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S)
-    return htmllib.unescape(re.sub(r"<[^>]+>", " ", page))
-
-
-def english_fragments(language: str) -> list[str]:
-    """The English words of each message, between its placeholders and tags, that the
-    translation does not share (a product name or 'E-Mail' may well be the same)."""
-    po = catalogue(language)
-    english = [(message, po[message].string) for message in MESSAGES]
-    for singular, plural in PLURALS:
-        forms = " ".join(po[singular].string)
-        english += [(singular, forms), (plural, forms)]
-    fragments = set()
-    for message, translation in english:
-        for part in re.split(r"%\(\w+\)[sd]|<[^>]+>", message):
-            part = " ".join(part.split()).strip(" ,.:;")
-            if len(part) >= 4 and part not in translation:
-                fragments.add(part)
-    return sorted(fragments, key=len, reverse=True)
-
-
-# Words of every English sentence and of no German, French or Spanish one: they catch a string
-# that was never wrapped, and so is in no catalogue for english_fragments() to compare against.
-ENGLISH_WORDS = re.compile(r"\b(?:the|your|you|and|this|with|please|have)\b", re.IGNORECASE)
-ADDRESSES = re.compile(r"\S+@\S+|https?://\S+")  # may hold any word, and are not prose
-
-
-def assert_no_english(text: str, language: str, where: str) -> None:
-    text = " ".join(text.split())
-    leaks = [f for f in english_fragments(language) if re.search(rf"\b{re.escape(f)}\b", text)]
-    assert not leaks, f"English on the {where} in {language}: {leaks}"
-    prose = ADDRESSES.sub(" ", text)
-    words = [prose[max(0, m.start() - 30) : m.end() + 30] for m in ENGLISH_WORDS.finditer(prose)]
-    assert not words, f"English (not in the catalogues) on the {where} in {language}: {words}"
 
 
 def submit(client, **changes):

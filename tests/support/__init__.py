@@ -13,6 +13,7 @@ tls        a self-signed certificate for 127.0.0.1 (SMTP over TLS, the Keygen cl
 mail       an aiosmtpd recorder, and a portal with email on against it
 captcha    a stand-in siteverify endpoint
 browser    headless Chromium
+axe        axe-core in it: the accessibility rules
 branded    a fully branded portal on loopback (also for scripts/screenshots.py)
 setups     a Keygen with environments, another product, a LEGACY_ENCRYPT policy; the doctor
 """

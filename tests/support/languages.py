@@ -1,7 +1,6 @@
 """The check that a page or an email in German, French or Spanish has no English left in it:
 every English fragment of the catalogues' messages that the translation does not share, and the
-commonest English words (for a string never wrapped for translation). tests/test_i18n.py has the
-same check for the signup's pages; this copy serves the self-service tests."""
+commonest English words (for a string never wrapped for translation)."""
 
 from __future__ import annotations
 
