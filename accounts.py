@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import logs
 from account_sessions import SessionStore, SignedIn
 from keygen_api import (
     KeygenAccessDenied,
@@ -123,7 +121,6 @@ class SelfService:
         self.floor = floor
         self.sleep = sleep
         self._product_id: str | None = None
-        self._stop = threading.Event()
 
     # -- Signing in and out --------------------------------------------------------------------
 
@@ -334,24 +331,6 @@ class SelfService:
             return self._sign_in(reset.email, password, None)
         except (CodeNeeded, SignInRefused, TooManyAttempts, KeygenDown):
             return None
-
-    # -- In the background ---------------------------------------------------------------------
-
-    def start_sweeping(self, interval: float) -> None:
-        thread = threading.Thread(target=self._loop, args=(interval,), daemon=True, name="sweep")
-        thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                with logs.scope("sweep"):
-                    self.sweep()
-            except Exception:
-                log.exception("sweep of sign-ins failed; trying again later")
-
 
 class _PersonCalls:
     """Around calls made with the person's token: Keygen refusing the token ends the sign-in

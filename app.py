@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         keygen=keygen,
         metrics=metrics,
         signup=signup,
-        reconciler=start_reconciler(settings, journal, signup),
+        reconciler=start_reconciler(settings, journal, signup, accounts),
         courier=courier,
         mail_probe=mail_probe,
         accounts=accounts,
@@ -265,14 +265,21 @@ def signup_workflow(
     )
 
 
-def start_reconciler(settings: Settings, journal: Journal, workflow: SignupWorkflow) -> Reconciler:
-    """Each process finishes what any process left unfinished; leases keep them apart."""
+def start_reconciler(
+    settings: Settings,
+    journal: Journal,
+    workflow: SignupWorkflow,
+    accounts: SelfService | None,
+) -> Reconciler:
+    """Each process finishes what any process left unfinished (leases keep them apart), and ends
+    the sign-ins whose time is up."""
     reconciler = Reconciler(
         journal,
         workflow,
         interval=settings.reconcile_interval,
         stale_after=settings.stale_signup_after,
         retention=settings.data_retention_days * 86400.0,
+        sign_ins=accounts,
     )
     if settings.reconcile_interval > 0:
         reconciler.start()
@@ -347,6 +354,4 @@ def self_service(settings: Settings, journal: Journal, keygen: KeygenClient) -> 
         code_sealer=Sealer(secret, "sign-in-codes"),
         webhooks=webhooks,
     )
-    if settings.reconcile_interval > 0:  # the same cadence as the other background passes
-        accounts.start_sweeping(settings.reconcile_interval)
     return accounts

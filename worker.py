@@ -52,12 +52,14 @@ class Reconciler:
         interval: float = 30.0,
         stale_after: float = 900.0,
         retention: float = 30 * 86400.0,
+        sign_ins=None,
     ):
         self.journal = journal
         self.workflow = workflow
         self.interval = interval
         self.stale_after = stale_after
         self.retention = retention  # seconds personal data is kept (DATA_RETENTION_DAYS)
+        self.sign_ins = sign_ins  # accounts.SelfService: expired sign-ins end at each pass
         self._forgot_at = -float("inf")
         self.owner = f"reconciler:{workflow.worker_id}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
@@ -98,6 +100,8 @@ class Reconciler:
         if not dry_run:
             self.wipe_shown_keys()
             self.forget_old_data()
+            if self.sign_ins is not None:
+                self.sign_ins.sweep()  # revokes the Keygen token of each expired sign-in
         for signup in report.stale:
             log.warning(
                 "reconciler: signup %s is still %s after %.0fs (%d attempts): %s",
