@@ -332,6 +332,7 @@ class SelfService:
         except (CodeNeeded, SignInRefused, TooManyAttempts, KeygenDown):
             return None
 
+
 class _PersonCalls:
     """Around calls made with the person's token: Keygen refusing the token ends the sign-in
     (a password reset revoked it, or it expired there); Keygen down is KeygenDown."""
