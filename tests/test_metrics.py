@@ -220,6 +220,7 @@ def test_every_workers_signups_are_counted_whichever_worker_answers(tmp_path):
             "METRICS_TOKEN": secret(TOKEN),
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
             "RATELIMIT_PER_IP": "1000/minute",  # up to 40 signups from one address
+            "RATELIMIT_PER_DOMAIN": "1000/day",  # all of them at example.com
             "KEYGEN_MAX_RPS": "1000",
         }
         with portal(settings) as url:

@@ -85,9 +85,9 @@ def test_the_background_queues_reload_is_bound_to_the_session_too(keygen):
     from app import create_app
     from support.portal import make_settings
 
-    app = create_app(make_settings(keygen, signup_deadline=4.0))
+    app = create_app(make_settings(keygen, signup_deadline=4.0, keygen_max_rps=5))
     budget = services(app).signup.admission.budget
-    budget.reserve(10, within=100)  # Keygen's turns are taken for the next seconds
+    budget.reserve(30, within=100)  # Keygen's turns are taken for the next 6 s
     victim, other = app.test_client(), app.test_client()
     token, nonce = served_form(victim)
     data = form_data(csrf_token=token, nonce=nonce)
