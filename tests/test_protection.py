@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -321,6 +322,41 @@ def test_the_in_process_limits_refuse_past_the_limit_and_forget_after_the_window
     limits.admit_client("192.0.2.2")  # another address has its own bucket
     time.sleep(1.1)  # the window has passed
     limits.admit_client("192.0.2.1")
+
+
+@pytest.mark.slow
+def test_the_in_process_limits_count_from_many_threads_at_once():
+    """gunicorn's threads share one memory:// storage: counting at the same moment must never
+    fail (the storage once started its expiry timer twice: a 503 for that signup). Each round,
+    32 threads count at once, after the storage's 10 ms timer has ended."""
+    flask_app = Flask(__name__)
+    flask_app.config["SECRET_KEY"] = "a test key"
+    limits = RateLimits(
+        flask_app, storage_uri="memory://", per_ip="10000/minute", per_email="1/hour"
+    )
+    failures = []
+    together = threading.Barrier(32)
+
+    def count() -> None:
+        for attempt in range(200):
+            together.wait()
+            try:
+                limits.admit_client(f"192.0.2.{attempt % 5}")
+            except LimiterUnavailable as error:
+                failures.append(error)
+            time.sleep(0.015)
+
+    threads = [threading.Thread(target=count) for _ in range(32)]
+    usual = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch anywhere, as on a busy server
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(usual)
+    assert failures == []
 
 
 def test_a_serve_time_note_is_bound_to_its_form_and_cannot_be_backdated():
