@@ -9,11 +9,36 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sqlalchemy import MetaData, Table, create_engine, event, inspect, text
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 metadata = MetaData()  # every table of the portal
+
+
+def work_columns() -> list[Column]:
+    """The columns of a table worked through by leases (the journal's signups, the outbox's
+    letters): tries so far, when next, who holds it until when, what went wrong, and when."""
+    return [
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("next_attempt_at", Float, nullable=False),
+        Column("lease_owner", String(64)),
+        Column("lease_until", Float),
+        Column("last_error", String(500)),
+        Column("created_at", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+    ]
 
 
 def open_engine(url: str, threads: int) -> Engine:

@@ -21,8 +21,6 @@ from enum import StrEnum
 from sqlalchemy import (
     Boolean,
     Column,
-    Float,
-    Integer,
     String,
     Table,
     Text,
@@ -37,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from database import create_schema, metadata, open_engine
+from database import create_schema, metadata, open_engine, work_columns
 from outbox import Letter, MailState, Outbox, outbox
 from person_holds import PersonHolds, person_holds
 
@@ -73,13 +71,7 @@ signups = Table(
     Column("user_id", String(36)),
     Column("state", String(16), nullable=False, index=True),
     Column("key_shown", Boolean, nullable=False, default=False),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Float),
-    Column("last_error", String(500)),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
+    *work_columns(),
     # Added with email delivery: for the greeting.
     Column("first_name", String(255)),
     Column("last_name", String(255)),

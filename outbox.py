@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sqlalchemy import Column, Float, Integer, String, Table, Text, func, or_, select, update
+from sqlalchemy import Column, String, Table, Text, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from database import metadata
+from database import metadata, work_columns
 
 
 class MailState(StrEnum):
@@ -40,13 +40,7 @@ outbox = Table(
     Column("last_name", String(255)),
     Column("ref", String(255)),  # the signup, license or user the message is about
     Column("state", String(16), nullable=False, index=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("next_attempt_at", Float, nullable=False),
-    Column("lease_owner", String(64)),
-    Column("lease_until", Float),
-    Column("last_error", String(500)),
-    Column("created_at", Float, nullable=False),
-    Column("updated_at", Float, nullable=False),
+    *work_columns(),
     Column("locale", String(16)),  # the language to write in (i18n.py); none: the default
     Column("sealed_key", Text),  # a key Keygen shows only once, sealed; wiped when settled
 )
