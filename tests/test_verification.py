@@ -19,6 +19,7 @@ from werkzeug.serving import make_server
 from app import create_app
 from journal import State, signups
 from services import services
+from support.axe import serious_violations
 from support.http import csrf_token_from, form_data, hidden, issued_key
 from support.leaks import secret
 from support.mail import PUBLIC_URL, Recorder, link_in, smtp_on, text_of
@@ -403,6 +404,38 @@ def test_no_request_the_browser_makes_for_the_link_carries_its_token(keygen, bro
         assert token not in referer, (method, url)
         if number:  # only the first, the link itself, holds it
             assert token not in url, url
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_serious_axe_violations_on_the_email_first_pages(keygen, browser, axe_source, scheme):
+    """The form without a password, "check your inbox", and the link's page (as opened, and
+    with a password the rules refuse) pass axe-core in both colour schemes."""
+    handler, smtp_port = Recorder(), free_port()
+    with smtp_on(smtp_port, handler), serving(keygen, smtp_port) as (url, app):
+        context = browser.new_context(color_scheme=scheme, bypass_csp=True)
+        page = context.new_page()
+        try:
+            page.goto(url + "/")
+            assert serious_violations(page, axe_source) == [], "the form"
+            page.get_by_label("First name").fill("Lois")
+            page.get_by_label("Last name").fill("Lane")
+            page.get_by_label("Email").fill("lois@example.com")
+            page.get_by_role("button", name="Email me the link").click()
+            page.wait_for_load_state("load")
+            assert "Check your inbox" in page.content()
+            assert serious_violations(page, axe_source) == [], "check your inbox"
+            services(app).courier.run_once()
+            page.goto(link_in(handler.received[0].parsed()))
+            assert page.url == url + "/verify"
+            assert serious_violations(page, axe_source) == [], "the link's page"
+            page.get_by_label("Password", exact=True).fill("short")
+            page.get_by_role("button", name="Create account and get my key").click()
+            page.wait_for_load_state("load")
+            password = page.get_by_label("Password", exact=True)
+            assert password.get_attribute("aria-invalid") == "true"
+            assert serious_violations(page, axe_source) == [], "the link's page, refused"
+        finally:
+            context.close()
 
 
 @contextmanager
