@@ -63,8 +63,10 @@ PRODUCT_PERMISSIONS = (
 )
 
 # The permission each route's policy verifies first (`verify_permissions!` in
-# app/policies/{profile,user,license,policy,token}_policy.rb; /me is ProductPolicy#me?).
+# app/policies/{account,profile,user,license,policy,token}_policy.rb; /me is
+# ProductPolicy#me?).
 ROUTE_PERMISSIONS = {
+    "accounts.show": "account.read",
     "me": "product.read",
     "users.create": "user.create",
     "users.show": "user.read",

@@ -138,6 +138,23 @@ def _license_relationships(lic: dict, here: str, version: str) -> dict:
     return relationships
 
 
+def account_document(account: dict) -> dict:
+    """The attributes of app/serializers/account_serializer.rb the emulator keeps (its meta,
+    the public keys, is added by the route)."""
+    return {
+        "id": account["id"],
+        "type": "accounts",
+        "attributes": {
+            "name": account.get("slug") or "Emulated account",
+            "slug": account.get("slug"),
+            "apiVersion": account["api_version"],
+            "status": "ACTIVE" if account["active"] else "CANCELED",
+            "protected": account["protected"],
+        },
+        "links": {"self": f"/v1/accounts/{account['id']}"},
+    }
+
+
 def product_document(product: dict, permissions: list[str] | None = None) -> dict:
     """``permissions``: EE's (app/serializers/product_serializer.rb, `ee do`)."""
     here = f"/v1/accounts/{product['account_id']}/products/{product['id']}"

@@ -59,6 +59,7 @@ _CREDENTIAL_CODES = frozenset(
 )
 
 _ROUTE_TABLE = [
+    ("GET", re.compile(r""), "accounts.show"),  # /v1/accounts/<id> itself
     ("GET", re.compile(r"me"), "me"),
     ("GET", re.compile(r"users"), "users.index"),
     ("POST", re.compile(r"users"), "users.create"),

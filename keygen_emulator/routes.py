@@ -7,6 +7,7 @@ controllers' `authorized_scope`: what a bearer may not see is a 404, not a 403.
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 
@@ -59,6 +60,17 @@ class Api(MachineRoutes, PasswordRoutes, TokenRoutes, Call):
                 document = self._user_doc(self.bearer)
             token = documents.token_document(self.token, permissions=token_permissions)
         return self.render(200, {"data": document, "included": [token]})
+
+    def accounts_show(self) -> flask.Response:
+        """The account's document (app/policies/account_policy.rb, `show?`: its own account
+        only); its meta holds the verify keys, ed25519 as base64 of the hex text
+        (app/serializers/account_serializer.rb)."""
+        self.authenticate(required=True)
+        self.verify_permissions()
+        ed25519 = self.emu.webhooks.public_key(self.account["id"])
+        document = documents.account_document(self.account)
+        meta = {"keys": {"ed25519": base64.b64encode(ed25519.encode()).decode()}}
+        return self.render(200, {"data": document, "meta": meta})
 
     # Users
 

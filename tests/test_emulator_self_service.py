@@ -261,6 +261,21 @@ def test_a_reset_request_is_204_either_way_and_signals_only_a_known_user(kg):
     assert payload["meta"]["passwordResetToken"].endswith("v3")
 
 
+def test_the_accounts_document_carries_its_webhook_key(kg):
+    """`meta.keys.ed25519`: base64 of the hex text webhooks verify with; a product token reads
+    its own account (account.read), nobody reads it without a token."""
+    response = kg.call("GET", "")
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["data"]["type"] == "accounts"
+    assert document["data"]["id"] == kg.fx["account"]
+    hex_key = base64.b64decode(document["meta"]["keys"]["ed25519"]).decode()
+    assert hex_key == kg.emulator.public_key("acme") and len(hex_key) == 64
+    assert kg.call("GET", "", token=None).status_code == 401
+    kg.emulator.set_permissions(kg.fx["product_token"], ["product.read"])
+    assert kg.call("GET", "").status_code == 403
+
+
 def test_a_tampered_webhook_does_not_verify(kg):
     kg.user("clark@example.com")
     with webhook_receiver() as receiver:
