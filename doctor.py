@@ -19,10 +19,11 @@ from urllib.parse import urlsplit
 import requests
 
 import email_rules
+import keygen_webhooks
 from config import Settings
 from health import ERROR, OK, SKIP, WARN, Check, keygen_checks
 from journal import Journal
-from keygen_api import KeygenClient
+from keygen_api import KeygenClient, KeygenError
 from mailer import MailConfigurationError, Mailer, MailError
 from protection import RateLimits
 
@@ -68,6 +69,7 @@ def examine(
         mail_check(settings, mailer),
         proxy_check(settings, url),
         disposable_check(settings),
+        webhook_key_check(settings, keygen),
     ]
 
 
@@ -188,6 +190,38 @@ def disposable_check(settings: Settings) -> Check:
         detail = f"{held} {count} domains; EMAIL_DOMAINS_ALLOW decides first."
         return Check("disposable", OK, detail)
     return Check("disposable", OK, f"{held} {count} domains, refused at signup.")
+
+
+def webhook_key_check(settings: Settings, keygen: KeygenClient) -> Check:
+    """Forgot-password trusts only webhooks that verify with KEYGEN_PUBLIC_KEY: another
+    account's key (a copy-paste slip) refuses every reset request as it arrives."""
+    if not settings.password_reset_enabled:
+        detail = "Forgot-password is off (SELF_SERVICE, KEYGEN_PUBLIC_KEY and email turn it on)."
+        return Check("webhook_key", SKIP, detail)
+    compare = "compare KEYGEN_PUBLIC_KEY with the Ed25519 public key in Keygen's dashboard"
+    try:
+        answer = keygen.account_webhook_key(timeout=TIMEOUT)
+    except KeygenError as error:
+        why = f"the token lacks {error.permission}" if error.permission else str(error)
+        detail = f"Could not read the account's webhook key ({why}): {compare}."
+        return Check("webhook_key", WARN, detail, required=False)
+    if answer is None:
+        why = "without KEYGEN_ACCOUNT_ID" if not settings.keygen_account_id else "from this Keygen"
+        detail = f"KEYGEN_PUBLIC_KEY not checked: no account key to read {why}; {compare}."
+        return Check("webhook_key", SKIP, detail)
+    ours = keygen_webhooks.public_key(settings.keygen_public_key).public_bytes_raw()
+    try:
+        matches = keygen_webhooks.public_key(answer).public_bytes_raw() == ours
+    except ValueError:
+        detail = f"The account's webhook key came in a form the portal does not know: {compare}."
+        return Check("webhook_key", WARN, detail, required=False)
+    if not matches:
+        detail = (
+            "KEYGEN_PUBLIC_KEY is not this account's Ed25519 key: every forgot-password webhook "
+            "will be refused. Copy the Ed25519 public key from Keygen's dashboard."
+        )
+        return Check("webhook_key", ERROR, detail, required=False)
+    return Check("webhook_key", OK, "KEYGEN_PUBLIC_KEY is the account's webhook key.")
 
 
 # -- The proxy, as a request sees it -------------------------------------------------------------

@@ -23,6 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from circuit import CircuitBreaker, RetryAfterGate
+from keygen_account import PROBE_EMAIL, AccountCalls
 from keygen_errors import (
     KeygenAccessDenied,
     KeygenCircuitOpen,
@@ -54,6 +55,7 @@ from keygen_self_service import SelfServiceCalls
 __all__ = [
     "ENDPOINT_PERMISSIONS",
     "NEEDED_PERMISSIONS",
+    "PROBE_EMAIL",
     "SELF_SERVICE_PERMISSIONS",
     "WILDCARD_PERMISSION",
     "Bearer",
@@ -155,6 +157,8 @@ _ACTIONS = {"GET": "show", "POST": "create", "DELETE": "destroy", "PATCH": "upda
 def endpoint_name(method: str, path: str) -> str:
     """'users.create', 'licenses.show', 'me': a request's route, never its ids or emails."""
     collection, _, rest = path.partition("/")
+    if not collection:  # the account's own document, /v1/accounts/<id>
+        return "accounts.show"
     if collection == "me":
         return "me"
     if not rest:
@@ -164,14 +168,10 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{collection}.{_ACTIONS.get(method, method.lower())}"
 
 
-# An address Keygen's validation refuses (no dot in the domain), so that the probe in
-# KeygenClient.account_is_protected can never create a user.
-PROBE_EMAIL = "doctor-check@invalid"
-
-
-class KeygenClient(SelfServiceCalls):
+class KeygenClient(AccountCalls, SelfServiceCalls):
     """Calls Keygen with a product token (and, for self-service, with a person's own
-    credentials: keygen_self_service.py). A requests Session per thread, never retries itself.
+    credentials: keygen_self_service.py; the doctor's questions about the account are in
+    keygen_account.py). A requests Session per thread, never retries itself.
 
     Retries belong to the caller, which knows which requests are safe to repeat.
     """
@@ -263,34 +263,6 @@ class KeygenClient(SelfServiceCalls):
         body = {"data": {"type": "users", "attributes": attributes}}
         document = self._request("POST", "users", json=body, expect=201, timeout=timeout)
         return self._parse(User.from_document, document)
-
-    def account_is_protected(self, *, timeout: tuple[float, float] | None = None) -> bool:
-        """Whether Keygen refuses users created without a token (app/policies/user_policy.rb,
-        `create?`).
-
-        Asked with an anonymous create whose email Keygen's validation refuses: a protected
-        account refuses the request before looking at the data (403), an unprotected one
-        validates it (422 EMAIL_INVALID). Either way nothing is created.
-        """
-        body = {"data": {"type": "users", "attributes": {"email": PROBE_EMAIL}}}
-        try:
-            document = self._request(
-                "POST", "users", json=body, expect=201, timeout=timeout, anonymous=True
-            )
-        except KeygenAccessDenied as error:
-            # An account without an active subscription refuses everyone with 403 too, before
-            # asking who calls (app/controllers/concerns/current_account_constraints.rb).
-            titles = " ".join(str(e.get("title", "")) for e in error.errors).lower()
-            if error.status == 403 and "subscription" not in titles:
-                return True
-            raise
-        except KeygenInvalid as error:
-            if error.status == 422:
-                return False
-            raise
-        # Keygen accepted the address after all: anyone can create users. Remove ours.
-        self.delete_user(self._parse(User.from_document, document).id, timeout=timeout)
-        return False
 
     def get_user(self, id_or_email: str, *, timeout: tuple[float, float] | None = None) -> User:
         path = "users/" + quote(id_or_email.lower(), safe="@")
@@ -475,7 +447,7 @@ class KeygenClient(SelfServiceCalls):
         try:
             response = self._session().request(
                 method,
-                f"{self.base_url}/{path}",
+                f"{self.base_url}/{path}".rstrip("/"),
                 json=json,
                 params=params,
                 headers=headers,

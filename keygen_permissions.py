@@ -36,6 +36,8 @@ ENDPOINT_PERMISSIONS: dict[str, str] = {
     # it the portal logs the license for the operator instead, so NEEDED_PERMISSIONS omits it.
     "licenses.destroy": "license.delete",
     "machines.destroy": "machine.delete",
+    # Only for the doctor's check of KEYGEN_PUBLIC_KEY, which says so when it is refused.
+    "accounts.show": "account.read",
 }
 WILDCARD_PERMISSION = "*"  # app/models/permission.rb
 

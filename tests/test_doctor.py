@@ -1,5 +1,6 @@
 """`flask doctor`: every misconfiguration gets its sentence and the exit code; a good one passes."""
 
+import base64
 import contextlib
 import secrets
 import time
@@ -17,6 +18,7 @@ from sqlalchemy import create_engine
 from app import create_app
 from keygen_api import PROBE_EMAIL, KeygenClient
 from keygen_emulator import Emulator, serve
+from keygen_emulator.deployment import PRODUCT_PERMISSIONS
 from services import services
 from support.leaks import secret
 from support.portal import KeygenWorld, make_settings
@@ -82,7 +84,7 @@ def line_with(lines: list[str], text: str) -> str:
 def test_a_good_configuration_passes(protected):
     code, lines = doctor(protected)
     assert code == 0
-    assert levels(lines) == ["OK"] * 6 + ["SKIP", "SKIP", "OK"]
+    assert levels(lines) == ["OK"] * 6 + ["SKIP", "SKIP", "OK", "SKIP"]
     assert "the token is product" in lines[0]
     assert line_with(lines, "belongs to the token's product")
     assert line_with(lines, "account is protected")
@@ -127,9 +129,9 @@ def test_a_wrong_token_is_an_error_without_showing_it(protected):
     token = secret("prod-" + "5" * 64 + "v3")
     code, lines = doctor(protected, keygen_product_token=token)
     assert code == 1
-    # Keygen, then the secret, the database, the rate limits, mail (off), the proxy (not asked)
-    # and the disposable list
-    assert levels(lines) == ["ERROR", "SKIP", "OK", "OK", "OK", "SKIP", "SKIP", "OK"]
+    # Keygen, then the secret, the database, the rate limits, mail (off), the proxy (not asked),
+    # the disposable list and forgot-password's webhook key (off without a key and email)
+    assert levels(lines) == ["ERROR", "SKIP", "OK", "OK", "OK", "SKIP", "SKIP", "OK", "SKIP"]
     assert "Keygen refused KEYGEN_PRODUCT_TOKEN" in lines[0]
     assert "401" in lines[0]
     assert token not in "\n".join(lines)
@@ -379,3 +381,54 @@ def test_an_unreachable_mail_server_is_an_error(protected):
     assert code == 1
     line = line_with(lines, "mail server")
     assert line.startswith("ERROR ") and "Could not reach" in line
+
+
+# -- The webhook key (forgot-password) ------------------------------------------------------------
+
+OTHER_ACCOUNTS_KEY = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+
+
+def forgot_password_doctor(world, public_key: str, **changes):
+    """The doctor with forgot-password on: SELF_SERVICE (the default), a key, and email."""
+    with login_server() as port:
+        return doctor(world, keygen_public_key=public_key, **mail_settings(port), **changes)
+
+
+def test_the_accounts_own_webhook_key_passes(protected):
+    own = protected.emulator.public_key(protected.account)
+    code, lines = forgot_password_doctor(protected, own)
+    assert code == 0
+    assert line_with(lines, "KEYGEN_PUBLIC_KEY").startswith("OK ")
+    [read] = protected.calls("accounts.show")
+    assert read["status"] == 200
+
+
+def test_another_accounts_webhook_key_is_an_error(protected):
+    """Every reset request would be refused as it arrives: the doctor says so at deploy time."""
+    code, lines = forgot_password_doctor(protected, OTHER_ACCOUNTS_KEY)
+    assert code == 1
+    line = line_with(lines, "KEYGEN_PUBLIC_KEY")
+    assert line.startswith("ERROR ") and "not this account's Ed25519 key" in line
+
+
+def test_the_key_as_the_api_gives_it_passes_too(protected):
+    """KEYGEN_PUBLIC_KEY may be pasted from the account's API document (base64 of the hex)."""
+    own = protected.emulator.public_key(protected.account)
+    code, lines = forgot_password_doctor(protected, base64.b64encode(own.encode()).decode())
+    assert code == 0 and line_with(lines, "KEYGEN_PUBLIC_KEY").startswith("OK ")
+
+
+def test_a_token_that_may_not_read_the_account_is_told_to_compare_by_eye(protected):
+    granted = [p for p in PRODUCT_PERMISSIONS if p != "account.read"]
+    protected.emulator.set_permissions(protected.token, granted)
+    code, lines = forgot_password_doctor(protected, OTHER_ACCOUNTS_KEY)
+    assert code == 0  # a warning: the key may well be right
+    line = line_with(lines, "KEYGEN_PUBLIC_KEY")
+    assert line.startswith("WARN ") and "account.read" in line and "dashboard" in line
+
+
+def test_without_forgot_password_the_key_is_not_checked(protected):
+    code, lines = doctor(protected)
+    assert code == 0
+    assert line_with(lines, "Forgot-password is off").startswith("SKIP ")
+    assert protected.calls("accounts.show") == []
