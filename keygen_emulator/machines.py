@@ -10,12 +10,12 @@ controller looks machines up in its `authorized_scope`. A machine is found by id
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import flask
 
-from keygen_emulator.errors import DENIED_BEARER, Halt, error, forbidden, not_found
+from keygen_emulator import listing
+from keygen_emulator.errors import DENIED_BEARER, forbidden, not_found
 from keygen_emulator.formats import UUID_RE, iso
 
 STAFF_READ = frozenset({"admin", "developer", "sales_agent", "support_agent", "read_only"})
@@ -57,13 +57,6 @@ class MachineRoutes:
     def machines_index(self) -> flask.Response:
         self.authenticate(required=True)
         query = self.request.args
-        limit = 10
-        if "limit" in query:
-            raw = query["limit"]
-            limit = int(raw) if re.fullmatch(r"[+-]?\d{1,9}", raw.strip()) else 0
-            if not 1 <= limit <= 100:
-                detail = f"limit must be a number between 1 and 100 (got {raw})"
-                raise Halt(400, [error("Bad request", detail, parameter="limit")])
         with self.emu.lock:
             found = [
                 m
@@ -73,8 +66,9 @@ class MachineRoutes:
                 and self._machine_matches(m, query)
             ]
             found.sort(key=lambda m: m["created"], reverse=True)
-            data = [self._machine_doc(m) for m in found[:limit]]
-        return self.render(200, {"data": data})
+            shown, extra = listing.paginate(found, query, self.request.path)
+            data = [self._machine_doc(m) for m in shown]
+        return self.render(200, {"data": data, **extra})
 
     def machines_show(self) -> flask.Response:
         self.authenticate(required=True)

@@ -350,7 +350,6 @@ class Api(MachineRoutes, PasswordRoutes, TokenRoutes, Call):
     def licenses_index(self) -> flask.Response:
         self.authenticate(required=True)
         query = self.request.args
-        limit = listing.page_limit(query)
         filters = [query[name] for name in ("owner", "user") if name in query]
         product = query.get("product", "").lower() or None
         account_id = self.account["id"]
@@ -366,8 +365,9 @@ class Api(MachineRoutes, PasswordRoutes, TokenRoutes, Call):
             ]
             self.verify_permissions()
             found.sort(key=lambda lic: (lic["created"], lic["seq"]), reverse=True)
-            data = [self._license_doc(lic) for lic in found[:limit]]
-        return self.render(200, {"data": data})
+            shown, extra = listing.paginate(found, query, self.request.path)
+            data = [self._license_doc(lic) for lic in shown]
+        return self.render(200, {"data": data, **extra})
 
     def _owned_by(self, lic: dict, value: str) -> bool:
         if lic["owner_id"] is None or not value:

@@ -201,6 +201,44 @@ def test_machines_are_seen_by_their_license_owner_and_product_only(kg):
     assert kg.call("GET", f"/machines/{theirs}", token=other_product).status_code == 404
 
 
+def test_lists_come_in_offset_pages_with_keygens_links(kg):
+    """page[number] and page[size] (1 to 100 each, size defaulting to limit), newest first, with
+    self/prev/next/first/last links and the count; other shapes of `page` are a 400."""
+    clark = kg.user("clark@example.com")
+    mine = kg.license(clark)
+    made = [kg.emulator.add_machine(mine, name=f"PC {n}", created=1_000 + n) for n in range(5)]
+    pages = []
+    for number in (1, 2, 3):
+        response = kg.call(
+            "GET", f"/machines?product={kg.fx['product']}&page[number]={number}&page[size]=2"
+        )
+        assert response.status_code == 200, response.text
+        pages.append(response.json())
+    assert [[m["id"] for m in page["data"]] for page in pages] == [
+        made[4:2:-1],
+        made[2:0:-1],
+        made[:1],
+    ]
+    first, middle, last = (page["links"] for page in pages)
+    assert first["prev"] is None and "page%5Bnumber%5D=2" in first["next"]
+    assert "page%5Bsize%5D=2" in first["next"] and "product=" in first["next"]
+    assert "page%5Bnumber%5D=1" in middle["prev"] and "page%5Bnumber%5D=3" in middle["next"]
+    assert last["next"] is None and "page%5Bnumber%5D=3" in last["last"]
+    assert last["meta"] == {"pages": 3, "count": 5}
+    by_limit = kg.call("GET", "/machines?limit=3&page[number]=2").json()
+    assert [m["id"] for m in by_limit["data"]] == made[1::-1]
+    assert "links" not in kg.call("GET", "/machines?limit=2").json()
+    for query, parameter in [
+        ("page[number]=0", "page[number]"),
+        ("page[number]=101", "page[number]"),
+        ("page[number]=1&page[size]=101", "page[size]"),
+        ("page[size]=10", "page"),
+    ]:
+        refused = kg.call("GET", f"/licenses?{query}")
+        assert refused.status_code == 400, query
+        assert first_error(refused)["source"] == {"parameter": parameter}, query
+
+
 @pytest.mark.parametrize("protected", [False, True])
 def test_a_user_deletes_a_machine_only_of_an_unprotected_license(kg, protected):
     policy = kg.emulator.add_policy("acme", kg.fx["product"], protected=protected)
