@@ -28,7 +28,10 @@ TOKEN_NAME = "Signup portal session"  # noqa: S105 (a label shown in Keygen, not
 # Keygen answers a missing or wrong second factor with these codes, before it checks the
 # password (authentication.rb, "verify second factor before password").
 _SECOND_FACTOR = {"OTP_REQUIRED": KeygenSecondFactorNeeded, "OTP_INVALID": KeygenSecondFactorWrong}
-LIST_LIMIT = "100"  # Keygen's largest page (app/controllers/concerns/pagination.rb)
+PAGE_SIZE = "100"  # Keygen's largest page (app/models/concerns/pageable.rb, SIZE_UPPER)
+# At most 1,000 licenses or machines on a person's page, 10 calls on their own quota. Offset
+# pages (page[number]), which every supported Keygen has, unlike the newer cursor pages.
+MAX_PAGES = 10
 
 
 def _iso(moment: float) -> str:
@@ -88,21 +91,29 @@ class SelfServiceCalls:
         )
 
     def licenses_of(self, token: Token, *, product_id: str) -> list[License]:
-        """The licenses of this product the token's user owns, up to 100 (a user token sees only
-        licenses it owns or is attached to: LicensePolicy, `for_user`)."""
-        params = {"owner": token.bearer_id or "", "product": product_id, "limit": LIST_LIMIT}
-        document = self._request(
-            "GET", "licenses", params=params, authorization=_bearer(token.value), own_quota=True
-        )
-        return self._parse(lambda doc: [License.from_resource(i) for i in doc["data"]], document)
+        """The licenses of this product the token's user owns (a user token sees only licenses
+        it owns or is attached to: LicensePolicy, `for_user`), newest first."""
+        params = {"owner": token.bearer_id or "", "product": product_id}
+        return self._every_page("licenses", params, token, License.from_resource)
 
     def machines_of(self, token: Token, *, product_id: str) -> list[Machine]:
-        """The machines of this product's licenses that the token's user may see, up to 100."""
-        params = {"product": product_id, "limit": LIST_LIMIT}
-        document = self._request(
-            "GET", "machines", params=params, authorization=_bearer(token.value), own_quota=True
-        )
-        return self._parse(lambda doc: [Machine.from_resource(i) for i in doc["data"]], document)
+        """The machines of this product's licenses that the token's user may see, newest
+        first."""
+        return self._every_page("machines", {"product": product_id}, token, Machine.from_resource)
+
+    def _every_page(self, path: str, params: dict, token: Token, read) -> list:
+        """Page after page until Keygen's `links.next` is empty, at most MAX_PAGES."""
+        found: list = []
+        for number in range(1, MAX_PAGES + 1):
+            paged = {**params, "page[number]": str(number), "page[size]": PAGE_SIZE}
+            document = self._request(
+                "GET", path, params=paged, authorization=_bearer(token.value), own_quota=True
+            )
+            found += self._parse(lambda doc: [read(item) for item in doc["data"]], document)
+            links = document.get("links")
+            if not (isinstance(links, dict) and links.get("next")):
+                break
+        return found
 
     def machine_as(self, token: Token, machine_id: str) -> Machine:
         """One machine, read with the person's token: KeygenNotFound unless it is theirs to

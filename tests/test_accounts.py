@@ -98,6 +98,18 @@ def test_signing_in_shows_each_license_its_masked_key_and_its_machines(browser, 
     assert elsewhere.keys(keygen)[0] not in page
 
 
+def test_more_than_a_page_of_machines_is_all_shown(browser, keygen):
+    """A license for a whole office: 130 machines come in two of Keygen's pages of 100."""
+    office = [{"name": f"Desk {n:03}", "created": 1_000 + n} for n in range(130)]
+    kent = customer(keygen, "kent@example.com", machines={0: office})
+    sign_in(browser, kent.email)
+    before = len(keygen.emulator.requests)
+    page = text(browser.get("/account"))
+    assert all(f"Desk {n:03}" in page for n in range(130))
+    reads = [r for r in keygen.emulator.requests[before:] if r["route"] == "machines.index"]
+    assert len(reads) == 2
+
+
 def test_the_account_page_is_read_with_the_persons_own_token(browser, keygen, clark):
     sign_in(browser, clark.email)
     before = len(keygen.emulator.requests)
