@@ -128,7 +128,7 @@ def test_the_persons_token_reads_their_own_licenses_of_this_product_only(api, ke
     assert api.license_as(token, first).id == first
     assert api.policy_as(token, keygen.policy).id == keygen.policy
     assert {c["query"] for c in keygen.calls("licenses.index")} == {
-        f"owner={user.id}&product={keygen.product}&limit=100"
+        f"owner={user.id}&product={keygen.product}&page%5Bnumber%5D=1&page%5Bsize%5D=100"
     }
 
 
