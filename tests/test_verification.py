@@ -375,12 +375,7 @@ def test_no_request_the_browser_makes_for_the_link_carries_its_token(keygen, bro
         page = browser.new_page()
         try:
             page.goto(url + "/")
-            page.get_by_label("First name").fill("Lois")
-            page.get_by_label("Last name").fill("Lane")
-            page.get_by_label("Email").fill("lois@example.com")
-            page.get_by_role("button", name="Email me the link").click()
-            page.wait_for_load_state("load")
-            assert "Check your inbox" in page.content()
+            ask_for_a_link(page)
             services(app).courier.run_once()
             link = link_in(handler.received[0].parsed())
             token = secret(link.rsplit("/", 1)[1])
@@ -417,12 +412,7 @@ def test_no_serious_axe_violations_on_the_email_first_pages(keygen, browser, axe
         try:
             page.goto(url + "/")
             assert serious_violations(page, axe_source) == [], "the form"
-            page.get_by_label("First name").fill("Lois")
-            page.get_by_label("Last name").fill("Lane")
-            page.get_by_label("Email").fill("lois@example.com")
-            page.get_by_role("button", name="Email me the link").click()
-            page.wait_for_load_state("load")
-            assert "Check your inbox" in page.content()
+            ask_for_a_link(page)
             assert serious_violations(page, axe_source) == [], "check your inbox"
             services(app).courier.run_once()
             page.goto(link_in(handler.received[0].parsed()))
@@ -436,6 +426,16 @@ def test_no_serious_axe_violations_on_the_email_first_pages(keygen, browser, axe
             assert serious_violations(page, axe_source) == [], "the link's page, refused"
         finally:
             context.close()
+
+
+def ask_for_a_link(page) -> None:
+    """Send the email-first form as Lois, in the browser: the "check your inbox" page."""
+    page.get_by_label("First name").fill("Lois")
+    page.get_by_label("Last name").fill("Lane")
+    page.get_by_label("Email").fill("lois@example.com")
+    page.get_by_role("button", name="Email me the link").click()
+    page.wait_for_load_state("load")
+    assert "Check your inbox" in page.content()
 
 
 @contextmanager
